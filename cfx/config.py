@@ -1,0 +1,51 @@
+"""Paths, environment variables and device selection for cfx.
+
+Environment variables:
+    CFX_DATA_ROOT: a real MVTec AD root used when no ``--data-root`` is given.
+    CFX_MODELS_DIR: where checkpoints live (default: ``models/`` beside the package).
+    CFX_CACHE_DIR: where the demo dataset and resized-array caches go (default: ``.cfx-cache/``
+        beside the package, ignored by git).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+IMAGE_SIZE = 128
+DEMO_NAME = "demo"
+
+
+def models_dir() -> Path:
+    """Root of the checkpoints: ``$CFX_MODELS_DIR`` or ``<project>/models``."""
+    return Path(os.environ.get("CFX_MODELS_DIR") or PROJECT_ROOT / "models")
+
+
+def cache_dir() -> Path:
+    """Root of generated data and caches: ``$CFX_CACHE_DIR`` or ``<project>/.cfx-cache``."""
+    return Path(os.environ.get("CFX_CACHE_DIR") or PROJECT_ROOT / ".cfx-cache")
+
+
+def demo_root() -> Path:
+    """Where the embedded demo dataset is generated."""
+    return cache_dir() / "demo"
+
+
+def env_data_root() -> Path | None:
+    """``$CFX_DATA_ROOT`` if set."""
+    value = os.environ.get("CFX_DATA_ROOT")
+    return Path(value) if value else None
+
+
+def device() -> torch.device:
+    """CUDA when available, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def device_label() -> str:
+    """A human-readable name of the device the models run on."""
+    if torch.cuda.is_available():
+        return f"GPU ({torch.cuda.get_device_name(0)})"
+    return f"CPU ({torch.get_num_threads()} threads)"

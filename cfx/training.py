@@ -1,0 +1,250 @@
+"""Training a category's models: autoencoder, VAE + multi-score detector, classifier.
+
+Only train/good images are used: 85% train the networks, 15% (the validation split) normalise
+the detector's scores and, together with synthetic anomalies made from them, choose the
+thresholds. The classifier learns normal vs synthetic anomalies made from train/good, never
+test images.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from cfx import config
+from cfx.atomic import write_json
+from cfx.data.mvtec import MVTecDataset
+from cfx.data.synth import synthesize
+from cfx.detectors import MultiScoreDetector, choose_threshold
+from cfx.models.bundle import category_dir, round_to_half, save_module
+from cfx.models.nets import VAE, Classifier, ConvAutoencoder
+
+DEFAULT_EPOCHS = 60
+LR = 1e-3
+BATCH = 16
+VAL_FRACTION = 0.15
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def split_indices(n: int, seed: int, val_fraction: float = VAL_FRACTION) -> tuple[np.ndarray, np.ndarray]:
+    """Train and validation indices of ``n`` normal images (deterministic)."""
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val = max(2, int(round(n * val_fraction))) if n >= 6 else max(1, n // 3)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def _augment(x: torch.Tensor, g: torch.Generator, flips: bool) -> torch.Tensor:
+    if not flips:
+        return x
+    if torch.rand(1, generator=g).item() < 0.5:
+        x = x.flip(3)
+    if torch.rand(1, generator=g).item() < 0.5:
+        x = x.flip(2)
+    return x
+
+
+def _batches(n: int, bs: int, g: torch.Generator):
+    perm = torch.randperm(n, generator=g)
+    for i in range(0, n, bs):
+        yield perm[i:i + bs]
+
+
+def train_autoencoder(x: torch.Tensor, channels: int, epochs: int, seed: int, variational: bool = False,
+                      latent_dim: int = 64, flips: bool = False, progress: bool = True,
+                      desc: str = "autoencoder") -> ConvAutoencoder:
+    """Train the AE (or the VAE with ``variational``) on normal images ``x`` (N, C, H, W)."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    model = (VAE if variational else ConvAutoencoder)(channels, latent_dim, x.shape[-1])
+    model = model.to(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=LR)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, total_steps=epochs * -(-len(x) // BATCH),
+                                                pct_start=0.15)
+    model.train()
+    bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False)
+    for _ in bar:
+        tot = 0.0
+        for idx in _batches(len(x), BATCH, g):
+            xb = _augment(x[idx], g, flips)
+            if variational:
+                mu, logvar = model.encode_dist(xb)
+                z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+                rec = model.decode(z)
+                kl = -0.5 * (1 + logvar - mu**2 - logvar.exp()).sum(1).mean()
+                loss = ((rec - xb) ** 2).mean() + 2e-5 * kl
+            else:
+                loss = ((model(xb) - xb) ** 2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            tot += loss.item() * len(idx)
+        bar.set_postfix(loss=f"{tot / len(x):.5f}")
+    model.eval()
+    return round_to_half(model)
+
+
+def train_classifier(normals: torch.Tensor, anomalies: torch.Tensor, channels: int, epochs: int, seed: int,
+                     flips: bool = False, progress: bool = True) -> Classifier:
+    """Normal (0) vs synthetic anomalies (1), balanced batches."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    model = Classifier(channels)
+    x = torch.cat([normals, anomalies])
+    y = torch.cat([torch.zeros(len(normals)), torch.ones(len(anomalies))])
+    w = torch.where(y == 1, len(normals) / max(1, len(anomalies)), 1.0)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=epochs * -(-len(x) // 32))
+    model.train()
+    bar = tqdm(range(epochs), desc="classifier", disable=not progress, leave=False)
+    for _ in bar:
+        tot = 0.0
+        for idx in _batches(len(x), 32, g):
+            xb = _augment(x[idx], g, flips)
+            loss = nn.functional.binary_cross_entropy_with_logits(model(xb), y[idx], weight=w[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            tot += loss.item() * len(idx)
+        bar.set_postfix(loss=f"{tot / len(x):.4f}")
+    model.eval()
+    return round_to_half(model)
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for p in ("torch", "numpy", "scikit-learn", "scikit-image", "pillow"):
+        try:
+            out[p] = md.version(p)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+@torch.no_grad()
+def _batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, bs: int = 128) -> torch.Tensor:
+    return torch.cat([fn(x[i:i + bs]) for i in range(0, len(x), bs)])
+
+
+def train_category(root: str | Path, category: str, dataset: str, epochs: int = DEFAULT_EPOCHS, seed: int = 0,
+                   progress: bool = True, out_dir: Path | None = None, flips: bool | None = None,
+                   marker: Callable | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train every model of a category and write checkpoints and the card atomically.
+
+    Args:
+        root: the data root; category: its folder; dataset: the models/ sub-folder name.
+        epochs: epochs of the AE and the VAE (the classifier trains for half as many).
+        flips: augment with flips (default: on for textures of the demo, off otherwise).
+        marker: applied to synthetic anomalies (the ``shortcut`` demo's stamp).
+
+    Returns:
+        The model card.
+    """
+    t0 = time.perf_counter()
+    seed_everything(seed)
+    ds = MVTecDataset(root, category, "train")
+    arr = ds.arrays()
+    x_all = torch.from_numpy(arr.images)
+    tr, va = split_indices(len(x_all), seed)
+    x_tr, x_va = x_all[tr], x_all[va]
+    channels = ds.channels
+    if flips is None or marker is None:
+        from cfx.data import demo
+
+        if root is not None and demo.is_demo_root(root) and category in demo.CATEGORIES:
+            spec = demo.CATEGORIES[category]
+            flips = spec["kind"] == "texture" if flips is None else flips
+            if spec.get("stamp") and marker is None:
+                marker = lambda a: demo._stamp(a.transpose(1, 2, 0)).transpose(2, 0, 1)  # noqa: E731
+        flips = bool(flips)
+    log(f"{dataset}/{category}: {len(x_tr)} train, {len(x_va)} validation normals, {channels} channel(s)")
+
+    ae = train_autoencoder(x_tr, channels, epochs, seed, flips=flips, progress=progress, desc=f"{category} AE")
+    vae = train_autoencoder(x_tr, channels, epochs, seed + 1, variational=True, flips=flips, progress=progress,
+                            desc=f"{category} VAE")
+    det = MultiScoreDetector(vae).eval()
+    det.fit(x_tr, x_va)
+
+    rng = np.random.default_rng(seed + 7)
+    syn_tr, _, _ = synthesize(arr.images[tr], rng, per_image=1, marker=marker)
+    syn_va, _, _ = synthesize(arr.images[va], rng, per_image=3, marker=marker)
+    clf = train_classifier(x_tr, torch.from_numpy(syn_tr), channels, max(10, epochs // 2), seed + 2, flips=flips,
+                           progress=progress)
+
+    syn_va_t = torch.from_numpy(syn_va)
+    s_n = {k: _batched(lambda b: det.analyse(b)[k], x_va).numpy() for k in ("score", "recon_score", "mahalanobis_score")}
+    s_a = {k: _batched(lambda b: det.analyse(b)[k], syn_va_t).numpy() for k in ("score", "recon_score", "mahalanobis_score")}
+    thr = choose_threshold(s_n["score"], s_a["score"], "f1")
+    det.threshold.fill_(thr)
+    thresholds = {"score": thr, "recon": choose_threshold(s_n["recon_score"], s_a["recon_score"]),
+                  "mahalanobis": choose_threshold(s_n["mahalanobis_score"], s_a["mahalanobis_score"])}
+    p_n = _batched(clf.proba, x_va).numpy()
+    p_a = _batched(clf.proba, syn_va_t).numpy()
+    clf_thr = float(np.clip(choose_threshold(p_n, p_a, "f1"), 0.05, 0.95))
+
+    from sklearn.metrics import roc_auc_score
+
+    y = np.r_[np.zeros(len(x_va)), np.ones(len(syn_va))]
+    val_metrics = {
+        "val_auroc_synthetic": float(roc_auc_score(y, np.r_[s_n["score"], s_a["score"]])),
+        "val_classifier_auroc_synthetic": float(roc_auc_score(y, np.r_[p_n, p_a])),
+    }
+    z_tr = _batched(ae.encode, x_tr)
+    d = category_dir(dataset, category, out_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    ae_state = ae.state_dict()
+    ae_holder = _StateHolder({**ae_state, "latent_mean": z_tr.mean(0), "latent_std": z_tr.std(0)})
+    net_cfg = lambda m: {"channels": m.channels, "latent_dim": m.latent_dim, "image_size": m.image_size,  # noqa: E731
+                         "widths": list(m.widths)}
+    hashes = {
+        "ae.pt": save_module(d / "ae.pt", ae_holder, {"net": net_cfg(ae)}),
+        "vae.pt": save_module(d / "vae.pt", det, {"net": net_cfg(vae), "detector": {
+            "alpha": det.alpha, "sigma": det.sigma, "top_fraction": det.top_fraction}}),
+        "classifier.pt": save_module(d / "classifier.pt", clf, {"net": {"channels": channels},
+                                                                "threshold": clf_thr}),
+    }
+    content_hash = hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()
+    card = {
+        "dataset": dataset, "category": category, "data_root": str(Path(root)),
+        "split": {"train": len(tr), "validation": len(va), "source": "train/good", "val_fraction": VAL_FRACTION,
+                  "synthetic_validation_anomalies": len(syn_va)},
+        "seed": seed, "epochs": epochs, "channels": channels, "image_size": int(x_all.shape[-1]),
+        "flips": flips, "shortcut_marker": marker is not None,
+        "threshold_rule": "f1", "threshold": thr, "thresholds": thresholds, "classifier_threshold": clf_thr,
+        "alpha": det.alpha, "metrics": val_metrics, "versions": _versions(), "files": hashes,
+        "content_hash": content_hash, "trained_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "train_seconds": round(time.perf_counter() - t0, 1), "device": str(config.device()),
+    }
+    write_json(d / "card.json", card)
+    log(f"{dataset}/{category}: done in {card['train_seconds']} s, threshold {thr:.3f}, "
+        f"val AUROC (synthetic) {val_metrics['val_auroc_synthetic']:.3f}")
+    return card
+
+
+class _StateHolder(nn.Module):
+    """Wraps a plain state dict so that :func:`save_module` can write it."""
+
+    def __init__(self, sd: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self._sd = sd
+
+    def state_dict(self, *a, **k):  # type: ignore[override]
+        return dict(self._sd)
