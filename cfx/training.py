@@ -208,6 +208,7 @@ def train_category(root: str | Path, category: str, dataset: str, epochs: int = 
         "val_classifier_auroc_synthetic": float(roc_auc_score(y, np.r_[p_n, p_a])),
     }
     z_tr = _batched(ae.encode, x_tr)
+    ae_err_va = _batched(lambda b: ((ae(b) - b) ** 2).flatten(1).mean(1), x_va).numpy()
     d = category_dir(dataset, category, out_dir)
     d.mkdir(parents=True, exist_ok=True)
     ae_state = ae.state_dict()
@@ -229,7 +230,7 @@ def train_category(root: str | Path, category: str, dataset: str, epochs: int = 
         "seed": seed, "epochs": epochs, "channels": channels, "image_size": int(x_all.shape[-1]),
         "flips": flips, "shortcut_marker": marker is not None,
         "threshold_rule": "f1", "threshold": thr, "thresholds": thresholds, "classifier_threshold": clf_thr,
-        "alpha": det.alpha, "metrics": val_metrics, "versions": _versions(), "files": hashes,
+        "alpha": det.alpha, "metrics": val_metrics, "ae_recon_normal": float(np.median(ae_err_va)), "versions": _versions(), "files": hashes,
         "content_hash": content_hash, "trained_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "train_seconds": round(time.perf_counter() - t0, 1), "device": str(config.device()),
     }

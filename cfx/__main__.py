@@ -1,0 +1,5 @@
+import sys
+
+from cfx.cli import main
+
+sys.exit(main())

@@ -1,0 +1,129 @@
+"""``python -m cfx``: data, train, evaluate, explain, concepts, audit.
+
+Bad input (a missing root, a folder that is not MVTec, an unknown category, a missing model)
+exits with code 2 and one readable line on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+
+from cfx.errors import CfxError
+
+#: Sub-commands implemented in their own modules: name -> module with add_arguments(p) and run(args) -> int.
+PLUGINS = {
+    "explain": ("cfx.commands.explain", "explain an image with one or all methods"),
+    "concepts": ("cfx.commands.concepts", "concept counterfactuals along alpha"),
+    "audit": ("cfx.commands.audit", "mask-Jaccard audit of a category"),
+}
+
+
+def add_data_args(p: argparse.ArgumentParser, category_all: bool = False) -> None:
+    p.add_argument("--data-root", help="MVTec AD root (default: $CFX_DATA_ROOT, else the embedded demo)")
+    p.add_argument("--category", help="category name" + (" or 'all'" if category_all else "") +
+                   " (default: the first category)")
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from cfx.data.demo import generate
+
+    root = generate(args.out, seed=args.seed, force=args.force)
+    print(root)
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from cfx.models.bundle import dataset_name
+    from cfx.resolve import categories_for, resolve_root
+    from cfx.training import train_category
+
+    root = resolve_root(args.data_root)
+    ds = dataset_name(root)
+    for cat in categories_for(root, args.category):
+        train_category(root, cat, ds, epochs=args.epochs, seed=args.seed, progress=not args.quiet)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from cfx.evaluate import evaluate_category
+    from cfx.models.bundle import dataset_name, load_bundle
+    from cfx.resolve import categories_for, resolve_root
+
+    root = resolve_root(args.data_root)
+    ds = dataset_name(root)
+    cats = categories_for(root, args.category)
+    results = {}
+    for cat in cats:
+        bundle = load_bundle(ds, cat)
+        results[cat] = evaluate_category(bundle, root, cat)
+    out = {"categories": results} if args.category == "all" else results[cats[0]]
+    if args.json:
+        print(json.dumps(out, indent=2, default=float))
+    else:
+        for cat, r in results.items():
+            print(f"{cat}: image AUROC {r['image_auroc']:.3f} (recon {r['image_auroc_recon']:.3f}, "
+                  f"mahalanobis {r['image_auroc_mahalanobis']:.3f}), classifier {r['classifier_auroc']:.3f}, "
+                  f"pixel {r['pixel_auroc']}, F1 {r['f1']:.3f} at {r['threshold']:.3f}, n={r['n_test']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cfx", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("data", help="generate datasets")
+    dsub = p.add_subparsers(dest="what", required=True)
+    pd = dsub.add_parser("demo", help="generate the embedded demo dataset (MVTec layout)")
+    pd.add_argument("--out", help="output folder (default: the cfx cache)")
+    pd.add_argument("--seed", type=int, default=0)
+    pd.add_argument("--force", action="store_true", help="regenerate even if present")
+    pd.set_defaults(func=_cmd_data)
+
+    p = sub.add_parser("train", help="train every model of a category")
+    add_data_args(p, category_all=True)
+    from cfx.training import DEFAULT_EPOCHS
+
+    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="AUROC, pixel AUROC and F1 on the test split")
+    add_data_args(p, category_all=True)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_evaluate)
+
+    for name, (module, help_) in PLUGINS.items():
+        p = sub.add_parser(name, help=help_)
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            p.set_defaults(func=lambda a, n=name: _missing(n))
+            continue
+        mod.add_arguments(p)
+        p.set_defaults(func=mod.run)
+    return parser
+
+
+def _missing(name: str) -> int:
+    print(f"cfx: the '{name}' command is not available in this build", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except CfxError as exc:
+        print(f"cfx: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,1 @@
+"""Sub-commands of python -m cfx that live in their own modules."""

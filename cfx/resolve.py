@@ -1,0 +1,79 @@
+"""Shared resolution of the data root, category and image for the CLI, the app and benchmarks."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cfx import config
+from cfx.data.imageio import load_image
+from cfx.data.mvtec import GOOD, MVTecDataset, Sample, list_categories, validate_root
+from cfx.errors import DataError
+
+
+def resolve_root(data_root: str | os.PathLike | None = None) -> Path:
+    """``data_root``, else ``$CFX_DATA_ROOT``, else the embedded demo (generated if needed); validated."""
+    if data_root is None:
+        data_root = config.env_data_root()
+    if data_root is None:
+        from cfx.data.demo import ensure_demo
+
+        return ensure_demo()
+    return validate_root(data_root)
+
+
+def resolve_category(root: Path, category: str | None) -> str:
+    """``category`` (checked), or the root's first category."""
+    cats = list_categories(root)
+    if category is None:
+        return cats[0]
+    if category not in cats:
+        raise DataError(f"unknown category {category!r} in {root} (categories: {', '.join(cats)})")
+    return category
+
+
+def categories_for(root: Path, category: str | None) -> list[str]:
+    """``all`` -> every category; else one."""
+    if category == "all":
+        return list_categories(root)
+    return [resolve_category(root, category)]
+
+
+@dataclass
+class Selected:
+    """One image to explain: its array, where it came from and its mask (None when unknown)."""
+
+    image: np.ndarray
+    name: str
+    sample: Sample | None
+    mask: np.ndarray | None
+    index: int | None
+
+
+def select_image(root: Path, category: str, image: str | int | None, channels: int, size: int) -> Selected:
+    """An image of the category's test split by index or ``<defect>/<file>`` name, or any file path.
+
+    Without ``image``: the first defective test image.
+    """
+    ds = MVTecDataset(root, category, "test", image_size=size, channels=channels)
+    arr = ds.arrays()
+    if image is None:
+        idx = next((i for i, s in enumerate(arr.samples) if s.defect != GOOD), 0)
+    elif isinstance(image, int) or (isinstance(image, str) and image.lstrip("-").isdigit()):
+        idx = int(image)
+        if not -len(arr) <= idx < len(arr):
+            raise DataError(f"image index {idx} out of range: {category} has {len(arr)} test images")
+        idx %= len(arr)
+    else:
+        names = [s.name for s in arr.samples]
+        if image in names:
+            idx = names.index(image)
+        else:
+            p = Path(image).expanduser()
+            if not p.exists():
+                raise DataError(f"image {image} is neither a file nor a test image of {category} (e.g. {names[-1]})")
+            return Selected(load_image(p, size, channels), p.name, None, None, None)
+    s = arr.samples[idx]
+    return Selected(arr.images[idx], s.name, s, arr.masks[idx] if arr.has_mask[idx] else None, idx)
