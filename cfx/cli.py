@@ -43,7 +43,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     root = resolve_root(args.data_root)
     ds = dataset_name(root)
     for cat in categories_for(root, args.category):
-        train_category(root, cat, ds, epochs=args.epochs, seed=args.seed, progress=not args.quiet)
+        train_category(root, cat, ds, epochs=args.epochs, seed=args.seed, progress=not args.quiet, alpha=args.alpha)
     return 0
 
 
@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--alpha", type=float, default=None,
+                   help="weight of reconstruction in the combined score (default: chosen on validation, 0.6 on ties)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_train)
 

@@ -1,0 +1,65 @@
+"""Shared fixtures: the demo dataset, the shipped demo models, the real MVTec sample."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_SAMPLE = ROOT.parent / "shared" / "mvtec-sample"
+
+
+@pytest.fixture(scope="session")
+def demo_root() -> Path:
+    from cfx.data.demo import ensure_demo
+
+    return ensure_demo()
+
+
+@pytest.fixture(scope="session")
+def mvtec_sample() -> Path:
+    if not (SHARED_SAMPLE / "bottle").is_dir():
+        pytest.skip("../shared/mvtec-sample is absent")
+    return SHARED_SAMPLE
+
+
+@pytest.fixture(scope="session")
+def brick(demo_root):
+    from cfx.models.bundle import load_bundle
+
+    return load_bundle("demo", "brick")
+
+
+@pytest.fixture(scope="session")
+def tablet(demo_root):
+    from cfx.models.bundle import load_bundle
+
+    return load_bundle("demo", "tablet")
+
+
+def write_png(path: Path, arr: np.ndarray, mode: str | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr, mode=mode).save(path) if mode else Image.fromarray(arr).save(path)
+    return path
+
+
+@pytest.fixture
+def tiny_root(tmp_path) -> Path:
+    """A small MVTec-layout folder with odd sizes and modes, a missing mask and a mask by stem."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "mvtec"
+    cat = root / "widget"
+    for i in range(12):
+        write_png(cat / "train" / "good" / f"{i:03d}.png", (rng.random((40, 52)) * 255).astype(np.uint8))
+    write_png(cat / "test" / "good" / "000.png", (rng.random((40, 52)) * 255).astype(np.uint8))
+    write_png(cat / "test" / "scratch" / "000.png", (rng.random((60, 60, 4)) * 255).astype(np.uint8))  # RGBA
+    write_png(cat / "test" / "scratch" / "001.png", (rng.random((33, 47)) * 65535).astype(np.uint16))  # 16-bit
+    m = np.zeros((60, 60), np.uint8)
+    m[10:20, 30:50] = 255
+    write_png(cat / "ground_truth" / "scratch" / "000_mask.png", m)
+    # 001 has no mask: unknown, not empty
+    os.environ.pop("CFX_DATA_ROOT", None)
+    return root

@@ -1,0 +1,73 @@
+"""Models: save/load round trip (weights_only), detector behaviour on the demo data."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cfx.data.mvtec import MVTecDataset
+from cfx.detectors import choose_threshold
+from cfx.errors import ModelMissingError
+from cfx.models.bundle import load_bundle, load_checkpoint
+from cfx.training import train_category
+
+
+def test_train_save_load_round_trip(tiny_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("CFX_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("CFX_CACHE_DIR", str(tmp_path / "cache"))
+    card = train_category(tiny_root, "widget", "tiny", epochs=2, progress=False, log=lambda s: None)
+    d = tmp_path / "models" / "tiny" / "widget"
+    assert {p.name for p in d.iterdir()} >= {"ae.pt", "vae.pt", "classifier.pt", "card.json"}
+    assert not [p for p in d.iterdir() if p.name.startswith(".")]  # no temporary files left
+    on_disk = json.loads((d / "card.json").read_text())
+    assert on_disk["content_hash"] == card["content_hash"]
+    for name, digest in card["files"].items():
+        assert hashlib.sha256((d / name).read_bytes()).hexdigest() == digest
+    for key in ("seed", "epochs", "data_root", "split", "metrics", "versions", "threshold"):
+        assert key in card
+    ck = torch.load(d / "vae.pt", weights_only=True)  # plain tensors and numbers only
+    assert ck["state_dict"]["vae.enc.0.weight"].dtype == torch.float16
+    a = load_bundle("tiny", "widget", device="cpu")
+    b = load_bundle("tiny", "widget", device="cpu")
+    x = MVTecDataset(tiny_root, "widget", "test", channels=a.channels).arrays().images
+    np.testing.assert_array_equal(a.score_numpy(x), b.score_numpy(x))
+    assert a.threshold == pytest.approx(card["threshold"])
+
+
+def test_missing_model_says_how_to_train(tmp_path, monkeypatch):
+    monkeypatch.setenv("CFX_MODELS_DIR", str(tmp_path))
+    with pytest.raises(ModelMissingError, match="python -m cfx train --category brick"):
+        load_bundle("demo", "brick")
+
+
+def test_load_checkpoint_missing_file(tmp_path):
+    with pytest.raises(ModelMissingError):
+        load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_threshold_rules_separate_classes():
+    rng = np.random.default_rng(0)
+    n, a = rng.normal(0, 1, 200), rng.normal(4, 1, 200)
+    for rule in ("f1", "gmean"):
+        t = choose_threshold(n, a, rule)
+        assert 1.0 < t < 3.0
+        assert (a > t).mean() > 0.9 and (n > t).mean() < 0.1
+
+
+@pytest.mark.parametrize("category", ["brick", "tablet"])
+def test_shipped_detector_scores_defects_above_normals(demo_root, category):
+    b = load_bundle("demo", category, device="cpu")
+    arr = MVTecDataset(demo_root, category, "test", channels=b.channels).arrays()
+    out = b.analyse(arr.images)
+    good, bad = out["score"][arr.labels == 0], out["score"][arr.labels == 1]
+    assert np.median(bad) > np.percentile(good, 90)
+    assert out["anomalous"][arr.labels == 1].mean() > 0.8
+    assert out["anomalous"][arr.labels == 0].mean() < 0.2
+    # the calibrated heatmap keeps normal images cool and is hot inside the defect masks
+    heat = out["heatmap"]
+    assert np.percentile(heat[arr.labels == 0], 99) < 1.5
+    m = arr.masks & arr.has_mask[:, None, None]
+    assert heat[m].mean() > 3 * heat[arr.labels == 0].mean()
