@@ -44,6 +44,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     ds = dataset_name(root)
     for cat in categories_for(root, args.category):
         train_category(root, cat, ds, epochs=args.epochs, seed=args.seed, progress=not args.quiet, alpha=args.alpha)
+        if args.base_only:
+            continue
+        # the explainers' own models: the latent classifier ensemble and the concept generator
+        from cfx.concepts import train_concepts
+        from cfx.explainers.gradient import save_latent_ensemble, set_data_root, train_images, train_latent_ensemble
+        from cfx.models.bundle import load_bundle
+
+        bundle = load_bundle(ds, cat)
+        set_data_root(bundle, root)
+        save_latent_ensemble(bundle, train_latent_ensemble(bundle, train_images(bundle), seed=args.seed),
+                             seed=args.seed)
+        train_concepts(bundle, root, cat, seed=args.seed, progress=not args.quiet)
+        print(f"{ds}/{cat}: latent ensemble and concept generator written")
     return 0
 
 
@@ -92,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=None,
                    help="weight of reconstruction in the combined score (default: chosen on validation, 0.6 on ties)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--base-only", action="store_true",
+                   help="only the autoencoder, VAE detector and classifier (not the ensemble and concept generator)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="AUROC, pixel AUROC and F1 on the test split")

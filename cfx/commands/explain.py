@@ -1,0 +1,133 @@
+"""``python -m cfx explain``: explain one image with one or all methods.
+
+Writes PNGs under ``--out`` (``original.png``; per method ``<method>_heatmap.png``,
+``<method>_cf<k>.png`` and ``<method>_cf<k>_diff.png``; the report files) and, with ``--json``,
+prints one object::
+
+    {"image": ..., "detector": {"score", "threshold", "anomalous", ...},
+     "methods": {name: {"seconds", "heatmap": path or null,
+                        "counterfactuals": [{"path", "score_after", "valid", "l1", "sparsity", "realism", ...}],
+                        "error": null or one line, ...}}, ...}
+
+Without ``--image`` it takes the first defective test image of the category. A method that fails
+reports its error in its own entry and the others still run (exit 0; 1 when every method failed).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from cfx.errors import DataError
+
+METHOD_ORDER = ("recon", "gradcam", "lime", "shap", "clear", "dice", "gradient")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The command's options (beside --data-root and --category)."""
+    from cfx.cli import add_data_args
+    from cfx.detectors import TARGETS
+
+    add_data_args(p)
+    p.add_argument("--image", help="a test image's index or <defect>/<file> name, or an image file "
+                                   "(default: the first defective test image)")
+    p.add_argument("--method", default="all",
+                   help=f"{'|'.join(METHOD_ORDER)}|all, or several separated by commas (default: all)")
+    p.add_argument("--target", default="score", choices=list(TARGETS),
+                   help="explain the detector's anomaly score (or one of its parts) or the classifier's "
+                        "P(anomalous) (default: score)")
+    p.add_argument("--out", help="output folder (default: out/explain/<category>/<image>)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--params", help='per-method parameters as JSON, e.g. \'{"lime": {"num_samples": 300}}\'')
+    p.add_argument("--report", default="png,json",
+                   help="report files to write besides the PNGs: png,json,pdf,html or none (default: png,json)")
+
+
+def resolve_methods(text: str) -> list[str]:
+    """``all`` -> every registered method (display order); else the named ones, checked."""
+    from cfx.explainers import REGISTRY
+
+    if text.strip() == "all":
+        known = [m for m in METHOD_ORDER if m in REGISTRY] + sorted(set(REGISTRY) - set(METHOD_ORDER))
+        return known
+    chosen = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in chosen if m not in REGISTRY]
+    if bad or not chosen:
+        raise DataError(f"unknown method(s) {', '.join(bad) or '(none)'}; choose from {', '.join(REGISTRY)} or all")
+    return list(dict.fromkeys(chosen))
+
+
+def _params(text: str | None) -> dict:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise DataError(f"--params is not valid JSON: {exc}") from None
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise DataError('--params must map method names to objects, e.g. {"lime": {"num_samples": 300}}')
+    return value
+
+
+def _formats(text: str) -> tuple[str, ...]:
+    from cfx.export import FORMATS
+
+    if text.strip() in ("", "none"):
+        return ()
+    fm = tuple(dict.fromkeys(f.strip() for f in text.split(",") if f.strip()))
+    bad = [f for f in fm if f not in FORMATS]
+    if bad:
+        raise DataError(f"unknown report format(s) {', '.join(bad)}; choose from {', '.join(FORMATS)} or none")
+    return fm
+
+
+def run(args: argparse.Namespace) -> int:
+    """Explain the image; print the JSON (``--json``) or a short table. Exit 0 (1: every method failed)."""
+    from cfx.explainers import explain, set_data_root
+    from cfx.export import Report, _safe, export_explanations
+    from cfx.models.bundle import dataset_name, load_bundle
+    from cfx.resolve import resolve_category, resolve_root, select_image
+
+    methods = resolve_methods(args.method)
+    params = _params(args.params)
+    unknown = set(params) - set(methods)
+    if unknown:
+        raise DataError(f"--params names method(s) not being run: {', '.join(sorted(unknown))}")
+    formats = _formats(args.report)
+    root = resolve_root(args.data_root)
+    category = resolve_category(root, args.category)
+    bundle = load_bundle(dataset_name(root), category)
+    set_data_root(bundle, root)
+    sel = select_image(root, category, args.image, bundle.channels, bundle.image_size)
+    out = Path(args.out) if args.out else Path("out") / "explain" / category / _safe(sel.name.replace("/", "_"))
+    results = explain(bundle, sel.image, methods, target=args.target, seed=args.seed, params=params)
+    report = Report.from_bundle(bundle, sel.image, sel.name, results, mask=sel.mask, target=args.target,
+                                params={"seed": args.seed}, with_detector_maps=False)
+    doc = export_explanations(report, out, formats)
+    doc["out"] = str(out)
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        det = doc["detector"]
+        print(f"{doc['image']}: score {det['score']:.3f} (threshold {det['threshold']:.3f}) -> "
+              f"{'ANOMALOUS' if det['anomalous'] else 'normal'}; target {args.target}; files in {out}")
+        for name, m in doc["methods"].items():
+            if m.get("error"):
+                print(f"  {name:<9} FAILED {m['error']}")
+                continue
+            cfs = m["counterfactuals"]
+            what = f"heatmap {Path(m['heatmap']).name}" if m["heatmap"] else ""
+            if cfs:
+                c = cfs[0]
+                what += (f"{len(cfs)} counterfactual(s), best: score {c['score_after']:.3f} "
+                         f"{'valid' if c['valid'] else 'NOT valid'}, L1 {c['l1']:.4f}, sparsity {c['sparsity']:.3f}")
+            elif results[name].kind == "counterfactual":
+                what += results[name].info.get("message", "no counterfactual found")
+            print(f"  {name:<9} {m['seconds']:7.2f} s  {what}")
+    failed = [n for n, e in results.items() if e.error]
+    if failed and len(failed) == len(results):
+        print(f"cfx: every method failed ({', '.join(failed)})", file=sys.stderr)
+        return 1
+    return 0

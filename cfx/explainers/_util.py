@@ -1,0 +1,156 @@
+"""Helpers shared by the explanation methods: batched scoring, fills, decoding, train images.
+
+Nothing here is a method; see the modules beside it.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cfx.errors import DataError
+
+#: Images per forward pass when a method scores many perturbed images (large batches are
+#: fastest on CPU with channels_last; the memory is ~64 KB per gray image).
+BATCH = 128
+
+
+def scores_from_analysis(a: dict[str, np.ndarray], target: str) -> np.ndarray:
+    """The target's column of :meth:`ModelBundle.analyse`'s output."""
+    if target == "classifier":
+        return a["classifier"]
+    return {"score": a["score"], "recon": a["recon_score"], "mahalanobis": a["mahalanobis_score"]}[target]
+
+
+def score_images(bundle, images: np.ndarray, target: str, batch: int = BATCH) -> np.ndarray:
+    """Target scores (float64, (N,)) of float images (N, C, H, W), batched, no autograd."""
+    return bundle.score_numpy(np.asarray(images, np.float32), target, batch=batch)
+
+
+@torch.inference_mode()
+def score_tensor(bundle, x: torch.Tensor, target: str, batch: int = BATCH) -> np.ndarray:
+    """Target scores of a tensor of images already on the bundle's device (float64 numpy)."""
+    out = []
+    for i in range(0, len(x), batch):
+        xb = x[i:i + batch].contiguous(memory_format=torch.channels_last)
+        out.append(bundle.score(xb, target).double().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def is_anomalous(bundle, scores: np.ndarray | float, target: str) -> np.ndarray:
+    """Whether target scores lie above the target's threshold."""
+    return np.asarray(scores) > bundle.threshold_for(target)
+
+
+def to_probability(bundle, scores: np.ndarray, target: str, temperature: float = 1.0) -> np.ndarray:
+    """A probability of "anomalous" that is 0.5 exactly at the target's threshold.
+
+    ``classifier``: the classifier's probability shifted on the logit scale so that its threshold
+    maps to 0.5; detector targets (z-scores): ``sigmoid((score - threshold) / temperature)``.
+    """
+    s = np.asarray(scores, np.float64)
+    thr = bundle.threshold_for(target)
+    if target == "classifier":
+        p = np.clip(s, 1e-7, 1 - 1e-7)
+        t = min(max(thr, 1e-7), 1 - 1e-7)
+        z = np.log(p / (1 - p)) - math.log(t / (1 - t))
+    else:
+        z = (s - thr) / temperature
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+@torch.inference_mode()
+def reconstruction(bundle, image: np.ndarray) -> np.ndarray:
+    """The detector's (VAE) reconstruction of one image, float32 (C, H, W)."""
+    x = bundle.to_tensor(image[None])
+    return bundle.vae(x)[0].float().cpu().numpy()
+
+
+def blurred(image: np.ndarray, sigma: float = 8.0) -> np.ndarray:
+    """A strong Gaussian blur of one image (C, H, W)."""
+    from scipy.ndimage import gaussian_filter
+
+    return np.stack([gaussian_filter(c, sigma, mode="reflect") for c in image]).astype(np.float32)
+
+
+def fill_image(bundle, image: np.ndarray, fill: str) -> np.ndarray:
+    """What hidden regions are replaced with: ``recon`` (the detector's reconstruction, i.e. what
+    the model expects there), ``blur`` or ``mean`` (the image's mean colour)."""
+    if fill == "recon":
+        return reconstruction(bundle, image)
+    if fill == "blur":
+        return blurred(image)
+    if fill == "mean":
+        return np.broadcast_to(image.mean((1, 2), keepdims=True), image.shape).astype(np.float32).copy()
+    raise ValueError(f"unknown fill {fill!r}; choose recon, blur or mean")
+
+
+@torch.inference_mode()
+def decode(ae, z: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """Decode latents (N, D) in batches (channels_last output)."""
+    outs = [ae.decode(z[i:i + batch]).contiguous(memory_format=torch.channels_last) for i in range(0, len(z), batch)]
+    return torch.cat(outs) if outs else z.new_zeros((0,))
+
+
+def order_counterfactuals(cfs: list) -> list:
+    """Closest valid first: valid ones by L1, then invalid ones by L1 (stable)."""
+    return sorted(cfs, key=lambda c: (not c.valid, c.metrics.get("l1", 0.0)))
+
+
+# ------------------------------------------------------------------ train images
+def set_data_root(bundle, root: str | Path) -> None:
+    """Tell the bundle where its training data lives (DiCE's PCA and the latent ensemble read
+    train/good from it). The CLI and the app call this after loading a bundle."""
+    bundle.extras["data_root"] = Path(root)
+
+
+def _data_root(bundle) -> Path:
+    root = bundle.extras.get("data_root")
+    if root is not None and Path(root).is_dir():
+        return Path(root)
+    card_root = bundle.card.get("data_root")
+    if card_root and Path(card_root).is_dir():
+        return Path(card_root)
+    from cfx import config
+
+    if bundle.dataset == config.DEMO_NAME:
+        from cfx.data.demo import ensure_demo
+
+        return ensure_demo()
+    raise DataError(f"the train images of {bundle.dataset}/{bundle.category} are needed but their data root is "
+                    f"unknown: pass --data-root")
+
+
+def train_images(bundle) -> np.ndarray:
+    """The category's train/good images at the bundle's size and channels (cached in extras)."""
+    key = "train_good_images"
+    with bundle.lock:
+        if key not in bundle.extras:
+            from cfx.data.mvtec import MVTecDataset
+
+            ds = MVTecDataset(_data_root(bundle), bundle.category, "train", image_size=bundle.image_size,
+                              channels=bundle.channels)
+            arr = ds.arrays()
+            if len(arr.images) == 0:
+                raise DataError(f"no train/good images for {bundle.category}")
+            bundle.extras[key] = arr.images
+        return bundle.extras[key]
+
+
+def json_safe(d: dict[str, Any]) -> dict[str, Any]:
+    """Floats rounded, numpy scalars to Python."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, (np.floating, float)):
+            v = float(v)
+            out[k] = round(v, 6) if math.isfinite(v) else None
+        elif isinstance(v, np.integer):
+            out[k] = int(v)
+        elif isinstance(v, np.bool_):
+            out[k] = bool(v)
+        else:
+            out[k] = v
+    return out

@@ -1,0 +1,303 @@
+"""CLEAR in the autoencoder's latent space (after White & Garcez, 2019).
+
+1. Encode the image: z0 = AE.encode(x).
+2. Sample ``n_samples`` latents from a Gaussian around z0, scaled per dimension by the spread of
+   the training latents (``bundle.ae_latent_std``) times a radius drawn uniformly from
+   [0, 2 * scale], so the neighbourhood reaches both sides of the boundary; decode them with the
+   AE and score them with the real model, in batches.
+3. Fit a logistic regression (scikit-learn) of "anomalous" (the target above its threshold) on
+   the latents, each sample weighted by a Gaussian kernel of its distance to z0 (classes balanced).
+4. The counterfactual is the smallest step along the regression's normal w that brings the
+   regression's probability to p* (just past the boundary, on the other side from the original):
+
+       z' = z0 + (logit(p*) - (w.z0 + b)) / ||w||^2 * w     so that  w.z' + b = logit(p*)  exactly.
+
+   (The seed's code stepped the other way.) If the regression already puts z0 past p*, the step
+   is zero. The decoded z' is checked with the real model; if it did not cross, the search walks
+   further along the same line, ``walk_logit`` logits at a time, at most ``max_walk`` steps.
+5. Fidelity as White & Garcez define it: for each latent dimension (the ``fidelity_dims`` with the
+   largest |w_j| * sd_j; 0 = all), the boundary value the regression predicts for that dimension
+   alone against the one found by sweeping that dimension through the decoder and the real model
+   (+-``fidelity_range`` SD, linear interpolation between grid points); fidelity is the share of
+   dimensions where the two lie within 0.25 SD (or where neither lies within the sweep).
+
+Note: the AE reconstructs normal appearance, so dec(z0) is often already on the normal side for
+a defective image; the counterfactual is then dec(z0) itself (``info["step_clamped"]``).
+``path_images`` (for a slider) go from the original by pixel blends to dec(z0), then along the
+line to a quarter past the counterfactual; ``path_scores`` are the target's scores.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+import torch
+
+from cfx.explainers._util import order_counterfactuals, score_images
+from cfx.explainers.base import Explainer, Explanation, counterfactual_metrics, register
+
+#: two boundary values agree when they lie within this many training SDs (White & Garcez)
+FIDELITY_TOLERANCE = 0.25
+
+
+def logit(p: float) -> float:
+    p = min(max(float(p), 1e-12), 1 - 1e-12)
+    return float(np.log(p / (1 - p)))
+
+
+def clear_step(z0: np.ndarray, w: np.ndarray, b: float, p_target: float) -> np.ndarray:
+    """The point on the line z0 + t * w where the logistic model sigmoid(w.z + b) equals ``p_target``.
+
+    Args:
+        z0: the start (D,); w, b: the regression's weights (D,) and intercept.
+        p_target: the wanted probability in (0, 1).
+
+    Returns:
+        z' with ``w.z' + b == logit(p_target)`` (up to rounding).
+    """
+    w = np.asarray(w, np.float64)
+    z0 = np.asarray(z0, np.float64)
+    t = (logit(p_target) - (w @ z0 + b)) / (w @ w)
+    return z0 + t * w
+
+
+@dataclass
+class LocalRegression:
+    """A logistic regression in latent coordinates: p(anomalous | z) = sigmoid(w.z + b)."""
+
+    w: np.ndarray
+    b: float
+    accuracy: float  # kernel-weighted accuracy on the neighbourhood
+
+    def logit(self, z: np.ndarray) -> np.ndarray:
+        return np.asarray(z, np.float64) @ self.w + self.b
+
+    def proba(self, z: np.ndarray) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-self.logit(z)))
+
+
+def fit_local_regression(Z: np.ndarray, y: np.ndarray, z0: np.ndarray, std: np.ndarray, kernel_width: float,
+                         C: float = 1.0) -> LocalRegression:
+    """Kernel-weighted, class-balanced logistic regression of ``y`` on latents ``Z`` (fitted in
+    standardised coordinates around z0, returned in latent coordinates)."""
+    from sklearn.linear_model import LogisticRegression
+
+    U = (np.asarray(Z, np.float64) - z0) / std
+    d2 = (U**2).mean(1)
+    sw = np.exp(-d2 / max(kernel_width, 1e-6) ** 2)
+    y = np.asarray(y, int)
+    # balance the two classes under the kernel weights
+    for c in (0, 1):
+        tot = sw[y == c].sum()
+        if tot > 0:
+            sw[y == c] *= 0.5 * sw.sum() / tot
+    lr = LogisticRegression(C=C, max_iter=2000)
+    lr.fit(U, y, sample_weight=sw)
+    wu, bu = lr.coef_[0].astype(np.float64), float(lr.intercept_[0])
+    w = wu / std
+    b = bu - float(w @ z0)
+    acc = float((sw * (lr.predict(U) == y)).sum() / sw.sum())
+    return LocalRegression(w, b, acc)
+
+
+@dataclass
+class ClearResult:
+    """What the CLEAR search found (latents in the AE's space)."""
+
+    z0: np.ndarray
+    regression: LocalRegression | None
+    p_target: float
+    z_cf: np.ndarray | None  # the first candidate that crossed (None: none did)
+    score_cf: float | None
+    walked: int  # extra steps beyond z' (0: z' itself crossed)
+    step_clamped: bool
+    candidates: np.ndarray  # (K, D) the line's candidates, z' first
+    candidate_scores: np.ndarray
+    n_anomalous: int
+    n_samples: int
+    fidelity: float | None = None
+    fidelity_detail: list[dict[str, Any]] = field(default_factory=list)
+
+
+def clear_search(score_latents: Callable[[np.ndarray], np.ndarray], threshold: float, z0: np.ndarray,
+                 std: np.ndarray, want_anomalous: bool, n_samples: int = 2000, scale: float = 1.0,
+                 margin: float = 0.05, max_walk: int = 12, walk_logit: float = 1.0, seed: int = 0,
+                 fidelity_dims: int = 8, fidelity_range: float = 3.0, fidelity_step: float = 0.5) -> ClearResult:
+    """CLEAR on any latent model (see the module docstring).
+
+    Args:
+        score_latents: latents (N, D) -> the real model's scores (N,) of their decodings.
+        threshold: a score above it is "anomalous".
+        z0, std: the instance's latent and the per-dimension scale (D,).
+        want_anomalous: the side the counterfactual must reach (False: normal).
+        n_samples, scale, margin, max_walk, walk_logit, seed: see :class:`Clear`.
+        fidelity_dims, fidelity_range, fidelity_step: the fidelity sweep (``fidelity_dims=-1``: skip).
+
+    Returns:
+        A :class:`ClearResult`.
+    """
+    rng = np.random.default_rng(seed)
+    z0 = np.asarray(z0, np.float64)
+    std = np.maximum(np.asarray(std, np.float64), 1e-8)
+    d = len(z0)
+    radii = 2.0 * scale * rng.uniform(size=(n_samples, 1))
+    Z = z0 + radii * std * rng.standard_normal((n_samples, d))
+    s = score_latents(Z)
+    y = s > threshold
+    tries = 0
+    while (y.sum() < 5 or (~y).sum() < 5) and tries < 2:  # widen the neighbourhood until both classes appear
+        tries += 1
+        extra = max(50, n_samples // 4)
+        r = 2.0 * scale * 2 ** tries * rng.uniform(0.5, 1.0, size=(extra, 1))
+        Ze = z0 + r * std * rng.standard_normal((extra, d))
+        Z, s = np.concatenate([Z, Ze]), np.concatenate([s, score_latents(Ze)])
+        y = s > threshold
+    p_target = 0.5 + margin if want_anomalous else 0.5 - margin
+    sign = 1.0 if want_anomalous else -1.0
+    if y.all() or not y.any():
+        reg = None
+        ts = np.zeros(1)
+        clamped = True
+        direction = np.zeros(d)
+    else:
+        reg = fit_local_regression(Z, y, z0, std, kernel_width=scale)
+        ww = float(reg.w @ reg.w)
+        t0 = (logit(p_target) - float(reg.logit(z0))) / ww  # clear_step's t
+        clamped = sign * t0 < 0  # the regression already puts z0 past p*
+        t0 = 0.0 if clamped else t0
+        ts = t0 + sign * walk_logit / ww * np.arange(max_walk + 1)
+        direction = reg.w
+    cands = z0 + ts[:, None] * direction
+    cs = score_latents(cands)
+    ok = (cs > threshold) == want_anomalous
+    k = int(np.argmax(ok)) if ok.any() else -1
+    res = ClearResult(z0, reg, p_target, cands[k] if k >= 0 else None, float(cs[k]) if k >= 0 else None,
+                      max(k, 0), bool(clamped), cands, cs, int(y.sum()), len(y))
+    if reg is not None and fidelity_dims >= 0:
+        res.fidelity, res.fidelity_detail = clear_fidelity(score_latents, threshold, z0, std, reg, fidelity_dims,
+                                                           fidelity_range, fidelity_step)
+    return res
+
+
+def clear_fidelity(score_latents: Callable[[np.ndarray], np.ndarray], threshold: float, z0: np.ndarray,
+                   std: np.ndarray, reg: LocalRegression, dims: int = 8, span: float = 3.0, step: float = 0.5
+                   ) -> tuple[float, list[dict[str, Any]]]:
+    """White & Garcez's fidelity: the share of dimensions whose regression-predicted boundary lies
+    within 0.25 SD of the boundary found by sweeping that dimension through the real model.
+
+    Returns:
+        (fidelity, per-dimension details in SD units from z0: dim, predicted, found, agree).
+    """
+    order = np.argsort(-np.abs(reg.w * std))
+    chosen = order[: dims] if dims > 0 else order
+    grid = np.arange(-span, span + 1e-9, step)
+    Z = np.repeat(z0[None], len(chosen) * len(grid), 0)
+    for i, j in enumerate(chosen):
+        Z[i * len(grid):(i + 1) * len(grid), j] = z0[j] + grid * std[j]
+    s = score_latents(Z).reshape(len(chosen), len(grid)) - threshold
+    center = int(np.argmin(np.abs(grid)))
+    details = []
+    agree = 0
+    for i, j in enumerate(chosen):
+        # regression: w_j * (z0_j + u * sd_j) + rest = 0
+        u_pred = -float(reg.logit(z0)) / (reg.w[j] * std[j]) if reg.w[j] != 0 else np.inf
+        found = None
+        row = s[i]
+        for off in range(len(grid)):  # nearest sign change to z0 on either side
+            for a in (center + off, center - off - 1):
+                if 0 <= a < len(grid) - 1 and (row[a] > 0) != (row[a + 1] > 0):
+                    frac = row[a] / (row[a] - row[a + 1])
+                    cand = grid[a] + frac * (grid[a + 1] - grid[a])
+                    if found is None or abs(cand) < abs(found):
+                        found = float(cand)
+            if found is not None:
+                break
+        in_range = abs(u_pred) <= span
+        ok = (found is not None and in_range and abs(u_pred - found) <= FIDELITY_TOLERANCE) or \
+             (found is None and not in_range)
+        agree += ok
+        details.append({"dim": int(j), "predicted_sd": round(float(u_pred), 4) if np.isfinite(u_pred) else None,
+                        "found_sd": None if found is None else round(found, 4), "agree": bool(ok)})
+    return agree / max(1, len(chosen)), details
+
+
+def latent_scorer(bundle, target: str, batch: int = 256) -> Callable[[np.ndarray], np.ndarray]:
+    """latents (N, D) -> target scores of their AE decodings (decode and score batch by batch)."""
+    dev = bundle.device
+
+    @torch.inference_mode()
+    def f(Z: np.ndarray) -> np.ndarray:
+        out = []
+        for i in range(0, len(Z), batch):
+            z = torch.as_tensor(np.asarray(Z[i:i + batch]), dtype=torch.float32, device=dev)
+            x = bundle.ae.decode(z).contiguous(memory_format=torch.channels_last)
+            out.append(bundle.score(x, target).double().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros(0)
+    return f
+
+
+@torch.inference_mode()
+def decode_numpy(bundle, Z: np.ndarray) -> np.ndarray:
+    z = torch.as_tensor(np.asarray(Z), dtype=torch.float32, device=bundle.device)
+    return bundle.ae.decode(z).float().cpu().numpy()
+
+
+@register
+class Clear(Explainer):
+    """CLEAR: a local logistic regression in the AE latent, its minimal step, fidelity."""
+
+    name: ClassVar[str] = "clear"
+    kind: ClassVar[str] = "counterfactual"
+    label: ClassVar[str] = "CLEAR (latent regression)"
+    defaults: ClassVar[dict[str, Any]] = {"n_samples": 2000, "scale": 1.0, "margin": 0.05, "max_walk": 12,
+                                          "walk_logit": 1.0, "path_steps": 8, "fidelity_dims": 8,
+                                          "fidelity_range": 3.0, "fidelity_step": 0.5, "batch_size": 256}
+
+    def _explain(self, image: np.ndarray, target: str, seed: int, params: dict[str, Any]) -> Explanation:
+        b = self.bundle
+        exp = self.base(image, target)
+        thr = b.threshold_for(target)
+        want_anomalous = not exp.score_before > thr
+        with torch.inference_mode():
+            z0 = b.ae.encode(b.to_tensor(image[None]))[0].double().cpu().numpy()
+        std = b.ae_latent_std.double().cpu().numpy()
+        res = clear_search(latent_scorer(b, target, int(params["batch_size"])), thr, z0, std, want_anomalous,
+                           n_samples=int(params["n_samples"]), scale=float(params["scale"]),
+                           margin=float(params["margin"]), max_walk=int(params["max_walk"]),
+                           walk_logit=float(params["walk_logit"]), seed=seed,
+                           fidelity_dims=int(params["fidelity_dims"]), fidelity_range=float(params["fidelity_range"]),
+                           fidelity_step=float(params["fidelity_step"]))
+        info: dict[str, Any] = {
+            "fidelity": res.fidelity, "fidelity_dims": len(res.fidelity_detail), "fidelity_detail": res.fidelity_detail,
+            "n_samples": res.n_samples, "n_anomalous_samples": res.n_anomalous, "p_target": res.p_target,
+            "step_clamped": res.step_clamped, "walked": res.walked,
+            "regression_accuracy": None if res.regression is None else res.regression.accuracy,
+        }
+        if res.regression is not None:
+            info["regression_p_at_z0"] = float(res.regression.proba(z0))
+            info["regression_p_at_cf"] = None if res.z_cf is None else float(res.regression.proba(res.z_cf))
+        else:
+            info["message"] = "every sampled latent fell on one side: no regression could be fitted"
+        if res.z_cf is None:
+            info["message"] = (f"no counterfactual found within {len(res.candidates)} steps along the regression's "
+                               f"normal (last score {res.candidate_scores[-1]:.3g}, threshold {thr:.3g})")
+            exp.info.update(info)
+            return exp
+        img = decode_numpy(b, res.z_cf[None])
+        cfs = counterfactual_metrics(b, image, img, target, z0.astype(np.float32), res.z_cf[None].astype(np.float32))
+        # the slider: the original, a pixel blend from it to dec(z0) (the AE's projection), then
+        # the line from z0 to a quarter past the counterfactual
+        steps = max(2, int(params["path_steps"]))
+        if np.allclose(res.z_cf, z0):
+            line = z0[None]
+        else:
+            line = z0 + np.linspace(0, 1.25, steps)[:, None] * (res.z_cf - z0)
+        decoded = decode_numpy(b, line)
+        blends = [image + a * (decoded[0] - image) for a in (0.25, 0.5, 0.75)]
+        path = np.concatenate([image[None], np.stack(blends), decoded])
+        cfs[0].path_images = path.astype(np.float32)
+        cfs[0].path_scores = score_images(b, path, target)
+        exp.counterfactuals = order_counterfactuals(cfs)
+        exp.info.update(info)
+        return exp

@@ -1,0 +1,91 @@
+"""SHAP: shap's Partition explainer with an Image masker, hidden regions filled from the
+reconstruction (or a blur).
+
+Partition (Owen) values over shap's hierarchical axis-aligned split of the image: ``max_evals``
+model evaluations, deterministic, scored in large batches through the chosen target.
+
+By default the masker works on a ``grid`` x ``grid`` map of cells (4x4 px at 128 px and grid 32)
+shared by all channels: shap's Image masker masks the cell map, and the model function turns each
+masked cell map into an image (shown cells from the original, hidden ones from the fill). With
+1000 evaluations the partition tree is never split finer than a few cells anyway, so this gives
+the same map as masking single pixels (with channels tied together) while shap's per-sample
+masking works on 1,024 values instead of 16,384 (gray) or 49,152 (RGB). ``grid=0`` masks the
+image's pixels directly, as shap's documentation does.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+
+from cfx.explainers._util import BATCH, fill_image, score_images
+from cfx.explainers.base import Explainer, Explanation, register
+
+
+def _upsample(cells: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest upsampling of (N, g, g) to (N, H, W) (H, W multiples of g, else index mapping)."""
+    n, g, _ = cells.shape
+    h, w = size
+    iy = (np.arange(h) * g) // h
+    ix = (np.arange(w) * g) // w
+    return cells[:, iy[:, None], ix[None, :]]
+
+
+def grid_model(bundle, image: np.ndarray, fill: np.ndarray, target: str, batch: int = BATCH
+               ) -> Callable[[np.ndarray], np.ndarray]:
+    """f(cell maps (N, g, g, 1) in {0, 1}) -> target scores (N,) of the images they select."""
+    size = image.shape[-2:]
+
+    def f(cells: np.ndarray) -> np.ndarray:
+        keep = _upsample(np.asarray(cells)[..., 0] > 0.5, size)[:, None]  # (N, 1, H, W)
+        imgs = np.where(keep, image[None], fill[None]).astype(np.float32)
+        return score_images(bundle, imgs, target, batch=batch)
+    return f
+
+
+def pixel_model(bundle, target: str, batch: int = BATCH) -> Callable[[np.ndarray], np.ndarray]:
+    """f(images (N, H, W, C)) -> target scores (N,)."""
+    def f(imgs: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(np.asarray(imgs, np.float32).transpose(0, 3, 1, 2))
+        return score_images(bundle, x, target, batch=batch)
+    return f
+
+
+@register
+class Shap(Explainer):
+    """shap Partition values with an Image masker filled from the reconstruction, batched."""
+
+    name: ClassVar[str] = "shap"
+    kind: ClassVar[str] = "heatmap"
+    label: ClassVar[str] = "SHAP"
+    defaults: ClassVar[dict[str, Any]] = {"max_evals": 1000, "fill": "recon", "grid": 32, "batch_size": 512}
+
+    def _explain(self, image: np.ndarray, target: str, seed: int, params: dict[str, Any]) -> Explanation:
+        import shap
+
+        b = self.bundle
+        exp = self.base(image, target)
+        fill = fill_image(b, image, params["fill"])
+        g = int(params["grid"])
+        c, h, w = image.shape
+        if g > 0:
+            if g > min(h, w):
+                raise ValueError(f"grid {g} is finer than the image ({h}x{w})")
+            masker = shap.maskers.Image(np.zeros((g, g, 1), np.float32))
+            explainer = shap.PartitionExplainer(grid_model(b, image, fill, target), masker)
+            sv = explainer(np.ones((1, g, g, 1), np.float32), max_evals=int(params["max_evals"]),
+                           batch_size=int(params["batch_size"]), silent=True)
+            cells = np.asarray(sv.values)[0, ..., 0].astype(np.float32)  # (g, g): attribution of each cell
+            iy, ix = (np.arange(h) * g) // h, (np.arange(w) * g) // w
+            counts = np.bincount((iy[:, None] * g + ix[None, :]).ravel(), minlength=g * g).reshape(g, g)
+            exp.heatmap = (cells / counts)[iy[:, None], ix[None, :]].astype(np.float32)  # pixel's share of its cell
+        else:
+            masker = shap.maskers.Image(fill.transpose(1, 2, 0).astype(np.float64))
+            explainer = shap.PartitionExplainer(pixel_model(b, target), masker)
+            sv = explainer(image.transpose(1, 2, 0)[None].astype(np.float64), max_evals=int(params["max_evals"]),
+                           batch_size=int(params["batch_size"]), silent=True)
+            exp.heatmap = np.asarray(sv.values)[0].sum(-1).astype(np.float32)
+        exp.signed = True
+        base = np.asarray(sv.base_values).ravel()
+        exp.info.update({"base_value": float(base[0]) if base.size else None, "sum": float(exp.heatmap.sum())})
+        return exp
