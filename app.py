@@ -1,0 +1,52 @@
+"""cfx dashboard: why did the anomaly detector call this image defective, and what would make it
+look normal? Run with ``streamlit run app.py``.
+
+Pages live in pages/ (pages/_common.py holds the shared helpers and is not a page). The sidebar
+(data root, category, split, image) is the same on every page and the selection persists in
+st.session_state (``pages._common.current()`` returns it; ``st.session_state["selection"]``
+holds it too). It is drawn here before every page but Home; Home draws it after its static
+text, so that the first page shows at once while torch and the models load.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+HERE = Path(__file__).resolve().parent
+
+st.set_page_config(page_title="cfx: why is it anomalous?", page_icon=":material/troubleshoot:", layout="wide")
+
+#: (file, title, icon). Concepts and Mask Jaccard join when their files exist.
+PAGES = [
+    ("pages/home.py", "Home", ":material/home:"),
+    ("pages/inspect.py", "Inspect", ":material/search:"),
+    ("pages/compare.py", "Compare", ":material/grid_view:"),
+    ("pages/counterfactuals.py", "Counterfactuals", ":material/compare:"),
+    ("pages/concepts.py", "Concepts", ":material/tune:"),
+    ("pages/mask_jaccard.py", "Mask Jaccard", ":material/target:"),
+    ("pages/detector.py", "Detector", ":material/monitoring:"),
+]
+
+nav = st.navigation([st.Page(f, title=t, icon=i, default=(f == "pages/home.py"))
+                     for f, t, i in PAGES if (HERE / f).is_file()])
+if nav.title != "Home":
+    from pages._common import current
+
+    current()
+
+
+def _sidebar_if_missing() -> None:
+    if "_cfx_selection" not in globals():
+        from pages._common import current
+
+        current()
+
+
+try:
+    nav.run()
+except BaseException as exc:
+    if type(exc).__name__ != "RerunException":  # st.stop() or an error: the sidebar still shows
+        _sidebar_if_missing()
+    raise
+_sidebar_if_missing()

@@ -1,0 +1,164 @@
+"""Compare: every registered explanation method side by side on the selected image."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from cfx import export as X
+from pages._common import (IMPORT_ERRORS, TARGET_LABELS, _bind, _sync, bound, current, effective_params, explain_one, file_stem, heat_figure,
+                           image_figure, is_cached, is_heavy, plot, registry, report_downloads, require_models)
+
+NCOLS = 3
+
+st.title("Compare")
+sel = current()
+if not require_models(sel):
+    st.stop()
+b, image = sel.bundle, sel.image
+reg = registry()
+for mod, err in IMPORT_ERRORS.items():
+    st.warning(f"Methods of {mod} are unavailable: {err}")
+if not reg:
+    st.info("No explanation method is registered yet (cfx.explainers.REGISTRY is empty).")
+    st.stop()
+
+# ------------------------------------------------------------------ controls
+c1, c2, c3 = st.columns([1.4, 3.6, 1.0])
+with c1:
+    target = bound(st.radio, "Explain", "target", list(TARGET_LABELS), format_func=TARGET_LABELS.get)
+with c2:
+    st.session_state.setdefault("compare_methods", list(reg))
+    st.session_state["compare_methods"] = [m for m in st.session_state["compare_methods"] if m in reg]
+    _bind("compare_methods", "w_compare_methods")
+    st.multiselect("Methods", list(reg), key="w_compare_methods", on_change=_sync,
+                   args=("compare_methods", "w_compare_methods"),
+                   format_func=lambda m: f"{reg[m].label} ({m})" if reg[m].label else m)
+    methods = list(st.session_state["compare_methods"])
+    auto = st.toggle("Run heavy methods automatically", key="cmp_auto",
+                     help="heavy methods (counterfactuals, sampling methods) otherwise run when you press Run")
+with c3:
+    seed = int(st.number_input("Seed", 0, 2**31 - 1, 0, key="cmp_seed"))
+
+params: dict[str, dict] = {}
+with st.expander("Method parameters"):
+    for m in methods:
+        numeric = {k: v for k, v in reg[m].defaults.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if not numeric:
+            continue
+        cols = st.columns(min(4, len(numeric)))
+        for i, (k, v) in enumerate(numeric.items()):
+            val = cols[i % len(cols)].number_input(f"{m}: {k}", value=v, key=f"cmp_p_{m}_{k}")
+            if val != v:
+                params.setdefault(m, {})[k] = type(v)(val)
+
+# ------------------------------------------------------------------ run
+done = {m for m in methods if is_cached(b, image, m, target, params.get(m), seed)}
+heavy_pending = [m for m in methods if m not in done and is_heavy(reg[m])]
+light = [m for m in methods if m not in done and not is_heavy(reg[m])]
+run_heavy = auto
+if heavy_pending and not auto:
+    run_heavy = st.button(f"▶ Run {len(heavy_pending)} heavy method(s): {', '.join(heavy_pending)}",
+                          type="primary", key="cmp_run")
+todo = light + (heavy_pending if run_heavy else [])
+results = {}
+if todo:
+    bar = st.progress(0.0, text="Explaining...")
+    for i, m in enumerate(todo):
+        bar.progress(i / len(todo), text=f"Running {m} ({i + 1}/{len(todo)})...")
+        results[m] = explain_one(b, image, m, target, params.get(m), seed)
+    bar.empty()
+    if run_heavy and heavy_pending and not auto:
+        st.rerun()  # redraw without the Run button: everything asked for is cached now
+for m in methods:
+    if m not in results and (m in done):
+        results[m] = explain_one(b, image, m, target, params.get(m), seed)
+pending = [m for m in methods if m not in results]
+results = {m: results[m] for m in methods if m in results}
+st.session_state["compare_results"] = results
+st.session_state["compare_pending"] = pending
+
+# ------------------------------------------------------------------ grid
+st.caption(f"**{sel.name}** · target: {TARGET_LABELS[target]} · threshold {b.threshold_for(target):.3f}. "
+           "One colour scale for every map (red: pushes the target up, blue: down; each map divided by its "
+           "scale, shown on hover); green outline: the defect mask.")
+
+
+def _metrics_line(exp) -> str:
+    parts = [f"{exp.seconds:.2f} s", f"target {exp.target}", f"before {exp.score_before:.3f}"]
+    if exp.counterfactuals:
+        best = exp.counterfactuals[0]
+        nv = sum(c.valid for c in exp.counterfactuals)
+        parts += [f"after {best.score_after:.3f}", f"valid {nv}/{len(exp.counterfactuals)}",
+                  f"L1 {best.metrics.get('l1', float('nan')):.3f}",
+                  f"sparsity {best.metrics.get('sparsity', float('nan')):.2f}",
+                  f"realism {best.metrics.get('realism', float('nan')):.2f}"]
+    if exp.heatmap is not None and sel.mask is not None and sel.mask.any():
+        h = np.asarray(exp.heatmap)
+        parts.append(f"mean heat in/out of mask {h[sel.mask].mean():.3g}/{h[~sel.mask].mean():.3g}")
+    for k, v in (exp.info or {}).items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "heat_scale":
+            parts.append(f"{k} {v:.3g}")
+    return " · ".join(parts)
+
+
+first_scale = True
+for r in range(0, len(methods), NCOLS):
+    cols = st.columns(NCOLS)
+    for col, m in zip(cols, methods[r:r + NCOLS]):
+        with col.container(border=True):
+            st.markdown(f"**{reg[m].label or m}** · `{m}`")
+            if m in pending:
+                st.info("Heavy method: not run yet. Press Run above.")
+                continue
+            exp = results[m]
+            if not exp.ok:
+                st.error(f"{m} failed: {exp.error}")
+                if exp.info.get("traceback"):
+                    with st.expander("details"):
+                        st.code(exp.info["traceback"])
+                continue
+            if exp.heatmap is not None:
+                plot(heat_figure(image, exp.heatmap, X.heat_scale(exp), sel.mask, height=280,
+                                 showscale=first_scale, label=m), f"cmp_{m}_heat")
+                first_scale = False
+            if exp.counterfactuals:
+                cf = exp.counterfactuals[0]
+                d = cf.image - image
+                d = d.mean(0)
+                sc = st.columns(2)
+                with sc[0]:
+                    plot(image_figure(cf.image, sel.mask, "counterfactual", height=200), f"cmp_{m}_cf")
+                with sc[1]:
+                    plot(heat_figure(None, d, X.max_abs(d), sel.mask, "difference", height=200, showscale=False,
+                                     label="change"), f"cmp_{m}_diff")
+            elif exp.heatmap is None:
+                st.warning(str(exp.info.get("message", "No counterfactual found.")))
+            st.caption(_metrics_line(exp))
+            st.caption(f"✔ {m} done")
+
+# ------------------------------------------------------------------ table and exports
+if results:
+    rows = []
+    for m, exp in results.items():
+        best = exp.best
+        rows.append({"method": m, "seconds": round(exp.seconds, 3), "target": exp.target,
+                     "before": exp.score_before, "after": best.score_after if best else None,
+                     "threshold": exp.threshold,
+                     "valid": f"{sum(c.valid for c in exp.counterfactuals)}/{len(exp.counterfactuals)}"
+                     if exp.counterfactuals else "",
+                     "L1": best.metrics.get("l1") if best else None,
+                     "sparsity": best.metrics.get("sparsity") if best else None,
+                     "realism": best.metrics.get("realism") if best else None,
+                     "error": exp.error or ""})
+    st.dataframe(pd.DataFrame(rows), hide_index=True)
+
+    def _report() -> X.Report:
+        return X.Report.from_bundle(b, image, sel.name, results, mask=sel.mask, target=target,
+                                    params={"seed": seed, **{f"{m}.{k}": v for m in results
+                                                             for k, v in params.get(m, {}).items()}})
+
+    st.session_state["compare_report"] = _report
+    st.markdown("**Report of the shown results**")
+    report_downloads(_report, file_stem(sel, "compare"), "compare", ("png", "json", "pdf", "html"))

@@ -1,0 +1,144 @@
+"""Counterfactuals: the closest images the detector calls normal, and the path to them."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from cfx import export as X
+from cfx.explainers.base import diversity
+from pages._common import (TARGET_LABELS, bound, current, explain_one, file_stem, heat_figure, image_figure,
+                           is_cached, plot, registry, report_downloads, require_models)
+
+st.title("Counterfactuals")
+sel = current()
+if not require_models(sel):
+    st.stop()
+b, image = sel.bundle, sel.image
+cf_methods = {m: c for m, c in registry().items() if c.kind == "counterfactual"}
+if not cf_methods:
+    st.info("No counterfactual method is registered yet (CLEAR, DiCE and the latent gradient method come with "
+            "the explainers).")
+    st.stop()
+
+c1, c2, c3 = st.columns([2, 2, 1])
+with c1:
+    method = bound(st.selectbox, "Method", "cf_method", list(cf_methods),
+                   format_func=lambda m: f"{cf_methods[m].label} ({m})" if cf_methods[m].label else m)
+with c2:
+    target = bound(st.radio, "Explain", "target", list(TARGET_LABELS), format_func=TARGET_LABELS.get)
+with c3:
+    seed = int(st.number_input("Seed", 0, 2**31 - 1, 0, key="cf_seed"))
+
+if not is_cached(b, image, method, target, None, seed):
+    if not st.button(f"▶ Find counterfactuals with {method}", type="primary", key="cf_run"):
+        st.info(f"{method} runs on demand (a few seconds). The detector's score of this image: "
+                f"{float(b.score_numpy(image[None], target)[0]):.3f} (threshold {b.threshold_for(target):.3f}).")
+        st.stop()
+with st.spinner(f"Running {method}..."):
+    exp = explain_one(b, image, method, target, None, seed)
+st.session_state["cf_result"] = exp
+if not exp.ok:
+    st.error(f"{method} failed: {exp.error}")
+    st.stop()
+if not exp.counterfactuals:
+    st.warning(f"{method} found no counterfactual for this image "
+               f"({exp.info.get('message', 'none crossed the threshold within the search budget')}).")
+    st.stop()
+
+K = len(exp.counterfactuals)
+nvalid = sum(c.valid for c in exp.counterfactuals)
+st.caption(f"{method}: {K} counterfactual(s), {nvalid} valid, {exp.seconds:.2f} s; target {TARGET_LABELS[target]} "
+           f"{exp.score_before:.3f} → threshold {exp.threshold:.3f}."
+           + (f" Diversity (mean pairwise L1) {diversity(c.image for c in exp.counterfactuals):.3f}." if K > 1 else ""))
+
+
+@st.fragment
+def view() -> None:
+    """Everything that moves with the sliders (a fragment: only this part reruns)."""
+    k = 0
+    if K > 1:
+        k = st.select_slider("Counterfactual (closest valid first)", options=list(range(K)), value=0,
+                             format_func=lambda i: f"{i + 1} of {K}", key="cf_k")
+    cf = exp.counterfactuals[k]
+    d = (cf.image - image).mean(0)
+    cols = st.columns(3)
+    with cols[0]:
+        plot(image_figure(image, sel.mask, f"original · {exp.score_before:.3f}", height=300), "cf_orig")
+    with cols[1]:
+        plot(image_figure(cf.image, sel.mask, f"counterfactual · {cf.score_after:.3f}", height=300), "cf_cf")
+    with cols[2]:
+        plot(heat_figure(None, d, X.max_abs(d), sel.mask, "difference (counterfactual − original)", height=300,
+                         label="change"), "cf_diff")
+
+    st.markdown("**Compare** the two images")
+    mc = st.columns([1, 3])
+    mode = mc[0].radio("View", ["wipe", "blend"], horizontal=True, key="cf_mode")
+    pos = mc[1].slider("← original · counterfactual →", 0, 100, 50, key="cf_wipe")
+    t = pos / 100.0
+    if mode == "blend":
+        shown = (1 - t) * image + t * cf.image
+    else:
+        w = image.shape[-1]
+        cut = int(round(t * w))
+        shown = image.copy()
+        shown[..., :cut] = cf.image[..., :cut]
+    fig = image_figure(shown, sel.mask, height=360)
+    if mode == "wipe":
+        fig.add_vline(x=t * image.shape[-1] - 0.5, line_color="#ffcc00", line_width=2)
+    plot(fig, "cf_compare")
+
+    m = cf.metrics
+    table = pd.DataFrame([
+        {"": f"target ({exp.target})", "value": f"{cf.score_after:.4g}", "threshold": f"{exp.threshold:.4g}",
+         "valid": "yes" if cf.valid else "no"},
+        {"": "detector score", "value": f"{cf.detector_score:.4g}", "threshold": f"{b.threshold:.4g}",
+         "valid": "yes" if cf.detector_valid else "no"},
+        {"": "classifier P(anomalous)", "value": f"{cf.classifier_prob:.4g}",
+         "threshold": f"{b.classifier_threshold:.4g}", "valid": "yes" if cf.classifier_valid else "no"},
+    ])
+    tc = st.columns([3, 2])
+    tc[0].dataframe(table, hide_index=True)
+    tc[1].dataframe(pd.DataFrame([{"metric": k2, "value": round(float(v), 4)} for k2, v in m.items()]),
+                    hide_index=True)
+
+    if cf.path_images is not None and len(cf.path_images) > 1:
+        st.markdown("**Path** from the original to past the boundary")
+        S = len(cf.path_images)
+        step = st.slider("Step", 0, S - 1, S - 1, key=f"cf_step_{k}")
+        pc = st.columns([1, 1.4])
+        scores = np.asarray(cf.path_scores) if cf.path_scores is not None else None
+        title = f"step {step}/{S - 1}" + (f" · {scores[step]:.3f}" if scores is not None else "")
+        with pc[0]:
+            plot(image_figure(cf.path_images[step], sel.mask, title, height=300), "cf_step_img")
+        if scores is not None:
+            with pc[1]:
+                f = go.Figure(go.Scatter(x=list(range(S)), y=scores, mode="lines+markers", name=exp.target,
+                                         hovertemplate="step %{x}: %{y:.4f}<extra></extra>"))
+                f.add_hline(y=exp.threshold, line_dash="dash", line_color="#c0392b",
+                            annotation_text="threshold", annotation_position="top right")
+                f.add_trace(go.Scatter(x=[step], y=[scores[step]], mode="markers",
+                                       marker={"size": 13, "color": "#ffcc00", "line": {"width": 1}}, hoverinfo="skip"))
+                f.update_layout(height=300, margin={"l": 10, "r": 10, "t": 30, "b": 10}, showlegend=False,
+                                xaxis_title="step", yaxis_title=exp.target, title=f"{exp.target} along the path")
+                plot(f, "cf_path_plot")
+        st.session_state["cf_step_shown"] = (k, step, float(scores[step]) if scores is not None else None)
+
+    st.session_state["cf_shown"] = {"k": k, "mode": mode, "position": pos}
+
+
+view()
+
+
+shown = dict(st.session_state.get("cf_shown", {}))
+
+
+def _report() -> X.Report:
+    return X.Report.from_bundle(b, image, sel.name, {method: exp}, mask=sel.mask, target=target,
+                                params={"seed": seed, "shown_counterfactual": shown.get("k", 0) + 1})
+
+
+st.session_state["cf_report"] = _report
+st.markdown("**Report**")
+report_downloads(_report, file_stem(sel, f"cf_{method}"), "cf")

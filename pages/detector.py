@@ -1,0 +1,88 @@
+"""Detector: how well the category's models separate good from defective test images."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from cfx import export as X
+from pages._common import analyse_split, current, require_models
+
+st.title("Detector")
+sel = current()
+if sel is None or sel.bundle is None:
+    require_models(sel)
+    st.stop()
+b = sel.bundle
+arr, scores = analyse_split(b, sel.root, sel.category, "test")
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _evaluate(model_key: str, root: str, category: str, _labels, _scores, _defects) -> dict:
+    return X.detector_evaluation(b, _labels, _scores, _defects)
+
+
+ev = _evaluate(b.key(), str(sel.root), sel.category, arr.labels, scores, [s.defect for s in arr.samples])
+st.session_state["detector_eval"] = ev
+st.caption(f"{sel.dataset}/{sel.category}: {ev['n']} test images, {ev['n_defective']} defective · model `{b.key()}`")
+
+cols = st.columns(4)
+for c, (name, e) in zip(cols, ev["scores"].items()):
+    c.metric(f"AUROC · {name}", "n/a" if e["auroc"] is None else f"{e['auroc']:.3f}")
+
+c1, c2 = st.columns(2)
+with c1:
+    fig = go.Figure()
+    for name, e in ev["scores"].items():
+        if e["fpr"]:
+            fig.add_trace(go.Scatter(x=e["fpr"], y=e["tpr"], mode="lines", name=f"{name} ({e['auroc']:.3f})"))
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "gray"},
+                             showlegend=False, hoverinfo="skip"))
+    fig.update_layout(title="ROC curves", xaxis_title="false positive rate", yaxis_title="true positive rate",
+                      height=400, margin={"l": 10, "r": 10, "t": 40, "b": 10}, legend={"x": 0.45, "y": 0.05})
+    st.plotly_chart(fig, key="det_roc")
+with c2:
+    which = st.selectbox("Score", list(ev["scores"]), key="det_which")
+    e = ev["scores"][which]
+    allv = np.r_[e["normal"], e["defective"], e["threshold"]]
+    bins = {"start": float(allv.min()), "end": float(allv.max()), "size": float(np.ptp(allv) / 30 or 1.0)}
+    h = go.Figure()
+    h.add_trace(go.Histogram(x=e["normal"], name="good", opacity=0.6, marker_color="#1f77b4", xbins=bins))
+    h.add_trace(go.Histogram(x=e["defective"], name="defective", opacity=0.6, marker_color="#d62728", xbins=bins))
+    h.add_vline(x=e["threshold"], line_dash="dash", annotation_text=f"threshold {e['threshold']:.3f}")
+    h.update_layout(barmode="overlay", title=f"{which} score: good vs defective", height=340,
+                    margin={"l": 10, "r": 10, "t": 40, "b": 10}, xaxis_title=which, yaxis_title="images")
+    st.plotly_chart(h, key="det_hist")
+
+c3, c4 = st.columns([1, 1.2])
+with c3:
+    cm = np.asarray(e["confusion"])
+    f = go.Figure(go.Heatmap(z=cm, x=["normal", "anomalous"], y=["good", "defective"], colorscale="Blues",
+                             showscale=False, text=cm, texttemplate="%{text}", textfont={"size": 18},
+                             hovertemplate="truth %{y}, says %{x}: %{z}<extra></extra>"))
+    f.update_layout(title=f"confusion at the {which} threshold", height=320, xaxis_title="model says",
+                    yaxis_title="truth", yaxis_autorange="reversed", margin={"l": 10, "r": 10, "t": 40, "b": 10})
+    st.plotly_chart(f, key="det_cm")
+    tn, fp, fn, tp = cm.ravel()
+    st.caption(f"accuracy {(tn + tp) / max(1, cm.sum()):.3f} · recall {tp / max(1, tp + fn):.3f} · "
+               f"precision {tp / max(1, tp + fp):.3f}")
+    if ev["per_defect_auroc"]:
+        st.dataframe(pd.DataFrame([{"defect": k, "AUROC (combined)": round(v, 3)}
+                                   for k, v in ev["per_defect_auroc"].items()]), hide_index=True)
+with c4:
+    st.markdown("**Model card**")
+    card = b.card
+    st.markdown(f"trained {card.get('trained_at', '?')} on `{card.get('data_root', '?')}` · "
+                f"{card.get('epochs', '?')} epochs, seed {card.get('seed', '?')} · {card.get('train_seconds', '?')} s "
+                f"on {card.get('device', '?')} · threshold rule {card.get('threshold_rule', '?')}")
+    st.json(card, expanded=False)
+
+d1, d2 = st.columns(2)
+d1.download_button("⬇ PNG figure", data=lambda: X.detector_png(ev), file_name=f"cfx_detector_{sel.category}.png",
+                   mime="image/png", key="det_png", on_click="ignore")
+d2.download_button("⬇ JSON numbers", data=lambda: json.dumps({**ev, "card": b.card}, indent=2).encode(),
+                   file_name=f"cfx_detector_{sel.category}.json", mime="application/json", key="det_json",
+                   on_click="ignore")

@@ -1,0 +1,56 @@
+"""Home: what each page answers, which device runs the models, and where the data comes from."""
+from __future__ import annotations
+
+import streamlit as st
+
+# the text first: it shows while torch and the models load (below)
+st.title("cfx: why is this image anomalous?")
+st.markdown(
+    "A visual anomaly detector (a VAE's reconstruction error plus the Mahalanobis distance of its "
+    "latent code, with a CNN classifier beside it) scores each image. This dashboard shows **why** "
+    "it called an image defective and **what would make it look normal**.")
+
+st.markdown("""
+| Page | Answers |
+|---|---|
+| **Inspect** | What does the detector say about this image? Score against threshold, decision, classifier probability, reconstruction, heatmap, the ground-truth mask. Browse, filter or upload images. |
+| **Compare** | Where does each explanation method put the blame? Every method side by side on one colour scale, with its time and metrics; download a PNG, JSON, PDF or HTML report. |
+| **Counterfactuals** | What is the closest image the detector calls normal? Original, counterfactual and difference, a comparison slider, and the path across the decision boundary step by step. |
+| **Concepts** | Which different ways could this anomaly become normal? One slider per concept, from the image's score down to normal. |
+| **Mask Jaccard** | Were the anomalies detected for the right reason? The optimal Jaccard of each explanation against the defect mask, over a whole category. |
+| **Detector** | How good is the detector? ROC curves, score histograms with the threshold, confusion matrix, model card. |
+""")
+
+from cfx import config  # noqa: E402  (heavy: after the text above has been sent)
+from cfx.data.demo import CATEGORIES, is_demo_root  # noqa: E402
+from cfx.models.bundle import available_models  # noqa: E402
+from pages._common import current, show_model_missing  # noqa: E402
+
+sel = current()
+c1, c2 = st.columns(2)
+with c1:
+    st.subheader("Models")
+    st.markdown(f"Models run on **{config.device_label()}**.")
+    st.caption(f"Checkpoints: `{config.models_dir()}`")
+    if sel is not None:
+        have = available_models(sel.dataset)
+        st.markdown(f"Trained categories of **{sel.dataset}**: {', '.join(have) or 'none'}")
+        if sel.bundle is None and sel.model_error:
+            show_model_missing(sel.model_error)
+with c2:
+    st.subheader("Data")
+    if sel is None:
+        st.warning("No usable data root; fix the path in the sidebar.")
+    elif is_demo_root(sel.root):
+        st.info(
+            "You are looking at the **embedded demo**: synthetic images in the MVTec AD layout "
+            f"({', '.join(CATEGORIES)}), generated offline under `{sel.root}`. The `shortcut` category "
+            "is built so that its classifier can cheat (a stamp away from the defect); the Mask Jaccard "
+            "page catches it.")
+        st.markdown(
+            "**Use real MVTec AD:** type the folder that holds `bottle/`, `screw/`, ... into "
+            "*MVTec AD root* in the sidebar (or start the app with `CFX_DATA_ROOT=/path/to/mvtec`), "
+            "then train its models once per category:")
+        st.code("python -m cfx train --data-root /path/to/mvtec --category bottle", language="bash")
+    else:
+        st.success(f"Data root `{sel.root}` (dataset **{sel.dataset}**).")

@@ -1,0 +1,127 @@
+"""Inspect: choose or upload an image and see what the detector says about it."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import streamlit as st
+
+from cfx import export as X
+from cfx.data.mvtec import GOOD
+from cfx.errors import DataError
+from pages._common import (DETECTOR_HEAT_SCALE, UPLOAD_TYPES, Selection, analyse_one, analyse_split, choose_image,
+                           current, file_stem, heat_figure, image_figure, plot, read_upload, report_downloads,
+                           require_models, upload_limit_bytes)
+
+PER_PAGE = 24
+COLS = 8
+
+
+def verdict(sel: Selection) -> None:
+    """The detector's verdict on the selected image, its maps and the report downloads."""
+    b = sel.bundle
+    a = analyse_one(b, sel.image)
+    score, thr = float(a["score"]), b.threshold
+    if sel.defect == GOOD:
+        truth = "good (no defect)"
+    elif sel.defect:
+        truth = f"defect **{sel.defect}**" + ("" if sel.mask is not None else " (mask unknown)")
+    else:
+        truth = "unknown (uploaded image)"
+    st.subheader(sel.name)
+    m = st.columns([1, 1.15, 1.1, 1, 1])
+    m[0].metric("Anomaly score", f"{score:.3f}", f"{score - thr:+.3f} vs threshold {thr:.3f}", delta_color="inverse")
+    m[1].metric("Decision", "anomalous" if a["anomalous"] else "normal")
+    p, pthr = float(a["classifier"]), b.classifier_threshold
+    m[2].metric("Classifier P(anomalous)", f"{p:.3f}", f"{p - pthr:+.3f} vs {pthr:.3f}", delta_color="inverse")
+    m[3].metric("Reconstruction part", f"{float(a['recon_score']):.2f}")
+    m[4].metric("Mahalanobis part", f"{float(a['mahalanobis_score']):.2f}")
+    st.markdown(f"Ground truth: {truth}." + (" Green outline: the defect mask." if sel.mask is not None else ""))
+    c = st.columns(3)
+    with c[0]:
+        plot(image_figure(sel.image, sel.mask, "image"), "insp_image")
+    with c[1]:
+        plot(image_figure(a["recon"], sel.mask, "reconstruction (VAE)"), "insp_recon")
+    with c[2]:
+        plot(heat_figure(sel.image, a["heatmap"], DETECTOR_HEAT_SCALE, sel.mask,
+                         "reconstruction error (1 = 99.9th pct of normal)", label="heat"), "insp_heat")
+    st.session_state["inspect_verdict"] = {"name": sel.name, "score": score, "anomalous": bool(a["anomalous"])}
+
+    def _report() -> X.Report:
+        return X.Report.from_bundle(b, sel.image, sel.name, {}, mask=sel.mask, with_detector_maps=True,
+                                    params={"split": sel.split, "source": sel.source})
+
+    st.session_state["inspect_report"] = _report
+    report_downloads(_report, file_stem(sel, "inspect"), "inspect")
+
+
+def upload_tab(sel: Selection) -> None:
+    st.caption("PNG, JPEG, TIFF or BMP, any mode (16-bit, palette, transparency), up to 8192 px a side; it is "
+               "converted to the input of this category's models.")
+    up = st.file_uploader("Image file", type=UPLOAD_TYPES, key="uploader")
+    if up is None:
+        st.session_state["upload_done_id"] = None
+        st.session_state["upload_error"] = None
+    elif st.session_state.get("upload_done_id") != up.file_id:
+        st.session_state["upload_done_id"] = up.file_id
+        st.session_state["upload_error"] = None
+        if sel.bundle is None:
+            st.session_state["upload_error"] = "no model for this category, so an upload cannot be scored"
+        else:
+            try:
+                arr, notes = read_upload(up.name, up.getvalue(), sel.bundle.channels, sel.bundle.image_size,
+                                         upload_limit_bytes())
+            except DataError as exc:
+                st.session_state["upload_error"] = str(exc)
+            else:
+                st.session_state["upload"] = {"name": up.name, "array": arr, "notes": notes,
+                                              "channels": sel.bundle.channels, "size": sel.bundle.image_size}
+                st.session_state["source"] = "upload"
+                st.rerun()  # the sidebar and the verdict show the new image
+    if st.session_state.get("upload_error"):
+        st.error(f"Cannot use this upload: {st.session_state['upload_error']}. The previous image stays selected.")
+
+
+def browse_tab(sel: Selection) -> None:
+    if sel.bundle is None:
+        st.caption("Thumbnails need the category's models (for the scores).")
+        return
+    arr, scores = analyse_split(sel.bundle, sel.root, sel.category, sel.split)
+    defects = sorted({s.defect for s in arr.samples}, key=lambda d: (d != GOOD, d))
+    c1, c2 = st.columns([4, 1])
+    chosen = c1.multiselect("Defect types", defects, default=defects, key="insp_defects")
+    idx = [i for i, s in enumerate(arr.samples) if s.defect in chosen]
+    pages = max(1, math.ceil(len(idx) / PER_PAGE))
+    page = int(c2.number_input(f"Page (of {pages})", 1, pages, 1, key="insp_page")) if pages > 1 else 1
+    shown = idx[(page - 1) * PER_PAGE: page * PER_PAGE]
+    for r in range(0, len(shown), COLS):
+        cols = st.columns(COLS)
+        for c, i in zip(cols, shown[r:r + COLS]):
+            s = arr.samples[i]
+            thumb = X.image_hwc(arr.images[i][:, ::2, ::2])
+            verdict_word = "anomalous" if scores["anomalous"][i] else "normal"
+            c.image((thumb * 255 + .5).astype(np.uint8), width="stretch",
+                    caption=f"{s.name} · {scores['score'][i]:.2f} {verdict_word}")
+            current_one = sel.source == "dataset" and sel.index == i
+            c.button("Selected" if current_one else "Open", key=f"thumb_{i}", disabled=current_one,
+                     on_click=choose_image, args=(s.name, i), width="stretch",
+                     type="primary" if current_one else "secondary")
+    st.caption(f"Scores of the detector (anomalous above {sel.bundle.threshold:.3f}); "
+               f"{len(idx)} of {len(arr)} images of the {sel.split} split.")
+
+
+st.title("Inspect")
+sel = current()
+if sel is None:
+    st.info("Choose a valid data root in the sidebar.")
+    st.stop()
+if sel.source == "upload" and sel.notes:
+    st.warning(f"{sel.name}: " + "; ".join(sel.notes) + ".")
+if require_models(sel):
+    verdict(sel)
+st.divider()
+browse, upload = st.tabs(["Browse the dataset", "Upload an image"])
+with browse:
+    browse_tab(sel)
+with upload:
+    upload_tab(sel)
