@@ -4,14 +4,16 @@ Grad-CAM needs a class score read off a convolutional feature map: the classifie
 "anomalous" through its last convolutional block (``bundle.classifier.features``, 16x16 at
 128 px), upsampled bilinearly to the image, ReLU as in the paper (only evidence *for* the class).
 For the detector's targets the map is still the classifier's (``info["explains"]``): the
-detector has no class-activation layer. ``model="detector"`` instead back-propagates the
-detector's score to the VAE encoder's third block; on the demo that map localises defects no
-better than chance (the combined score is dominated by the latent Mahalanobis term, a global
-quantity), so it is not the default.
+detector has no class-activation layer (back-propagating its score to the VAE encoder's feature
+maps was tried: on the demo that map localises defects no better than chance, as the combined
+score is dominated by the latent Mahalanobis term, a global quantity).
 
-captum registers its forward hook for the duration of one call and removes it afterwards. A hook
-on a shared module would also see another thread's forward pass, so the whole call holds
-``bundle.lock`` (an RLock: callers that already hold it, like the app, are fine).
+Hooks: captum registers a forward hook on the layer for one call and removes it afterwards. A hook
+on the shared ``classifier.features`` would also fire on another thread's forward pass (a page
+scoring images while this one explains) and mix that thread's activations into this map. So
+each call hooks its own throw-away wrapper around the layer (:class:`_Tap`), which only this
+call's forward function goes through; the call also holds ``bundle.lock`` (an RLock: callers that
+already hold it, like the app, are fine).
 """
 from __future__ import annotations
 
@@ -19,17 +21,28 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from torch import nn
 
 from cfx.explainers.base import Explainer, Explanation, register
 
 
-def target_layer(bundle, model: str = "classifier") -> torch.nn.Module:
-    """The layer Grad-CAM reads: the classifier's last block, or the VAE encoder's third."""
-    if model == "classifier":
-        return bundle.classifier.features
-    enc = bundle.vae.enc
-    # [conv, act] x 4: the activation after the third conv (H/8); the last one is only H/16
-    return enc[5] if len(enc) >= 8 else enc
+class _Tap(nn.Module):
+    """A per-call wrapper of a shared layer: captum hooks this, never the shared module."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.layer(h)
+
+
+def classifier_logit_through(clf, tap: nn.Module):
+    """The classifier's forward (logit of "anomalous") with ``tap`` in place of ``clf.features``."""
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        f = tap(clf.body(x))
+        return clf.head(f.mean((2, 3))).squeeze(1)
+    return forward
 
 
 @register
@@ -39,35 +52,24 @@ class GradCAM(Explainer):
     name: ClassVar[str] = "gradcam"
     kind: ClassVar[str] = "heatmap"
     label: ClassVar[str] = "Grad-CAM"
-    defaults: ClassVar[dict[str, Any]] = {"model": "classifier", "relu": True}
+    defaults: ClassVar[dict[str, Any]] = {"relu": True}
     heavy: ClassVar[bool] = False
 
     def _explain(self, image: np.ndarray, target: str, seed: int, params: dict[str, Any]) -> Explanation:
         from captum.attr import LayerAttribution, LayerGradCam
 
         b = self.bundle
-        model = str(params["model"])
-        if model == "classifier":
-            def forward(x: torch.Tensor) -> torch.Tensor:
-                return b.classifier(x)  # the logit, as Grad-CAM uses the pre-softmax score
-        elif model == "detector":
-            det_target = "score" if target == "classifier" else target
-
-            def forward(x: torch.Tensor) -> torch.Tensor:
-                return b.score(x, det_target)
-        else:
-            raise ValueError(f"unknown model {model!r}; choose classifier or detector")
-
+        tap = _Tap(b.classifier.features)
         x = b.to_tensor(image[None]).clone()
         with b.lock, torch.inference_mode(False), torch.enable_grad():
-            cam = LayerGradCam(forward, target_layer(b, model))
+            cam = LayerGradCam(classifier_logit_through(b.classifier, tap), tap)
             attr = cam.attribute(x, relu_attributions=bool(params["relu"]))
             attr = LayerAttribution.interpolate(attr.detach(), tuple(image.shape[-2:]), "bilinear")
         exp = self.base(image, target)
         exp.heatmap = attr[0].mean(0).float().cpu().numpy().astype(np.float32)
         exp.signed = not params["relu"]
-        exp.info["explains"] = "classifier" if model == "classifier" else f"detector {det_target}"
-        exp.info["layer"] = "classifier.features" if model == "classifier" else "vae.enc[5]"
-        if model == "classifier" and target != "classifier":
+        exp.info["explains"] = "classifier"
+        exp.info["layer"] = "classifier.features"
+        if target != "classifier":
             exp.info["note"] = "Grad-CAM shows the classifier's evidence; the detector has no class-activation layer"
         return exp
