@@ -42,7 +42,7 @@ import torch  # noqa: E402
 
 from cfx import config  # noqa: E402
 from cfx.concepts import (SLIDER_ALPHAS, concept_path, concept_step, concepts_path, edit, load_concepts,  # noqa: E402
-                          prepare, train_concepts)
+                          prepare_for, train_concepts)
 from cfx.data.demo import CATEGORIES, ensure_demo  # noqa: E402
 from cfx.data.mvtec import GOOD, MVTecDataset  # noqa: E402
 from cfx.data.synth import synthesize  # noqa: E402
@@ -114,12 +114,12 @@ def bench_category(root: Path, category: str, args) -> dict | None:
     info = getattr(gen, "info", {})
     te = MVTecDataset(root, category, "test", image_size=bundle.image_size, channels=bundle.channels).arrays()
     bad = np.array([s.defect != GOOD for s in te.samples])
-    prep = prepare(bundle, te.images[bad])
+    prep = prepare_for(gen, bundle, te.images[bad])
     flagged = (prep.score > bundle.threshold).cpu().numpy()
     normal_scores = bundle.score_numpy(te.images[~bad])
     normal_realism = realism_scores(bundle, te.images[~bad])
     syn = heldout_synthetic(bundle, root, category, gen)
-    prep_syn = prepare(bundle, syn)
+    prep_syn = prepare_for(gen, bundle, syn)
 
     validity, acc_test, acc_syn, cf_scores, l1s, lat2, realism, outs = [], [], [], [], [], [], [], []
     for k in range(gen.k):
@@ -141,9 +141,9 @@ def bench_category(root: Path, category: str, args) -> dict | None:
     # latency: one image, on demand vs the page's whole path vs a lookup
     i0 = int(np.argmax(prep.score.cpu().numpy()))
     one = te.images[bad][i0]
-    p1 = prepare(bundle, one[None])
+    p1 = prepare_for(gen, bundle, one[None])
     step = median_time(lambda: concept_step(bundle, p1, 0, 0.5, gen), args.repeats)
-    prep_t = median_time(lambda: prepare(bundle, one[None]), args.repeats)
+    prep_t = median_time(lambda: prepare_for(gen, bundle, one[None]), args.repeats)
     full = median_time(lambda: concept_path(bundle, one, SLIDER_ALPHAS, generator=gen), max(3, args.repeats // 3))
     path = concept_path(bundle, one, SLIDER_ALPHAS, generator=gen)
     lookup = median_time(lambda: (path.images[1, path.index(0.35)], path.scores[1, path.index(0.35)]), args.repeats)
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("\\* training time recorded in concepts.pt when it was trained (not re-measured in this run).")
     print()
-    print("| category | slider step on demand (decode + score) | prepare (once per image) | page path "
+    print("| category | slider step on demand (decode + score) | prepare + fade fit (once per image) | page path "
           "(K×21 steps, scored) | cached lookup | path ÷ step |")
     print("|---|---|---|---|---|---|")
     for r in rows:

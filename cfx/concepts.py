@@ -24,20 +24,29 @@ threshold below 1). So the counterfactual keeps the original's pixels and applie
 edit as a change of the decoding, while the part of the image the VAE cannot explain *where the
 detector finds it abnormal* fades out as alpha goes to 0::
 
-    x'(alpha, k) = clip(x + [decode(z') - decode(z)] - (1 - alpha) * m * (x - decode(z)), 0, 1)
+    x'(alpha, k) = clip(x + [decode(z') - decode(z)] - (1 - alpha) * m_k * (x - decode(z)), 0, 1)
 
-with ``z = encode(x)``, ``z' = G(z, target(alpha), k, score(x))`` and ``m`` in [0, 1] a soft
-mask of the detector's own calibrated heatmap (0 below ``mask_lo`` = 0.2, 1 above ``mask_hi`` =
-0.4; 1.0 is the 99.9th percentile of the per-pixel error of normal images). At alpha = 0 the
-defect's pixels are replaced by the concept's decoded normal content and the rest of the image
-moves by the concept's edit only. Everything but ``decode(z')`` is computed once per image, so a
-slider step costs one decoder pass (plus one detector pass to score it).
+with ``z = encode(x)``, ``z' = G(z, target(alpha), k, score(x))`` and ``m_k`` in [0, 1] a soft
+mask of the detector's own calibrated heatmap (1.0 = the 99.9th percentile of the per-pixel error
+of normal images): 0 below ``lo``, 1 above ``2 lo``, linear between, with
+``lo = 0.2 * 4 ** (1 - 2 gamma_k)`` (:func:`fade_mask`). The fade strength ``gamma_k`` in [0, 1]
+is fitted per image and concept, not learned (:func:`fit_fade`): the smallest value on a grid at
+which the concept's alpha = 0 image scores at most ``s_normal`` for the real detector, i.e. the
+least of the image that has to fade (on a texture the detector explains well only the defect
+fades; on the hypersensitive demo tablet also its rim). At alpha = 0 the faded pixels show the
+concept's decoded normal content and the rest of the image moves by the concept's edit only.
+Everything but ``decode(z')`` is computed once per image (:func:`prepare_for`), so a slider step
+costs one decoder pass (plus one detector pass to score it).
 
 **Losses** (weights in :data:`LOSS_WEIGHTS`): the detector's score of ``x'`` pulled to the target
-(Huber, in units of ``threshold - s_normal``; scoring below the target counts a quarter); reconstruction ``G(z, score(x), k, score(x)) ~ z``;
-cycle ``G(z', score(x), k, target) ~ z`` (latents in units of the train latents' SD); a concept
-classifier ``R`` (trained jointly, as in the paper) that must tell ``k`` from the change
-``decode(z') - decode(z)`` (disentanglement); and a proximity penalty (mean absolute change).
+(Huber, in units of ``threshold - s_normal``; scoring below the target counts a quarter);
+reconstruction ``G(z, score(x), k, score(x)) ~ z``; cycle consistency
+``G(z', score(x), k, target) ~ z`` (latents in units of the SD of the VAE's aggregate posterior);
+a concept classifier ``R`` (a prototype classifier with a fixed temperature, trained jointly as in
+the paper) that must tell ``k`` from the change ``decode(z') - decode(z)`` (disentanglement; its
+prototypes start on the principal modes of normal variation, so concepts are the same across
+seeds); and a proximity penalty (mean squared change of the decoding). In training the fade uses
+one gamma per image, fitted without a latent edit.
 
 Files: ``concepts.pt`` in :func:`cfx.models.bundle.category_dir`, written with
 :func:`cfx.models.bundle.save_module` (``torch.load(weights_only=True)``-loadable).
@@ -61,7 +70,7 @@ _log = logging.getLogger(__name__)
 FILENAME = "concepts.pt"
 EXTRAS_KEY = "concepts"
 DEFAULT_K = 3
-DEFAULT_STEPS = 240
+DEFAULT_STEPS = 200
 DEFAULT_BATCH = 6
 DEFAULT_ALPHAS = (1.0, 0.75, 0.5, 0.25, 0.0)
 #: The slider's alphas in the app (1 -> 0 by 0.05).
@@ -70,6 +79,10 @@ NORMAL_QUANTILE = 0.25
 THRESHOLD_MARGIN_SD = 0.5
 MASK_LO, MASK_HI = 0.2, 0.4
 LOSS_WEIGHTS = {"score": 1.0, "reconstruction": 1.0, "cycle": 1.0, "concept": 0.5, "proximity": 1.0}
+#: gamma in [0, 1] scales the fade thresholds by GAMMA_RANGE ** (1 - 2 gamma).
+GAMMA_RANGE = 4.0
+#: The fade strengths :func:`fit_fade` tries, least fading first.
+GAMMA_GRID = (0.0, 0.25, 0.5, 0.625, 0.75, 0.875, 1.0)
 #: Weight of score errors below the target (more normal than asked) relative to those above.
 BELOW_TARGET_WEIGHT = 0.25
 #: The proximity penalty is the mean squared change of the decoding in units of this (about a
@@ -113,19 +126,21 @@ class ConceptGenerator(nn.Module):
     Args:
         latent_dim: the VAE latent size.
         k: number of concepts.
-        channels: image channels (for the concept classifier).
+        channels, image_size: of the images (the concept classifier, the reference heat map).
         hidden: width of the MLP.
 
     Buffers: ``z_mean`` and ``z_std``: mean and SD of the VAE's aggregate posterior over the
     training images (per dimension ``sqrt(var(mu) + mean(sigma^2))``); the MLP works in these
     units, which follow what the decoder responds to (the posterior means alone can be nearly
     constant: on the demo tablet their SD across images is ~0.001 against a posterior sigma of
-    ~0.7), ``calib`` = (s_normal, threshold, score scale, mask_lo, mask_hi).
+    ~0.7). ``calib`` = (s_normal, threshold, score scale, mask_lo, mask_hi).
     """
 
-    def __init__(self, latent_dim: int = 64, k: int = DEFAULT_K, channels: int = 1, hidden: int = 256) -> None:
+    def __init__(self, latent_dim: int = 64, k: int = DEFAULT_K, channels: int = 1, hidden: int = 256,
+                 image_size: int = 128) -> None:
         super().__init__()
         self.latent_dim, self.k, self.channels, self.hidden = latent_dim, k, channels, hidden
+        self.image_size = image_size
         self.register_buffer("z_mean", torch.zeros(latent_dim))
         self.register_buffer("z_std", torch.ones(latent_dim))
         self.register_buffer("calib", torch.tensor([0.0, 1.0, 1.0, MASK_LO, MASK_HI]))
@@ -167,6 +182,10 @@ class ConceptGenerator(nn.Module):
         h = torch.cat([zn, self._cond(target)[:, None], self._cond(source)[:, None], onehot], 1)
         return z + self.net(h) * self.z_std
 
+    def mask(self, heat: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+        """The fade mask of calibrated heatmaps (N, 1, H, W) at fade strengths ``gamma`` (N,)."""
+        return fade_mask(heat, gamma, float(self.calib[3]), float(self.calib[4]))
+
 
 def target_score(alpha: np.ndarray | float | torch.Tensor, score: Any, s_normal: float) -> Any:
     """The target score of ``alpha`` on an image's path: ``s_normal + alpha * max(score - s_normal, 0)``.
@@ -189,59 +208,114 @@ def score_loss(score: torch.Tensor, target: torch.Tensor, scale: float) -> torch
     return (w * nn.functional.huber_loss(e, torch.zeros_like(e), delta=1.0, reduction="none")).mean()
 
 
-def soft_mask(heat: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
-    """0 where the calibrated heat is below ``lo``, 1 above ``hi``, linear between; (N, 1, H, W)."""
-    return ((heat - lo) / max(hi - lo, 1e-6)).clamp(0, 1)[:, None]
+def fade_mask(heat: torch.Tensor, gamma: torch.Tensor, lo: float = MASK_LO, hi: float = MASK_HI) -> torch.Tensor:
+    """Where the residual fades: 0 where the calibrated heat (N, 1, H, W) is below
+    ``lo * GAMMA_RANGE ** (1 - 2 gamma)``, 1 above ``hi / lo`` times that, linear between.
+
+    ``gamma`` (N,) in [0, 1]: 0.5 is the ramp ``lo``..``hi``, 0 four times higher (only the
+    strongest anomalous error fades), 1 four times lower.
+    """
+    lo_g = lo * GAMMA_RANGE ** (1 - 2 * gamma.to(heat.dtype)).view(-1, 1, 1, 1)
+    return ((heat - lo_g) / (lo_g * (hi / lo - 1))).clamp(0, 1)
 
 
 # ====================================================================== per-image state
 @dataclass
 class Prepared:
     """What a concept path needs of one batch of images, computed once (tensors on the bundle's
-    device): ``x``, latent ``z``, decoding ``d = decode(z)``, residual ``r = x - d``, the soft
-    anomaly mask ``m`` (N, 1, H, W) and the detector ``score`` (N,)."""
+    device): ``x``, latent ``z``, decoding ``d = decode(z)``, residual ``r = x - d``, the
+    detector's calibrated ``heat`` map (N, 1, H, W), its ``score`` (N,) and the fade strength
+    ``gamma`` (N, 1) shared by the concepts or (N, K) per concept (see :func:`fit_fade`; 0.5
+    until fitted)."""
 
     x: torch.Tensor
     z: torch.Tensor
     d: torch.Tensor
     r: torch.Tensor
-    m: torch.Tensor
+    heat: torch.Tensor
     score: torch.Tensor
+    gamma: torch.Tensor
+
+    FIELDS = ("x", "z", "d", "r", "heat", "score", "gamma")
 
     def take(self, idx: torch.Tensor | np.ndarray | list[int]) -> "Prepared":
         idx = torch.as_tensor(np.asarray(idx), dtype=torch.long, device=self.x.device)
-        return Prepared(*(getattr(self, f)[idx] for f in ("x", "z", "d", "r", "m", "score")))
+        return Prepared(*(getattr(self, f)[idx] for f in self.FIELDS))
 
     def __len__(self) -> int:
         return len(self.x)
 
 
 @torch.no_grad()
-def prepare(bundle, images: np.ndarray | torch.Tensor, mask_lo: float = MASK_LO, mask_hi: float = MASK_HI,
-            batch: int = 64) -> Prepared:
-    """Encode, decode, score and mask images (N, C, H, W) (or one (C, H, W)) with the detector."""
+def prepare(bundle, images: np.ndarray | torch.Tensor, batch: int = 64) -> Prepared:
+    """Encode, decode, score and map images (N, C, H, W) (or one (C, H, W)) with the detector."""
     if isinstance(images, torch.Tensor):
         images = images.detach().cpu().numpy()
     images = np.asarray(images, np.float32)
     if images.ndim == 3:
         images = images[None]
-    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("x", "z", "d", "r", "m", "score")}
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in Prepared.FIELDS}
     for i in range(0, len(images), batch):
         x = bundle.to_tensor(images[i:i + batch])  # channels_last: 2x faster backward on CPU
         a = bundle.detector.analyse(x)
         d = a["recon"].contiguous(memory_format=torch.channels_last)
-        for k, v in (("x", x), ("z", a["z"]), ("d", d), ("r", x - d), ("m", soft_mask(a["heatmap"], mask_lo, mask_hi)),
-                     ("score", a["score"])):
+        for k, v in (("x", x), ("z", a["z"]), ("d", d), ("r", x - d), ("heat", a["heatmap"][:, None]),
+                     ("score", a["score"]), ("gamma", torch.full_like(a["score"], 0.5)[:, None])):
             parts[k].append(v.float())
     return Prepared(**{k: torch.cat(v) for k, v in parts.items()})
 
 
-def compose(gen: ConceptGenerator, bundle, prep: Prepared, z_new: torch.Tensor, alpha: torch.Tensor
-            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The counterfactual images of edited latents (see the module docstring) and the change of
-    the decoding ``decode(z') - decode(z)``; differentiable in ``z_new``."""
+@torch.no_grad()
+def fit_fade(bundle, prep: Prepared, target: float, lo: float = MASK_LO, hi: float = MASK_HI,
+             grid: Sequence[float] = GAMMA_GRID, gen: ConceptGenerator | None = None) -> Prepared:
+    """Set each image's fade strength: the smallest ``gamma`` of ``grid`` at which the image at
+    alpha = 0 scores at most ``target`` for the real detector (the largest when none does; the
+    smallest for images already at or below it).
+
+    Without ``gen``: fading alone (no latent edit), one gamma per image (N, 1) (used in
+    training). With ``gen``: per concept (N, K), with the concept's alpha = 0 edit applied (used
+    at inference, so that every concept's path ends normal where fading can make it so).
+    Deterministic; one detector pass per image, concept and grid value. Returns ``prep``
+    (updated in place).
+    """
+    g = torch.as_tensor(list(grid), dtype=torch.float32, device=prep.x.device)
+    n_k = gen.k if gen is not None else 1
+    gamma = torch.empty(len(prep), n_k, device=prep.x.device)
+    for i in range(len(prep)):
+        if float(prep.score[i]) <= target:
+            gamma[i] = g[0]
+            continue
+        x, r, h = prep.x[i:i + 1], prep.r[i:i + 1], prep.heat[i:i + 1]
+        m = fade_mask(h.expand(len(g), -1, -1, -1), g, lo, hi)
+        for k in range(n_k):
+            base = x
+            if gen is not None:
+                kk = torch.tensor([k], device=x.device)
+                z_new = gen(prep.z[i:i + 1], torch.tensor([target], device=x.device), kk, prep.score[i:i + 1])
+                base = x + bundle.vae.decode(z_new) - prep.d[i:i + 1]
+            s = bundle.score((base - m * r).clamp(0, 1).contiguous(memory_format=torch.channels_last))
+            ok = torch.nonzero(s <= target)
+            gamma[i, k] = g[int(ok[0])] if len(ok) else g[-1]
+    prep.gamma = gamma
+    return prep
+
+
+def prepare_for(gen: ConceptGenerator, bundle, images: np.ndarray | torch.Tensor) -> Prepared:
+    """:func:`prepare` and the per-concept :func:`fit_fade` with the generator's calibration: what
+    :func:`concept_path`, :func:`concept_step` and :func:`edit` need of images."""
+    with bundle.lock:
+        prep = prepare(bundle, images)
+        lo, hi = float(gen.calib[3]), float(gen.calib[4])
+        return fit_fade(bundle, prep, gen.s_normal, lo, hi, gen=gen)
+
+
+def compose(gen: ConceptGenerator, bundle, prep: Prepared, z_new: torch.Tensor, alpha: torch.Tensor,
+            k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The counterfactual images of edited latents for concepts ``k`` (see the module docstring)
+    and the change of the decoding ``decode(z') - decode(z)``; differentiable in ``z_new``."""
     change = bundle.vae.decode(z_new).contiguous(memory_format=torch.channels_last) - prep.d
-    fade = (1 - alpha).view(-1, 1, 1, 1) * prep.m
+    gamma = prep.gamma[:, 0] if prep.gamma.shape[1] == 1 else prep.gamma.gather(1, k.long()[:, None])[:, 0]
+    fade = (1 - alpha).view(-1, 1, 1, 1) * gen.mask(prep.heat, gamma)
     out = (prep.x + change - fade * prep.r).clamp(0, 1)
     return out.contiguous(memory_format=torch.channels_last), change
 
@@ -255,7 +329,7 @@ def edit(gen: ConceptGenerator, bundle, prep: Prepared, k: torch.Tensor, alpha: 
     """
     t = target_score(alpha, prep.score, gen.s_normal)
     z_new = gen(prep.z, t, k, prep.score)
-    img, change = compose(gen, bundle, prep, z_new, alpha)
+    img, change = compose(gen, bundle, prep, z_new, alpha, k)
     return img, z_new, t, change
 
 
@@ -417,7 +491,7 @@ def concept_path(bundle, image: np.ndarray, alphas: Sequence[float] = DEFAULT_AL
         bundle: the models; image: float32 (C, H, W) at the models' size and channels.
         alphas: positions on the path in [0, 1] (1: the image's own score, 0: clearly normal).
         generator: default :func:`load_concepts`.
-        prep: :func:`prepare` of the image, if already computed.
+        prep: :func:`prepare_for` of the image, if already computed.
 
     Raises:
         ModelMissingError: no concept generator; ValueError: bad alphas or image shape.
@@ -430,7 +504,7 @@ def concept_path(bundle, image: np.ndarray, alphas: Sequence[float] = DEFAULT_AL
     gen = generator if generator is not None else load_concepts(bundle)
     a = _targets(alphas)
     with bundle.lock:
-        prep = prep if prep is not None else prepare(bundle, image[None], *gen.calib[3:5].tolist())
+        prep = prep if prep is not None else prepare_for(gen, bundle, image[None])
         imgs, lats = render(gen, bundle, prep, list(range(gen.k)), a)
         flat = imgs.reshape(-1, *imgs.shape[2:])
         scores = bundle.score_numpy(flat).reshape(imgs.shape[:2])
@@ -446,7 +520,7 @@ def concept_step(bundle, prep: Prepared, k: int, alpha: float, generator: Concep
                  ) -> tuple[np.ndarray, float, bool]:
     """One slider step computed on demand: (image (C, H, W), detector score, valid).
 
-    One decoder pass and one detector pass; ``prep`` is :func:`prepare` of the image (cache it).
+    One decoder pass and one detector pass; ``prep`` is :func:`prepare_for` of the image (cache it).
     """
     gen = generator if generator is not None else load_concepts(bundle)
     with bundle.lock:
@@ -533,8 +607,11 @@ def train_concepts(bundle, root: str | Path, category: str | None = None, seed: 
     val_scores = p_norm.score[torch.as_tensor(va)].cpu().numpy()
     s0 = _s_normal(val_scores, thr, quantile)
     scale = max(thr - s0, 0.25)
+    with bundle.lock:
+        for p in (p_norm, p_syn, p_val):
+            fit_fade(bundle, p, s0)
 
-    gen = ConceptGenerator(bundle.vae.latent_dim, k, bundle.channels).to(bundle.device)
+    gen = ConceptGenerator(bundle.vae.latent_dim, k, bundle.channels, image_size=bundle.image_size).to(bundle.device)
     z_all = torch.cat([p_norm.z, p_syn.z])
     gen.z_mean.copy_(z_all.mean(0))
     gen.z_std.copy_(aggregate_posterior_sd(bundle, torch.cat([p_norm.x, p_syn.x])).clamp_min(1e-3))
@@ -580,6 +657,8 @@ def train_concepts(bundle, root: str | Path, category: str | None = None, seed: 
     gen.eval().requires_grad_(False)
     train_seconds = time.perf_counter() - t_start
 
+    with bundle.lock:
+        fit_fade(bundle, p_val, s0, gen=gen)  # as at inference: per concept, with its edit
     held = evaluate_heldout(gen, bundle, p_val)
     info: dict[str, Any] = {
         "train_seconds": round(train_seconds, 1), "steps": steps, "batch": batch, "seed": seed, "k": k,
@@ -590,7 +669,8 @@ def train_concepts(bundle, root: str | Path, category: str | None = None, seed: 
     if save:
         d = category_dir(bundle.dataset, category, out_dir)
         path = d / FILENAME
-        cfg = {"net": {"latent_dim": gen.latent_dim, "k": gen.k, "channels": gen.channels, "hidden": gen.hidden},
+        cfg = {"net": {"latent_dim": gen.latent_dim, "k": gen.k, "channels": gen.channels, "hidden": gen.hidden,
+                       "image_size": gen.image_size},
                "model_hash": bundle.content_hash, "info": info}
         save_module(path, gen, cfg)
         info["path"] = str(path)
@@ -633,7 +713,7 @@ def aggregate_posterior_sd(bundle, x: torch.Tensor, batch: int = 64) -> torch.Te
 
 
 def _cat(a: Prepared, b: Prepared) -> Prepared:
-    return Prepared(*(torch.cat([getattr(a, f), getattr(b, f)]) for f in ("x", "z", "d", "r", "m", "score")))
+    return Prepared(*(torch.cat([getattr(a, f), getattr(b, f)]) for f in Prepared.FIELDS))
 
 
 @torch.no_grad()

@@ -24,7 +24,7 @@ import plotly.graph_objects as go
 import streamlit as st
 import streamlit.components.v1 as components
 
-from cfx.concepts import SLIDER_ALPHAS, ConceptPath, concept_path, has_concepts, load_concepts, train_concepts, train_hint
+from cfx.concepts import SLIDER_ALPHAS, ConceptPath, concept_path, load_concepts, train_concepts, train_hint
 from cfx.data.imageio import array_to_pil
 from cfx.errors import CfxError, ModelMissingError
 from pages import _common as C
@@ -232,7 +232,6 @@ def main() -> None:
                        f"{info.get('train_seconds')} s; held-out synthetic anomalies: "
                        f"{info.get('val_validity', float('nan')):.0%} normal at alpha = 0, concept accuracy "
                        f"{info.get('val_concept_accuracy', float('nan')):.0%}.")
-    _ = has_concepts  # re-exported for tests of the page
 
 
 main()
