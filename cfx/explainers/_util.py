@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -28,21 +27,6 @@ def scores_from_analysis(a: dict[str, np.ndarray], target: str) -> np.ndarray:
 def score_images(bundle, images: np.ndarray, target: str, batch: int = BATCH) -> np.ndarray:
     """Target scores (float64, (N,)) of float images (N, C, H, W), batched, no autograd."""
     return bundle.score_numpy(np.asarray(images, np.float32), target, batch=batch)
-
-
-@torch.inference_mode()
-def score_tensor(bundle, x: torch.Tensor, target: str, batch: int = BATCH) -> np.ndarray:
-    """Target scores of a tensor of images already on the bundle's device (float64 numpy)."""
-    out = []
-    for i in range(0, len(x), batch):
-        xb = x[i:i + batch].contiguous(memory_format=torch.channels_last)
-        out.append(bundle.score(xb, target).double().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros(0)
-
-
-def is_anomalous(bundle, scores: np.ndarray | float, target: str) -> np.ndarray:
-    """Whether target scores lie above the target's threshold."""
-    return np.asarray(scores) > bundle.threshold_for(target)
 
 
 def to_probability(bundle, scores: np.ndarray, target: str, temperature: float = 1.0) -> np.ndarray:
@@ -88,13 +72,6 @@ def fill_image(bundle, image: np.ndarray, fill: str) -> np.ndarray:
     raise ValueError(f"unknown fill {fill!r}; choose recon, blur or mean")
 
 
-@torch.inference_mode()
-def decode(ae, z: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    """Decode latents (N, D) in batches (channels_last output)."""
-    outs = [ae.decode(z[i:i + batch]).contiguous(memory_format=torch.channels_last) for i in range(0, len(z), batch)]
-    return torch.cat(outs) if outs else z.new_zeros((0,))
-
-
 def order_counterfactuals(cfs: list) -> list:
     """Closest valid first: valid ones by L1, then invalid ones by L1 (stable)."""
     return sorted(cfs, key=lambda c: (not c.valid, c.metrics.get("l1", 0.0)))
@@ -138,19 +115,3 @@ def train_images(bundle) -> np.ndarray:
                 raise DataError(f"no train/good images for {bundle.category}")
             bundle.extras[key] = arr.images
         return bundle.extras[key]
-
-
-def json_safe(d: dict[str, Any]) -> dict[str, Any]:
-    """Floats rounded, numpy scalars to Python."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, (np.floating, float)):
-            v = float(v)
-            out[k] = round(v, 6) if math.isfinite(v) else None
-        elif isinstance(v, np.integer):
-            out[k] = int(v)
-        elif isinstance(v, np.bool_):
-            out[k] = bool(v)
-        else:
-            out[k] = v
-    return out

@@ -5,8 +5,9 @@
    the training latents (``bundle.ae_latent_std``) times a radius drawn uniformly from
    [0, 2 * scale], so the neighbourhood reaches both sides of the boundary; decode them with the
    AE and score them with the real model, in batches.
-3. Fit a logistic regression (scikit-learn) of "anomalous" (the target above its threshold) on
-   the latents, each sample weighted by a Gaussian kernel of its distance to z0 (classes balanced).
+3. Fit a logistic regression (scikit-learn, inverse regularisation ``C``) of "anomalous" (the
+   target above its threshold) on the latents, each sample weighted by a Gaussian kernel of its
+   distance to z0 (classes balanced).
 4. The counterfactual is the smallest step along the regression's normal w that brings the
    regression's probability to p* (just past the boundary, on the other side from the original):
 
@@ -78,7 +79,7 @@ class LocalRegression:
 
 
 def fit_local_regression(Z: np.ndarray, y: np.ndarray, z0: np.ndarray, std: np.ndarray, kernel_width: float,
-                         C: float = 1.0) -> LocalRegression:
+                         C: float = 10.0) -> LocalRegression:
     """Kernel-weighted, class-balanced logistic regression of ``y`` on latents ``Z`` (fitted in
     standardised coordinates around z0, returned in latent coordinates)."""
     from sklearn.linear_model import LogisticRegression
@@ -92,6 +93,7 @@ def fit_local_regression(Z: np.ndarray, y: np.ndarray, z0: np.ndarray, std: np.n
         tot = sw[y == c].sum()
         if tot > 0:
             sw[y == c] *= 0.5 * sw.sum() / tot
+    sw *= len(sw) / sw.sum()  # mean weight 1: C means what it means for an unweighted fit
     lr = LogisticRegression(C=C, max_iter=2000)
     lr.fit(U, y, sample_weight=sw)
     wu, bu = lr.coef_[0].astype(np.float64), float(lr.intercept_[0])
@@ -123,7 +125,8 @@ class ClearResult:
 def clear_search(score_latents: Callable[[np.ndarray], np.ndarray], threshold: float, z0: np.ndarray,
                  std: np.ndarray, want_anomalous: bool, n_samples: int = 2000, scale: float = 1.0,
                  margin: float = 0.05, max_walk: int = 12, walk_logit: float = 1.0, seed: int = 0,
-                 fidelity_dims: int = 8, fidelity_range: float = 3.0, fidelity_step: float = 0.5) -> ClearResult:
+                 fidelity_dims: int = 8, fidelity_range: float = 3.0, fidelity_step: float = 0.5,
+                 C: float = 10.0) -> ClearResult:
     """CLEAR on any latent model (see the module docstring).
 
     Args:
@@ -131,7 +134,7 @@ def clear_search(score_latents: Callable[[np.ndarray], np.ndarray], threshold: f
         threshold: a score above it is "anomalous".
         z0, std: the instance's latent and the per-dimension scale (D,).
         want_anomalous: the side the counterfactual must reach (False: normal).
-        n_samples, scale, margin, max_walk, walk_logit, seed: see :class:`Clear`.
+        n_samples, scale, margin, max_walk, walk_logit, seed, C: see :class:`Clear`.
         fidelity_dims, fidelity_range, fidelity_step: the fidelity sweep (``fidelity_dims=-1``: skip).
 
     Returns:
@@ -161,7 +164,7 @@ def clear_search(score_latents: Callable[[np.ndarray], np.ndarray], threshold: f
         clamped = True
         direction = np.zeros(d)
     else:
-        reg = fit_local_regression(Z, y, z0, std, kernel_width=scale)
+        reg = fit_local_regression(Z, y, z0, std, kernel_width=scale, C=C)
         ww = float(reg.w @ reg.w)
         t0 = (logit(p_target) - float(reg.logit(z0))) / ww  # clear_step's t
         clamped = sign * t0 < 0  # the regression already puts z0 past p*
@@ -252,7 +255,7 @@ class Clear(Explainer):
     label: ClassVar[str] = "CLEAR (latent regression)"
     defaults: ClassVar[dict[str, Any]] = {"n_samples": 2000, "scale": 1.0, "margin": 0.05, "max_walk": 12,
                                           "walk_logit": 1.0, "path_steps": 8, "fidelity_dims": 8,
-                                          "fidelity_range": 3.0, "fidelity_step": 0.5, "batch_size": 256}
+                                          "fidelity_range": 3.0, "fidelity_step": 0.5, "C": 10.0, "batch_size": 256}
 
     def _explain(self, image: np.ndarray, target: str, seed: int, params: dict[str, Any]) -> Explanation:
         b = self.bundle
@@ -267,7 +270,7 @@ class Clear(Explainer):
                            margin=float(params["margin"]), max_walk=int(params["max_walk"]),
                            walk_logit=float(params["walk_logit"]), seed=seed,
                            fidelity_dims=int(params["fidelity_dims"]), fidelity_range=float(params["fidelity_range"]),
-                           fidelity_step=float(params["fidelity_step"]))
+                           fidelity_step=float(params["fidelity_step"]), C=float(params["C"]))
         info: dict[str, Any] = {
             "fidelity": res.fidelity, "fidelity_dims": len(res.fidelity_detail), "fidelity_detail": res.fidelity_detail,
             "n_samples": res.n_samples, "n_anomalous_samples": res.n_anomalous, "p_target": res.p_target,

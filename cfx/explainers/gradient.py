@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -34,7 +35,7 @@ import torch
 from torch import nn
 
 from cfx.errors import DataError, ModelMissingError
-from cfx.explainers._util import order_counterfactuals, score_images, train_images
+from cfx.explainers._util import order_counterfactuals, score_images, set_data_root, train_images  # noqa: F401
 from cfx.explainers.base import Explainer, Explanation, counterfactual_metrics, register
 
 log = logging.getLogger(__name__)
@@ -226,9 +227,9 @@ class LatentGradient(Explainer):
                 j = int(np.argmax(ok))
                 found, score_cf = chunk[j], float(s[j])
                 break
-        exp.info.update({"ensemble_p_start": float(probs[0]), "ensemble_crossed_at": int(np.argmax(crossed)) if crossed.any() else None,
-                         "checked": checked, "steps": found,
-                         "ensemble_members": ens.n_members})
+        exp.info.update({"ensemble_p_start": float(probs[0]),
+                         "ensemble_crossed_at": int(np.argmax(crossed)) if crossed.any() else None,
+                         "checked": checked, "steps": found, "ensemble_members": ens.n_members})
         if found is None:
             exp.info["message"] = (f"no counterfactual found in {len(traj) - 1} steps (ensemble p at the end "
                                    f"{probs[-1]:.3f})")
@@ -277,7 +278,6 @@ def main(argv: list[str] | None = None) -> int:
     """Train and save the latent ensemble of one or all categories."""
     from cfx.cli import add_data_args
     from cfx.errors import CfxError
-    from cfx.explainers._util import set_data_root
     from cfx.models.bundle import dataset_name, load_bundle
     from cfx.resolve import categories_for, resolve_root
 
@@ -295,9 +295,10 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             ens = train_latent_ensemble(bundle, train_images(bundle), seed=args.seed)
             path = save_latent_ensemble(bundle, ens, seed=args.seed)
-            print(f"{ds}/{cat}: ensemble train accuracy {ens.train_accuracy:.3f}, {time.perf_counter() - t0:.1f} s -> {path}")
+            print(f"{ds}/{cat}: ensemble train accuracy {ens.train_accuracy:.3f}, "
+                  f"{time.perf_counter() - t0:.1f} s -> {path}")
     except CfxError as exc:
-        print(f"cfx: {exc}", file=__import__("sys").stderr)
+        print(f"cfx: {exc}", file=sys.stderr)
         return 2
     return 0
 
