@@ -24,9 +24,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+# Every heavy dependency is imported here, in this order, and this module is the first heavy
+# import of every script run (app.py or Home imports it before anything else heavy): threads of
+# concurrent runs then queue on this module's import lock instead of deadlocking on two others
+# (which Python resolves by handing out a partially initialised module).
+import matplotlib.backends.backend_agg  # noqa: F401  (reports: no pyplot)
+import matplotlib.figure  # noqa: F401
 import numpy as np
+import pandas  # noqa: F401
 import plotly.graph_objects as go
+import sklearn.metrics  # noqa: F401
 import streamlit as st
+import torch  # noqa: F401
 
 from cfx import config
 from cfx import export as X
@@ -70,7 +79,8 @@ def _bind(key: str, wkey: str, options: Sequence[Any] | None = None) -> None:
 
 
 def _sync(key: str, wkey: str) -> None:
-    st.session_state[key] = st.session_state[wkey]
+    if wkey in st.session_state:
+        st.session_state[key] = st.session_state[wkey]
 
 
 def bound(widget: Callable, label: str, key: str, options: Sequence[Any] | None = None, **kw) -> Any:
@@ -99,14 +109,22 @@ def _bundle(dataset: str, category: str, models_dir: str, stamp: float) -> Model
     return b
 
 
-def bundle_for(dataset: str, category: str) -> ModelBundle:
+def bundle_for(dataset: str, category: str, root: Path | None = None) -> ModelBundle:
     """The category's models, loaded once per process (raises ModelMissingError with the train
-    command)."""
+    command). ``root``: the data root, which methods that read the train images need."""
     from cfx.models.bundle import category_dir
 
     card = category_dir(dataset, category) / "card.json"
     stamp = card.stat().st_mtime if card.exists() else 0.0
-    return _bundle(dataset, category, str(config.models_dir()), stamp)
+    b = _bundle(dataset, category, str(config.models_dir()), stamp)
+    if root is not None and b.extras.get("data_root") != Path(root):
+        try:
+            from cfx.explainers._util import set_data_root
+        except ImportError:  # pragma: no cover - older explainers
+            b.extras["data_root"] = Path(root)
+        else:
+            set_data_root(b, root)
+    return b
 
 
 @st.cache_resource(show_spinner="Reading images...", max_entries=24)
@@ -312,7 +330,7 @@ def _draw_sidebar() -> Selection | None:
         split = bound(st.radio, "Split", "split", ["test", "train"], horizontal=True)
         bundle, model_error = None, None
         try:
-            bundle = bundle_for(dataset, category)
+            bundle = bundle_for(dataset, category, root)
         except ModelMissingError as exc:
             model_error = str(exc)
         except CfxError as exc:
@@ -361,7 +379,9 @@ def _current_name(names: list[str], arr: Arrays) -> str:
 
 
 def _set_image(names: list[str]) -> None:
-    v = st.session_state["w_image"]
+    v = st.session_state.get("w_image")
+    if v is None:
+        return
     if v == UPLOAD_OPTION:
         st.session_state["source"] = "upload"
     else:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
 from cfx import export as X
@@ -54,14 +53,82 @@ st.caption(f"{method}: {K} counterfactual(s), {nvalid} valid, {exp.seconds:.2f} 
            + (f" Diversity (mean pairwise L1) {diversity(c.image for c in exp.counterfactuals):.3f}." if K > 1 else ""))
 
 
+def _u8(image: np.ndarray) -> np.ndarray:
+    return (X.image_hwc(image) * 255 + 0.5).astype(np.uint8)
+
+
+def _outlined(image: np.ndarray) -> np.ndarray:
+    """RGB uint8 of an image with the mask outline drawn in (for the light st.image views)."""
+    a = _u8(image)
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=2)
+    if sel.mask is not None and sel.mask.any():
+        a = a.copy()
+        a[X.mask_outline(sel.mask)] = (0, 224, 0)
+    return a
+
+
+@st.fragment
+def compare_view(cf) -> None:
+    """The image-comparison slider (its own fragment: a move redraws one image)."""
+    st.markdown("**Compare** the two images")
+    mc = st.columns([1, 3])
+    mode = mc[0].radio("View", ["wipe", "blend"], horizontal=True, key="cf_mode")
+    pos = mc[1].slider("← original · counterfactual →", 0, 100, 50, key="cf_wipe")
+    t = pos / 100.0
+    if mode == "blend":
+        shown = _outlined((1 - t) * image + t * cf.image)
+    else:
+        a, b_ = _outlined(image), _outlined(cf.image)
+        cut = int(round(t * a.shape[1]))
+        shown = a.copy()
+        shown[:, :cut] = b_[:, :cut]
+        if 0 < cut < a.shape[1]:
+            shown[:, cut - 1] = (255, 204, 0)
+    c = st.columns([1, 2, 1])
+    c[1].image(np.kron(shown, np.ones((3, 3, 1), np.uint8)), width="stretch",
+               caption=f"{'left: counterfactual, right: original' if mode == 'wipe' else 'blend'} at {pos}%")
+    st.session_state["cf_shown"] = {**st.session_state.get("cf_shown", {}), "mode": mode, "position": pos}
+
+
+@st.fragment
+def path_view(cf, k: int) -> None:
+    """The step slider along the path (its own fragment: a move redraws the step only)."""
+    S = len(cf.path_images)
+    scores = np.asarray(cf.path_scores) if cf.path_scores is not None else None
+    st.markdown("**Path** from the original to past the boundary")
+    step = st.slider("Step", 0, S - 1, S - 1, key=f"cf_step_{k}")
+    pc = st.columns([1, 1.4])
+    title = f"step {step}/{S - 1}" + (f" · {exp.target} {scores[step]:.3f}" if scores is not None else "")
+    pc[0].image(np.kron(_outlined(cf.path_images[step]), np.ones((2, 2, 1), np.uint8)), caption=title,
+                width="stretch")
+    if scores is not None:
+        f = {"data": [
+            {"type": "scatter", "x": list(range(S)), "y": scores.tolist(), "mode": "lines+markers",
+             "hovertemplate": "step %{x}: %{y:.4f}<extra></extra>"},
+            {"type": "scatter", "x": [step], "y": [float(scores[step])], "mode": "markers", "hoverinfo": "skip",
+             "marker": {"size": 13, "color": "#ffcc00", "line": {"width": 1}}}],
+            "layout": {"height": 300, "margin": {"l": 10, "r": 10, "t": 30, "b": 10}, "showlegend": False,
+                       "title": {"text": f"{exp.target} along the path (step {step}/{S - 1})"},
+                       "xaxis": {"title": {"text": "step"}}, "yaxis": {"title": {"text": exp.target}},
+                       "shapes": [{"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": exp.threshold,
+                                   "y1": exp.threshold, "line": {"dash": "dash", "color": "#c0392b"}}],
+                       "annotations": [{"xref": "paper", "x": 1, "y": exp.threshold, "text": "threshold",
+                                        "showarrow": False, "xanchor": "right", "yanchor": "bottom"}]}}
+        with pc[1]:
+            st.plotly_chart(f, key="cf_path_plot", config={"displayModeBar": False})
+    st.session_state["cf_step_shown"] = (k, step, float(scores[step]) if scores is not None else None)
+
+
 @st.fragment
 def view() -> None:
-    """Everything that moves with the sliders (a fragment: only this part reruns)."""
+    """The chosen counterfactual (a fragment: choosing another one reruns only this part)."""
     k = 0
     if K > 1:
         k = st.select_slider("Counterfactual (closest valid first)", options=list(range(K)), value=0,
                              format_func=lambda i: f"{i + 1} of {K}", key="cf_k")
     cf = exp.counterfactuals[k]
+    st.session_state["cf_shown"] = {**st.session_state.get("cf_shown", {}), "k": k}
     d = (cf.image - image).mean(0)
     cols = st.columns(3)
     with cols[0]:
@@ -71,25 +138,6 @@ def view() -> None:
     with cols[2]:
         plot(heat_figure(None, d, X.max_abs(d), sel.mask, "difference (counterfactual − original)", height=300,
                          label="change"), "cf_diff")
-
-    st.markdown("**Compare** the two images")
-    mc = st.columns([1, 3])
-    mode = mc[0].radio("View", ["wipe", "blend"], horizontal=True, key="cf_mode")
-    pos = mc[1].slider("← original · counterfactual →", 0, 100, 50, key="cf_wipe")
-    t = pos / 100.0
-    if mode == "blend":
-        shown = (1 - t) * image + t * cf.image
-    else:
-        w = image.shape[-1]
-        cut = int(round(t * w))
-        shown = image.copy()
-        shown[..., :cut] = cf.image[..., :cut]
-    fig = image_figure(shown, sel.mask, height=360)
-    if mode == "wipe":
-        fig.add_vline(x=t * image.shape[-1] - 0.5, line_color="#ffcc00", line_width=2)
-    plot(fig, "cf_compare")
-
-    m = cf.metrics
     table = pd.DataFrame([
         {"": f"target ({exp.target})", "value": f"{cf.score_after:.4g}", "threshold": f"{exp.threshold:.4g}",
          "valid": "yes" if cf.valid else "no"},
@@ -100,32 +148,11 @@ def view() -> None:
     ])
     tc = st.columns([3, 2])
     tc[0].dataframe(table, hide_index=True)
-    tc[1].dataframe(pd.DataFrame([{"metric": k2, "value": round(float(v), 4)} for k2, v in m.items()]),
+    tc[1].dataframe(pd.DataFrame([{"metric": k2, "value": round(float(v), 4)} for k2, v in cf.metrics.items()]),
                     hide_index=True)
-
+    compare_view(cf)
     if cf.path_images is not None and len(cf.path_images) > 1:
-        st.markdown("**Path** from the original to past the boundary")
-        S = len(cf.path_images)
-        step = st.slider("Step", 0, S - 1, S - 1, key=f"cf_step_{k}")
-        pc = st.columns([1, 1.4])
-        scores = np.asarray(cf.path_scores) if cf.path_scores is not None else None
-        title = f"step {step}/{S - 1}" + (f" · {scores[step]:.3f}" if scores is not None else "")
-        with pc[0]:
-            plot(image_figure(cf.path_images[step], sel.mask, title, height=300), "cf_step_img")
-        if scores is not None:
-            with pc[1]:
-                f = go.Figure(go.Scatter(x=list(range(S)), y=scores, mode="lines+markers", name=exp.target,
-                                         hovertemplate="step %{x}: %{y:.4f}<extra></extra>"))
-                f.add_hline(y=exp.threshold, line_dash="dash", line_color="#c0392b",
-                            annotation_text="threshold", annotation_position="top right")
-                f.add_trace(go.Scatter(x=[step], y=[scores[step]], mode="markers",
-                                       marker={"size": 13, "color": "#ffcc00", "line": {"width": 1}}, hoverinfo="skip"))
-                f.update_layout(height=300, margin={"l": 10, "r": 10, "t": 30, "b": 10}, showlegend=False,
-                                xaxis_title="step", yaxis_title=exp.target, title=f"{exp.target} along the path")
-                plot(f, "cf_path_plot")
-        st.session_state["cf_step_shown"] = (k, step, float(scores[step]) if scores is not None else None)
-
-    st.session_state["cf_shown"] = {"k": k, "mode": mode, "position": pos}
+        path_view(cf, k)
 
 
 view()

@@ -21,10 +21,10 @@ st.markdown("""
 | **Detector** | How good is the detector? ROC curves, score histograms with the threshold, confusion matrix, model card. |
 """)
 
-from cfx import config  # noqa: E402  (heavy: after the text above has been sent)
+from pages._common import current, show_model_missing  # noqa: E402, I001  (heavy: after the text, and first)
+from cfx import config  # noqa: E402
 from cfx.data.demo import CATEGORIES, is_demo_root  # noqa: E402
 from cfx.models.bundle import available_models  # noqa: E402
-from pages._common import current, show_model_missing  # noqa: E402
 
 sel = current()
 c1, c2 = st.columns(2)

@@ -1,0 +1,501 @@
+"""The dashboard under streamlit.testing.v1.AppTest on the demo default: every page renders,
+selection and uploads behave, Compare yields every method, exports are valid, models load once,
+and concurrent explanations stay separate."""
+from __future__ import annotations
+
+import io
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from cfx.explainers.base import REGISTRY, Explainer, counterfactual_metrics  # noqa: E402
+from pages._common import load_methods  # noqa: E402
+
+load_methods()  # the registered methods, as the app sees them
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "app.py")
+PAGES = ["pages/home.py", "pages/inspect.py", "pages/compare.py", "pages/counterfactuals.py", "pages/detector.py"]
+OPTIONAL = ["pages/concepts.py", "pages/mask_jaccard.py"]  # other issues' pages, when they exist
+TIMEOUT = 300
+
+
+@pytest.fixture(autouse=True)
+def _models_and_v2_pages(brick, monkeypatch, request):
+    """The demo models must exist (the ``brick`` fixture loads them).
+
+    AppTest resets ``PagesManager.uses_pages_directory`` before every run, so an app that has a
+    ``pages/`` folder is run the legacy way (the page file alone, without app.py) from its second
+    run on. A real server clears the flag for good at the first ``st.navigation`` call; this does
+    the same, so that every AppTest run executes app.py like the server does.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if request.node.name.startswith(LEGACY_TEST):
+        return
+    orig = PagesManager.__init__
+
+    def init(self, *a, **k):
+        orig(self, *a, **k)
+        PagesManager.uses_pages_directory = False
+
+    monkeypatch.setattr(PagesManager, "__init__", init)
+
+
+def new_app(page: str | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    ok(at)
+    if page:
+        at.switch_page(page).run()
+        ok(at)
+    return at
+
+
+def ok(at: AppTest) -> AppTest:
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [s.value for s in at.subheader]
+    parts += [i.value for i in at.info] + [w.value for w in at.warning] + [s.value for s in at.success]
+    return "\n".join(parts)
+
+
+def pick_image(at: AppTest, name: str) -> AppTest:
+    at.selectbox(key="w_image").select(name).run()
+    return ok(at)
+
+
+def cf_run(at: AppTest) -> AppTest:
+    """Counterfactuals: press Run when the result is not cached yet."""
+    if any(b.key == "cf_run" for b in at.button):
+        at.button(key="cf_run").click().run()
+    return ok(at)
+
+
+def run_all(at: AppTest) -> AppTest:
+    """Compare: run the heavy methods too."""
+    at.toggle(key="cmp_auto").set_value(True).run()
+    return ok(at)
+
+
+# ---------------------------------------------------------------- toy methods (page logic only)
+class _Boom(Explainer):
+    name, kind, label, defaults = "zz_boom", "heatmap", "Always fails", {}
+
+    def _explain(self, image, target, seed, params):
+        raise RuntimeError("this method always fails")
+
+
+class _ToyPath(Explainer):
+    """Blends towards the reconstruction; a path of 9 steps for the step slider."""
+
+    name, kind, label, defaults = "zz_path", "counterfactual", "Toy path", {"steps": 9}
+
+    def _explain(self, image, target, seed, params):
+        e = self.base(image, target)
+        r = self.bundle.analyse(image[None])["recon"][0]
+        path = np.stack([(1 - t) * image + t * r for t in np.linspace(0, 1, params["steps"])]).astype(np.float32)
+        e.counterfactuals = counterfactual_metrics(self.bundle, image, np.stack([r, 0.5 * (image + r)]), target)
+        e.counterfactuals[0].path_images = path
+        e.counterfactuals[0].path_scores = self.bundle.score_numpy(path, target)
+        return e
+
+
+# ---------------------------------------------------------------- pages render
+@pytest.mark.parametrize("page", PAGES + [p for p in OPTIONAL if (ROOT / p).exists()])
+def test_page_renders(page):
+    at = new_app(page)
+    assert at.title, f"{page} has no title"
+    assert not at.error, [e.value for e in at.error]
+    # the sidebar selection is drawn on every page
+    assert at.selectbox(key="w_category").value == "brick"
+    assert at.selectbox(key="w_image").value == at.session_state["image_name"]
+
+
+LEGACY_TEST = "test_page_run_alone_reruns_through_app"  # runs without the fixture's patch
+
+
+@pytest.mark.parametrize("page", ["pages/inspect.py", "pages/detector.py"])
+def test_page_run_alone_reruns_through_app(page):
+    """A page run without app.py (a server's legacy mode for a first deep link) reruns through
+    app.py: the sidebar and the selection are there."""
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    at.switch_page(page).run()  # AppTest runs the page file alone here
+    ok(at)
+    assert at.selectbox(key="w_image").value == at.session_state["image_name"]
+    assert at.title[0].value in ("Inspect", "Detector")
+    assert not at.error
+
+
+def test_home_says_device_and_demo():
+    at = new_app()
+    t = texts(at)
+    assert "CPU" in t or "GPU" in t
+    assert "embedded demo" in t and "synthetic" in t
+    assert "MVTec AD root" in t or "CFX_DATA_ROOT" in t
+    assert any("cfx train --data-root" in c.value for c in at.code)
+
+
+# ---------------------------------------------------------------- selection
+def test_choosing_another_image_changes_what_is_shown():
+    at = new_app("pages/inspect.py")
+    first = at.session_state["inspect_verdict"]
+    assert first["name"].split("/")[0] != "good"  # the default is the first defective image
+    assert at.subheader[0].value == first["name"]
+    pick_image(at, "good/003.png")
+    second = at.session_state["inspect_verdict"]
+    assert second["name"] == "good/003.png" and at.subheader[0].value == "good/003.png"
+    assert second["score"] != first["score"]
+    assert next(m for m in at.metric if m.label == "Anomaly score").value == f"{second['score']:.3f}"
+    # a thumbnail's Open button selects its image too
+    at.button(key="thumb_10").click().run()
+    ok(at)
+    third = at.session_state["inspect_verdict"]
+    assert third["name"] == at.session_state["image_name"] != "good/003.png"
+    assert third["score"] != second["score"]
+
+
+def test_selection_persists_across_pages():
+    at = new_app("pages/inspect.py")
+    pick_image(at, "hole/004.png")
+    for page in ("pages/compare.py", "pages/counterfactuals.py", "pages/detector.py", "pages/home.py",
+                 "pages/inspect.py"):
+        at.switch_page(page).run()
+        ok(at)
+        assert at.selectbox(key="w_image").value == "hole/004.png"
+    assert at.session_state["inspect_verdict"]["name"] == "hole/004.png"
+
+
+def test_category_change_and_rgb_models(tablet):
+    at = new_app("pages/inspect.py")
+    at.selectbox(key="w_category").select("tablet").run()
+    ok(at)
+    sel = at.session_state["selection"]
+    assert sel.category == "tablet" and sel.image.shape == (3, 128, 128)
+    assert at.session_state["inspect_verdict"]["name"] == sel.name
+    assert not at.error
+
+
+def test_bad_data_root_keeps_working(tmp_path):
+    at = new_app("pages/inspect.py")
+    at.text_input(key="w_data_root").input(str(tmp_path / "nowhere")).run()
+    ok(at)
+    assert any("does not exist" in e.value for e in at.sidebar.error)
+    assert at.session_state["selection"].category == "brick"  # still the demo
+    (tmp_path / "flat").mkdir()
+    at.text_input(key="w_data_root").input(str(tmp_path / "flat")).run()
+    ok(at)
+    assert any("not an MVTec AD folder" in e.value for e in at.sidebar.error)
+    at.text_input(key="w_data_root").input("").run()
+    ok(at)
+    assert not at.sidebar.error
+
+
+def test_real_root_without_models(tiny_root):
+    """A valid MVTec root with no trained model: the train command, not a traceback."""
+    at = new_app("pages/inspect.py")
+    at.text_input(key="w_data_root").input(str(tiny_root)).run()
+    ok(at)
+    assert at.session_state["selection"].dataset == "mvtec" and at.session_state["selection"].bundle is None
+    assert any("no trained model" in e.value for e in at.error)
+    assert any("python -m cfx train --data-root" in c.value for c in at.code)
+    for page in ("pages/compare.py", "pages/counterfactuals.py", "pages/detector.py", "pages/home.py"):
+        at.switch_page(page).run()
+        ok(at)
+
+
+def test_missing_model_shows_train_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("CFX_MODELS_DIR", str(tmp_path / "empty"))
+    for page in PAGES:
+        at = new_app(page)
+        if page != "pages/home.py":
+            assert any("no trained model for demo/brick" in e.value for e in at.error), page
+        assert any(c.value.strip() == "python -m cfx train --category brick" for c in at.code), page
+
+
+# ---------------------------------------------------------------- uploads
+def _png(arr: np.ndarray, mode: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    (Image.fromarray(arr, mode=mode) if mode else Image.fromarray(arr)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _tiff16() -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray((np.random.default_rng(0).random((96, 80)) * 65535).astype(np.uint16)).save(buf, format="TIFF")
+    return buf.getvalue()
+
+
+GOOD_PNG = _png((np.random.default_rng(1).random((100, 100)) * 255).astype(np.uint8))
+REFUSED = {
+    "corrupt": ("broken.png", b"\x89PNG\r\n\x1a\n this is not an image", "cannot read image"),
+    "truncated": ("cut.png", GOOD_PNG[: len(GOOD_PNG) // 2], "cannot read image"),
+    "oversized": ("huge.png", _png(np.zeros((16, 8193), np.uint8)), "the limit is 8192 px"),
+    "tiny": ("tiny.png", _png(np.zeros((4, 4), np.uint8)), "at least 8 px"),
+}
+CONVERTED = {
+    "tiff16": ("deep.tif", _tiff16(), "16-bit"),
+    "rgba": ("alpha.png", _png((np.random.default_rng(2).random((70, 90, 4)) * 255).astype(np.uint8)),
+             "transparency"),
+    "rgb_on_gray": ("colour.jpg", None, "converted to gray"),
+}
+
+
+def _upload(at: AppTest, name: str, data: bytes) -> AppTest:
+    at.file_uploader(key="uploader").set_value((name, data, "application/octet-stream")).run()
+    return ok(at)
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_bad_upload_shows_error_and_app_goes_on(case):
+    name, data, why = REFUSED[case]
+    at = new_app("pages/inspect.py")
+    before = at.session_state["inspect_verdict"]
+    _upload(at, name, data)
+    errors = [e.value for e in at.error]
+    assert any("Cannot use this upload" in e and why in e for e in errors), errors
+    assert at.session_state["source"] == "dataset"
+    assert at.session_state["inspect_verdict"] == before  # the previous image stays
+    pick_image(at, "good/001.png")  # and the app goes on
+    assert at.session_state["inspect_verdict"]["name"] == "good/001.png"
+    at.switch_page("pages/compare.py").run()
+    ok(at)
+
+
+@pytest.mark.parametrize("case", list(CONVERTED))
+def test_unusual_upload_is_converted_with_a_notice(case, brick):
+    name, data, note = CONVERTED[case]
+    if data is None:
+        buf = io.BytesIO()
+        Image.fromarray((np.random.default_rng(3).random((60, 60, 3)) * 255).astype(np.uint8)).save(buf, "JPEG")
+        data = buf.getvalue()
+    at = new_app("pages/inspect.py")
+    _upload(at, name, data)
+    assert not at.error, [e.value for e in at.error]
+    assert any(note in w.value for w in at.warning), [w.value for w in at.warning]
+    v = at.session_state["inspect_verdict"]
+    assert v["name"] == name and at.session_state["source"] == "upload"
+    sel = at.session_state["selection"]
+    assert sel.image.shape == (1, 128, 128)
+    assert v["score"] == pytest.approx(float(brick.score_numpy(sel.image[None])[0]), abs=1e-5)
+    # the upload is the selection on the other pages too, and a dataset image can be chosen again
+    at.switch_page("pages/compare.py").run()
+    ok(at)
+    assert at.selectbox(key="w_image").value == "(uploaded image)"
+    pick_image(at, "crack/002.png")
+    assert at.session_state["selection"].name == "crack/002.png"
+
+
+def test_upload_over_the_size_limit(monkeypatch):
+    import pages._common as common
+
+    monkeypatch.setattr(common, "upload_limit_bytes", lambda: 1000)
+    at = new_app("pages/inspect.py")
+    _upload(at, "big.png", GOOD_PNG)
+    assert any("upload limit" in e.value for e in at.error)
+    assert at.session_state["source"] == "dataset"
+
+
+# ---------------------------------------------------------------- compare
+def test_compare_yields_every_method():
+    assert REGISTRY, "no explanation method registered"
+    at = new_app("pages/compare.py")
+    run_all(at)
+    results = at.session_state["compare_results"]
+    assert set(results) == set(REGISTRY) and not at.session_state["compare_pending"]
+    failed = {m: e.error for m, e in results.items() if not e.ok}
+    assert not failed, failed
+    shown = texts(at)
+    for m, e in results.items():
+        assert f"✔ {m} done" in shown
+        assert e.heatmap is not None or e.counterfactuals or "message" in e.info
+        assert e.target == "score"
+
+
+def test_compare_target_and_cache(monkeypatch):
+    at = new_app("pages/compare.py")
+    light = [m for m, e in at.session_state["compare_results"].items()]
+    assert light, "no light method ran automatically"
+    at.radio(key="w_target").set_value("classifier").run()
+    ok(at)
+    res = at.session_state["compare_results"]
+    assert res and all(e.target == "classifier" for e in res.values())
+    # a rerun on the same settings reads the cache: no method runs again
+    import cfx.explainers as ex
+
+    calls = []
+    real = ex.explain
+    monkeypatch.setattr(ex, "explain", lambda *a, **k: calls.append(a) or real(*a, **k))
+    at.run()
+    ok(at)
+    assert not calls
+
+
+def test_failing_method_shows_its_error_and_others_render(monkeypatch):
+    monkeypatch.setitem(REGISTRY, _Boom.name, _Boom)
+    at = new_app("pages/compare.py")
+    run_all(at)
+    res = at.session_state["compare_results"]
+    assert res[_Boom.name].error == "RuntimeError: this method always fails"
+    assert any("zz_boom failed: RuntimeError: this method always fails" in e.value for e in at.error)
+    others = [m for m in res if m != _Boom.name]
+    assert others and all(res[m].ok for m in others)
+
+
+def test_heavy_methods_wait_for_run(monkeypatch):
+    monkeypatch.setitem(REGISTRY, _ToyPath.name, _ToyPath)
+    at = new_app("pages/compare.py")
+    at.selectbox(key="w_image").select("scratch/007.png").run()  # an image nobody explained yet
+    assert _ToyPath.name in at.session_state["compare_pending"]
+    assert _ToyPath.name not in at.session_state["compare_results"]
+    at.button(key="cmp_run").click().run()
+    ok(at)
+    assert at.session_state["compare_results"][_ToyPath.name].ok
+    assert not at.session_state["compare_pending"]
+
+
+# ---------------------------------------------------------------- counterfactuals
+def test_counterfactual_page_step_slider(monkeypatch, brick):
+    monkeypatch.setitem(REGISTRY, _ToyPath.name, _ToyPath)
+    at = new_app("pages/counterfactuals.py")
+    at.selectbox(key="w_cf_method").select(_ToyPath.name).run()
+    cf_run(at)
+    exp = at.session_state["cf_result"]
+    assert exp.method == _ToyPath.name
+    path = exp.counterfactuals[0].path_scores
+    k, step, score = at.session_state["cf_step_shown"]
+    assert (k, step) == (0, len(path) - 1) and score == pytest.approx(path[-1])
+    at.slider(key="cf_step_0").set_value(2).run()
+    ok(at)
+    assert at.session_state["cf_step_shown"] == (0, 2, pytest.approx(path[2]))
+    at.slider(key="cf_wipe").set_value(80).run()
+    ok(at)
+    assert at.session_state["cf_shown"]["position"] == 80
+    assert at.select_slider(key="cf_k").value == 0
+    at.select_slider(key="cf_k").set_value(1).run()
+    ok(at)
+    assert at.session_state["cf_shown"]["k"] == 1
+
+
+def test_counterfactual_page_without_run_does_not_compute(monkeypatch):
+    monkeypatch.setitem(REGISTRY, _ToyPath.name, _ToyPath)
+    at = new_app("pages/counterfactuals.py")
+    at.selectbox(key="w_cf_method").select(_ToyPath.name).run()
+    at.selectbox(key="w_image").select("stain/011.png").run()
+    ok(at)
+    assert at.button(key="cf_run")  # waits for the user
+    assert "threshold" in "\n".join(i.value for i in at.info)
+
+
+# ---------------------------------------------------------------- exports
+def _check_png(data: bytes) -> Image.Image:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    assert img.width > 300 and img.height > 200
+    return img
+
+
+def test_exports_are_valid(monkeypatch):
+    from cfx import export as X
+
+    monkeypatch.setitem(REGISTRY, _ToyPath.name, _ToyPath)
+    at = new_app("pages/inspect.py")
+    labels = {b.label for b in at.get("download_button")}
+    assert {"PNG report", "JSON numbers"} <= labels
+    rep = at.session_state["inspect_report"]()
+    _check_png(X.png_bytes(rep))
+    d = json.loads(X.json_bytes(rep))
+    assert d["image"] == at.session_state["image_name"] and d["detector"]["score"] == pytest.approx(
+        at.session_state["inspect_verdict"]["score"])
+
+    at.switch_page("pages/compare.py").run()
+    run_all(at)
+    labels = {b.label for b in at.get("download_button")}
+    assert {"PNG report", "JSON numbers", "PDF (one page)", "HTML report"} <= labels
+    rep = at.session_state["compare_report"]()
+    _check_png(X.png_bytes(rep))
+    d = json.loads(X.json_bytes(rep))
+    assert set(d["methods"]) == set(at.session_state["compare_results"]) and d["methods"]
+    assert X.pdf_bytes(rep).startswith(b"%PDF-")
+    assert "data:image/png;base64," in X.html_text(rep)
+
+    at.switch_page("pages/counterfactuals.py").run()
+    at.selectbox(key="w_cf_method").select(_ToyPath.name).run()
+    cf_run(at)
+    rep = at.session_state["cf_report"]()
+    _check_png(X.png_bytes(rep))
+    assert json.loads(X.json_bytes(rep))["methods"][_ToyPath.name]["counterfactuals"]
+
+    at.switch_page("pages/detector.py").run()
+    ok(at)
+    ev = at.session_state["detector_eval"]
+    _check_png(X.detector_png(ev))
+    assert ev["scores"]["combined"]["auroc"] is not None
+
+
+# ---------------------------------------------------------------- speed-related behaviour
+def test_page_switch_never_reloads_models(monkeypatch):
+    import streamlit as st
+
+    import pages._common as common
+
+    st.cache_resource.clear()
+    calls = []
+    real = common.load_bundle
+    monkeypatch.setattr(common, "load_bundle", lambda *a, **k: calls.append(a) or real(*a, **k))
+    at = new_app()
+    for page in PAGES * 2:
+        at.switch_page(page).run()
+        ok(at)
+    assert calls == [("demo", "brick")]
+
+
+# ---------------------------------------------------------------- concurrency
+def test_two_sessions_explaining_at_once_get_their_own_results(brick, demo_root):
+    """Two threads (as two sessions of one server) explain different images at the same time
+    through the app's cached path; each gets what a lone run gives."""
+    import streamlit as st
+
+    import pages._common as common
+    from cfx.explainers import explain
+    from cfx.resolve import select_image
+
+    methods = [m for m, c in REGISTRY.items() if not common.is_heavy(c)] or list(REGISTRY)
+    assert methods, "no explanation method registered"
+    imgs = [select_image(demo_root, "brick", n, brick.channels, brick.image_size).image
+            for n in ("crack/001.png", "stain/003.png")]
+    expected = [explain(brick, im, methods, "score", 0) for im in imgs]
+    st.cache_data.clear()
+    got: list[dict | None] = [None, None]
+    start = threading.Barrier(2)
+
+    def session(i: int) -> None:
+        start.wait()
+        got[i] = {m: common.explain_one(brick, imgs[i], m, "score", None, 0) for m in methods}
+
+    threads = [threading.Thread(target=session, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    for i in range(2):
+        assert got[i] is not None
+        for m in methods:
+            e, g = expected[i][m], got[i][m]
+            assert g.ok == e.ok and g.score_before == pytest.approx(e.score_before, abs=1e-6), m
+            assert np.array_equal(g.image, imgs[i])
+            if e.heatmap is not None:
+                np.testing.assert_allclose(g.heatmap, e.heatmap, rtol=1e-4, atol=1e-5, err_msg=m)
+            for ce, cg in zip(e.counterfactuals, g.counterfactuals):
+                np.testing.assert_allclose(cg.image, ce.image, atol=1e-4, err_msg=m)
+    assert got[0][methods[0]].score_before != got[1][methods[0]].score_before

@@ -1,0 +1,223 @@
+"""The dashboard in a real browser: ``streamlit run app.py`` on a free loopback port, driven with
+Playwright and Debian's chromium. Saves a screenshot of every page into docs/screenshots/.
+
+Skips cleanly when /usr/bin/chromium or the playwright package is absent.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path(os.environ.get("CFX_CHROMIUM", "/usr/bin/chromium"))
+if not CHROMIUM.exists():
+    pytest.skip(f"{CHROMIUM} is absent (apt-get install -y chromium)", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api")
+
+from cfx.explainers import REGISTRY  # noqa: E402
+from pages._common import is_heavy, load_methods  # noqa: E402
+
+load_methods()  # the registered methods, as the app sees them
+
+ROOT = Path(__file__).resolve().parent.parent
+SHOTS = ROOT / "docs" / "screenshots"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+CATEGORY, IMAGE = "tablet", "crack/003.png"
+TIMEOUT_MS = 300_000
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(brick, tablet, tmp_path_factory):
+    """A headless Streamlit server of app.py; yields its URL."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("server") / "streamlit.log"
+    cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+           "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
+           "--server.fileWatcherType", "none"]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.read().strip() == b"ok":
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                pytest.fail(f"streamlit did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    text = log.read_text()
+    assert "Traceback" not in text, text[-3000:]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield b
+        b.close()
+
+
+def new_page(browser, url):
+    page = browser.new_context(viewport={"width": 1440, "height": 1000}).new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(url)
+    page.get_by_text("cfx: why is this image anomalous?").wait_for()
+    idle(page)
+    return page
+
+
+def idle(page, settle: float = 0.6) -> None:
+    """Wait until the app stops running (the status widget goes away) and stays so."""
+    page.wait_for_timeout(300)
+    for _ in range(3):
+        page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')",
+                               timeout=TIMEOUT_MS)
+        page.wait_for_timeout(int(settle * 1000))
+        if not page.query_selector('[data-testid="stStatusWidget"]'):
+            return
+
+
+def no_exception(page) -> None:
+    assert page.locator('[data-testid="stException"]').count() == 0, page.locator(
+        '[data-testid="stException"]').first.inner_text()
+
+
+def select(page, label: str, option: str) -> None:
+    box = page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').filter(has_text=label)
+    box.click()
+    page.keyboard.type(option)
+    page.get_by_role("option", name=option, exact=True).click()
+    idle(page)
+
+
+def goto(page, title: str) -> None:
+    """Open a page by its link in the navigation; wait until it has rendered."""
+    link = page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name=title, exact=True)
+    href = link.get_attribute("href") or ""
+    link.click()
+    page.wait_for_url(re.compile(re.escape(href.rstrip("/")) + "/?$") if href else re.compile(".*"))
+    page.locator('[data-testid="stMain"] h1').first.wait_for()
+    idle(page)
+
+
+def shot(page, name: str) -> None:
+    """Screenshot of the whole page (the viewport grows to the main area's height, which scrolls
+    inside its own container)."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    vp = page.viewport_size
+    h = page.evaluate("() => Math.max(...[...document.querySelectorAll('[data-testid=\"stMain\"], "
+                      "[data-testid=\"stMainBlockContainer\"]')].map(e => e.scrollHeight), 0)")
+    page.set_viewport_size({"width": vp["width"], "height": int(min(max(h + 80, vp["height"]), 4000))})
+    page.wait_for_timeout(800)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    page.set_viewport_size(vp)
+
+
+def wait_compare_done(page, methods) -> None:
+    run = page.get_by_role("button", name=re.compile(r"Run \d+ heavy method"))
+    if run.count():
+        run.click()
+    for m in methods:
+        page.get_by_text(f"✔ {m} done", exact=True).wait_for()
+    idle(page)
+
+
+def test_pages_in_a_browser(server, browser):
+    page = new_page(browser, server)
+    no_exception(page)
+    shot(page, "home")
+    select(page, "Category", CATEGORY)
+    select(page, "Image", IMAGE)
+    page.get_by_text(f"demo/{CATEGORY} · {IMAGE}").wait_for()
+
+    goto(page, "Inspect")
+    page.get_by_text("Anomaly score").first.wait_for()
+    page.locator(".js-plotly-plot").first.wait_for()
+    no_exception(page)
+    shot(page, "inspect")
+
+    goto(page, "Compare")
+    wait_compare_done(page, list(REGISTRY))
+    no_exception(page)
+    assert page.locator('[data-testid="stAlertContentError"]').count() == 0
+    shot(page, "compare")
+
+    goto(page, "Counterfactuals")
+    find = page.get_by_role("button", name=re.compile("Find counterfactuals"))
+    if find.count():
+        find.click()
+        page.get_by_text("Path from the original").or_(page.get_by_text("Compare the two images")).first.wait_for()
+        idle(page)
+    no_exception(page)
+    shot(page, "counterfactuals")
+
+    for title, name in (("Concepts", "concepts"), ("Mask Jaccard", "mask_jaccard")):
+        if (ROOT / "pages" / f"{name}.py").exists():
+            goto(page, title)
+            no_exception(page)
+            shot(page, name)
+
+    goto(page, "Detector")
+    page.get_by_text("ROC curves").first.wait_for()
+    no_exception(page)
+    shot(page, "detector")
+    # the selection survived every page switch
+    assert page.locator('[data-testid="stSidebar"]').get_by_text(f"demo/{CATEGORY} · {IMAGE}").count() == 1
+
+
+def test_two_sessions_at_once(server, browser, brick, demo_root):
+    """Two browser sessions ask for different images at the same moment; each page shows its own
+    image's numbers."""
+    from cfx.resolve import select_image
+
+    images = ("scratch/005.png", "hole/012.png")
+    pages = [new_page(browser, server) for _ in images]
+    for p, name in zip(pages, images):
+        select(p, "Category", "brick")
+        select(p, "Image", name)
+    for p in pages:  # both start before either finishes
+        p.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Compare", exact=True).click()
+    light = [m for m, c in REGISTRY.items() if not is_heavy(c)]  # these run without a click
+    for p, name in zip(pages, images):
+        p.get_by_role("heading", name="Compare", exact=True).first.wait_for()
+        for m in light:
+            p.get_by_text(f"✔ {m} done", exact=True).wait_for()
+        idle(p)
+        no_exception(p)
+        body = p.locator('[data-testid="stMain"]').inner_text()
+        assert name in body
+        sel = select_image(demo_root, "brick", name, brick.channels, brick.image_size)
+        score = float(brick.score_numpy(sel.image[None], "score")[0])
+        other = [n for n in images if n != name][0]
+        other_score = float(brick.score_numpy(
+            select_image(demo_root, "brick", other, brick.channels, brick.image_size).image[None], "score")[0])
+        if light:
+            assert f"before {score:.3f}" in body
+            if f"{other_score:.3f}" != f"{score:.3f}":
+                assert f"before {other_score:.3f}" not in body
