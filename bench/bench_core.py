@@ -45,11 +45,11 @@ def main() -> None:
         results[f"{ds}/{cat}"] = r
         rows.append(f"| {ds}/{cat} | {fmt(r['image_auroc'])} | {fmt(r['image_auroc_recon'])} | "
                     f"{fmt(r['image_auroc_mahalanobis'])} | {fmt(r['classifier_auroc'])} | {fmt(r['pixel_auroc'])} | "
-                    f"{r['f1']:.3f} | {b.card['alpha']} | {r['n_test']} ({r['n_with_mask']} masks) | "
+                    f"{r['f1']:.3f} | {b.card['alpha']} | {b.card.get('kl_weight', 2e-5):g} | {r['n_test']} ({r['n_with_mask']} masks) | "
                     f"{b.card.get('train_seconds')} |")
     print(f"Measured {dt.date.today()} on {platform.machine()} {platform.processor() or ''}, CPU\n")
-    print("| dataset/category | image AUROC (combined) | recon | Mahalanobis | classifier | pixel AUROC | F1 | alpha | n test | train s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| dataset/category | image AUROC (combined) | recon | Mahalanobis | classifier | pixel AUROC | F1 | alpha | VAE KL weight | n test | train s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     Path("bench/out").mkdir(parents=True, exist_ok=True)
     Path("bench/out/core.json").write_text(json.dumps(results, indent=2, default=float))

@@ -65,6 +65,11 @@ def test_shipped_detector_scores_defects_above_normals(demo_root, category):
     good, bad = out["score"][arr.labels == 0], out["score"][arr.labels == 1]
     assert np.median(bad) > np.percentile(good, 90)
     assert out["anomalous"][arr.labels == 1].mean() > 0.85
+    # the targets on the demo: combined image AUROC >= 0.97, classifier AUROC >= 0.95
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(arr.labels, out["score"]) >= 0.97
+    assert roc_auc_score(arr.labels, out["classifier"]) >= 0.95
     # thresholds are chosen on synthetic anomalies, which makes them lenient: up to ~30% false
     # positives on the demo test split (recorded in BENCHMARKS.md)
     assert out["anomalous"][arr.labels == 0].mean() < 0.35
@@ -73,3 +78,25 @@ def test_shipped_detector_scores_defects_above_normals(demo_root, category):
     assert np.percentile(heat[arr.labels == 0], 99) < 1.5
     m = arr.masks & arr.has_mask[:, None, None]
     assert heat[m].mean() > 3 * heat[arr.labels == 0].mean()
+
+
+def test_classifier_pools_the_top_location_logits():
+    from cfx.models.nets import Classifier
+
+    torch.manual_seed(0)
+    clf = Classifier(1, top_fraction=0.02).eval()
+    f = torch.randn(2, 64, 16, 16)
+    m = clf.logit_map(f).flatten(1)
+    k = round(0.02 * 256)
+    expected = m.sort(1, descending=True).values[:, :k].mean(1)
+    torch.testing.assert_close(clf.logit_from_features(f), expected)
+    clf.top_fraction = 1.0  # average pooling: the linear head on the mean feature
+    torch.testing.assert_close(clf.logit_from_features(f), clf.head(f.mean((2, 3))).squeeze(1))
+
+
+def test_auroc_standard_error_matches_hanley_mcneil():
+    from cfx.training import auroc_standard_error
+
+    # A = 0.9, 50 and 50 cases: Q1 = 0.818, Q2 = 0.853, var = (0.09 + 49 * 0.0082 + 49 * 0.0426) / 2500
+    assert auroc_standard_error(0.9, 50, 50) == pytest.approx(0.0321, abs=0.0005)
+    assert auroc_standard_error(0.9, 200, 200) < auroc_standard_error(0.9, 50, 50)

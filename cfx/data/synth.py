@@ -1,4 +1,5 @@
-"""Synthetic anomalies made from normal images only: CutPaste, Perlin-blended textures, scratches.
+"""Synthetic anomalies made from normal images only: CutPaste, Perlin-blended textures, scratches,
+soft-edged tints (discolouration of the image's own texture, as in DRAEM-style augmentation).
 
 They train the classifier, the latent ensemble and the concept generator, and choose thresholds
 on a validation split. Test images are never used for any of these.
@@ -9,7 +10,7 @@ import numpy as np
 
 from cfx.data.noise import fractal_perlin
 
-KINDS = ("cutpaste", "perlin", "scratch")
+KINDS = ("cutpaste", "perlin", "scratch", "tint")
 
 
 def cutpaste(img: np.ndarray, donor: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -49,6 +50,27 @@ def perlin_blend(img: np.ndarray, donor: np.ndarray, rng: np.random.Generator) -
     beta = rng.uniform(0.5, 1.0)
     out = np.where(mask[None], (1 - beta) * img + beta * tex, img)
     return out.astype(np.float32), mask
+
+
+def tint(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Discolour a soft-edged Perlin-shaped region: the image's own texture pulled towards a random
+    tone (darker or lighter, any hue), so the surface keeps its structure (stains, oil, burns)."""
+    c, h, w = img.shape
+    for _ in range(10):
+        noise = fractal_perlin((h, w), rng, base=int(rng.choice([4, 8])), octaves=2)
+        field = (noise - rng.uniform(0.3, 0.55)) / 0.15
+        alpha = np.clip(field, 0, 1)
+        if 0.004 * h * w < (alpha > 0.25).sum() < 0.2 * h * w:
+            break
+    else:
+        yy, xx = np.mgrid[0:h, 0:w]
+        alpha = np.clip(1 - np.hypot(yy - h / 2, xx - w / 2) / (h / 10), 0, 1)
+    tone = rng.uniform(0.0, 0.3, (c, 1, 1)) if rng.random() < 0.6 else rng.uniform(0.7, 1.0, (c, 1, 1))
+    keep = rng.uniform(0.2, 0.5)
+    tinted = img * keep + tone * (1 - keep)
+    a = alpha[None] * rng.uniform(0.5, 0.9)
+    out = img * (1 - a) + tinted * a
+    return np.clip(out, 0, 1).astype(np.float32), alpha > 0.25
 
 
 def scratch_lines(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -95,6 +117,8 @@ def synthesize(images: np.ndarray, rng: np.random.Generator, per_image: int = 1,
                 a, m = cutpaste(images[i], donor, rng)
             elif KINDS[k] == "perlin":
                 a, m = perlin_blend(images[i], donor, rng)
+            elif KINDS[k] == "tint":
+                a, m = tint(images[i], rng)
             else:
                 a, m = scratch_lines(images[i], rng)
             if marker is not None:

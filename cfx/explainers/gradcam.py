@@ -40,8 +40,7 @@ class _Tap(nn.Module):
 def classifier_logit_through(clf, tap: nn.Module):
     """The classifier's forward (logit of "anomalous") with ``tap`` in place of ``clf.features``."""
     def forward(x: torch.Tensor) -> torch.Tensor:
-        f = tap(clf.body(x))
-        return clf.head(f.mean((2, 3))).squeeze(1)
+        return clf.logit_from_features(tap(clf.body(x)))
     return forward
 
 
