@@ -95,9 +95,33 @@ class MultiScoreDetector(nn.Module):
             "recon_score": r, "mahalanobis_score": m, "score": self.alpha * r + (1 - self.alpha) * m,
         }
 
+    def scores(self, x: torch.Tensor, which: str = "score") -> torch.Tensor:
+        """One score (N,) computing only what it needs: ``score`` (combined), ``recon_score`` or
+        ``mahalanobis_score``. The decoder (more than half the cost) is skipped for the
+        Mahalanobis part and for a combined score with alpha = 0; equal to :meth:`analyse`'s."""
+        z = self.vae.encode(x)
+        need_recon = which == "recon_score" or (which == "score" and self.alpha != 0.0)
+        need_maha = which == "mahalanobis_score" or (which == "score" and self.alpha != 1.0)
+        r = m = 0.0
+        if need_recon:
+            r = (self.recon_raw(self.error_map(x, self.vae.decode(z))) - self.norm[0]) / self.norm[1]
+            if which == "recon_score":
+                return r
+        if need_maha:
+            m = (self.maha_raw(z) - self.norm[2]) / self.norm[3]
+            if which == "mahalanobis_score":
+                return m
+        if which != "score":
+            raise ValueError(f"unknown score {which!r}")
+        if not need_recon:
+            return (1 - self.alpha) * m
+        if not need_maha:
+            return self.alpha * r
+        return self.alpha * r + (1 - self.alpha) * m
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The combined anomaly score (N,)."""
-        return self.analyse(x)["score"]
+        return self.scores(x, "score")
 
     @torch.no_grad()
     def fit(self, train: torch.Tensor, val_normal: torch.Tensor, batch: int = 64) -> None:

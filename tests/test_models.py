@@ -100,3 +100,19 @@ def test_auroc_standard_error_matches_hanley_mcneil():
     # A = 0.9, 50 and 50 cases: Q1 = 0.818, Q2 = 0.853, var = (0.09 + 49 * 0.0082 + 49 * 0.0426) / 2500
     assert auroc_standard_error(0.9, 50, 50) == pytest.approx(0.0321, abs=0.0005)
     assert auroc_standard_error(0.9, 200, 200) < auroc_standard_error(0.9, 50, 50)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.6, 1.0])
+def test_detector_scores_skip_work_but_match_analyse(alpha):
+    b = load_bundle("demo", "tablet", device="cpu")
+    det = b.detector
+    old = det.alpha
+    try:
+        det.alpha = alpha
+        x = b.to_tensor(np.random.default_rng(0).random((6, b.channels, 128, 128), dtype=np.float32))
+        with torch.inference_mode():
+            full = det.analyse(x)
+            for which in ("score", "recon_score", "mahalanobis_score"):
+                torch.testing.assert_close(det.scores(x, which), full[which])
+    finally:
+        det.alpha = old

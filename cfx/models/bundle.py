@@ -136,8 +136,8 @@ class ModelBundle:
             return self.classifier.proba(x)
         if target not in TARGETS:
             raise ValueError(f"unknown target {target!r}; choose one of {TARGETS}")
-        out = self.detector.analyse(x)
-        return {"score": out["score"], "recon": out["recon_score"], "mahalanobis": out["mahalanobis_score"]}[target]
+        return self.detector.scores(x, {"score": "score", "recon": "recon_score",
+                                        "mahalanobis": "mahalanobis_score"}[target])
 
     def to_tensor(self, images: np.ndarray) -> torch.Tensor:
         t = torch.as_tensor(np.asarray(images, dtype=np.float32))
