@@ -71,7 +71,11 @@ def honest_audit(demo_root, tmp_path_factory):
 
 def test_shortcut_is_flagged(shortcut_audit, honest_audit):
     """Grad-CAM and at least one perturbation method flag >= 80% of the shortcut's detected
-    anomalies (the classifier looks at the stamp) and <= 20% on an honest category."""
+    anomalies (the classifier looks at the stamp) and <= 20% on an honest category.
+
+    Measured on PROOF_LIMIT evenly spread anomalies. On all 60 shortcut anomalies at the default
+    sample counts LIME flags 70% and SHAP 53% (BENCHMARKS.md): this subset is kinder than the
+    whole category."""
     (r, s), (rh, sh) = shortcut_audit, honest_audit
     assert r.n_detected >= 0.8 * len(r.images), "the shortcut classifier should catch the stamped defects"
     assert rh.n_detected >= 0.5 * len(rh.images)
