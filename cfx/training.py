@@ -17,8 +17,8 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch import nn
 from sklearn.metrics import roc_auc_score
+from torch import nn
 from tqdm.auto import tqdm
 
 from cfx import config
@@ -35,8 +35,9 @@ ALPHA_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 DEFAULT_ALPHA = 0.6
 #: KL weights of the VAE (relative to the per-pixel mean squared error), chosen per category on the
 #: validation split: the first unless another beats it by more than the standard error of its
-#: validation AUROC (the one-standard-error rule; 30 validation normals make that AUROC noisy). 2e-5 is a strong prior: on registered textures the posterior collapses and the
-#: VAE decodes a template of the texture (an excellent reference for the reconstruction error, no
+#: validation AUROC (the one-standard-error rule; 30 validation normals make that AUROC noisy).
+#: 2e-5 is a strong prior: on registered textures the posterior collapses and the VAE decodes a
+#: template of the texture (an excellent reference for the reconstruction error, no
 #: use to the Mahalanobis score); 1e-6 keeps informative latents (on the demo tablet Mahalanobis
 #: AUROC 0.99 against 0.96, and decoded latents look normal to the detector, which the latent
 #: counterfactuals need).
