@@ -221,6 +221,24 @@ def registry() -> dict[str, type]:
         METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m))}
 
 
+def param_inputs(methods: Sequence[str], key_prefix: str) -> dict[str, dict[str, Any]]:
+    """Number inputs for the numeric defaults of each method; returns only the changed values."""
+    reg = registry()
+    params: dict[str, dict[str, Any]] = {}
+    for m in methods:
+        if m not in reg:
+            continue
+        numeric = {k: v for k, v in reg[m].defaults.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if not numeric:
+            continue
+        cols = st.columns(min(4, len(numeric)))
+        for i, (k, v) in enumerate(numeric.items()):
+            val = cols[i % len(cols)].number_input(f"{m}: {k}", value=v, key=f"{key_prefix}_{m}_{k}")
+            if val != v:
+                params.setdefault(m, {})[k] = type(v)(val)
+    return params
+
+
 def effective_params(method: str, params: dict[str, Any] | None) -> dict[str, Any]:
     cls = registry().get(method)
     return {**(cls.defaults if cls else {}), **(params or {})}

@@ -7,7 +7,7 @@ import streamlit as st
 
 from cfx import export as X
 from pages._common import (IMPORT_ERRORS, TARGET_LABELS, _bind, _sync, bound, current, effective_params, explain_one, file_stem, heat_figure,
-                           image_figure, is_cached, is_heavy, plot, registry, report_downloads, require_models)
+                           image_figure, is_cached, is_heavy, param_inputs, plot, registry, report_downloads, require_models)
 
 NCOLS = 3
 
@@ -40,18 +40,8 @@ with c2:
 with c3:
     seed = int(st.number_input("Seed", 0, 2**31 - 1, 0, key="cmp_seed"))
 
-params: dict[str, dict] = {}
 with st.expander("Method parameters"):
-    for m in methods:
-        numeric = {k: v for k, v in reg[m].defaults.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        if not numeric:
-            continue
-        cols = st.columns(min(4, len(numeric)))
-        for i, (k, v) in enumerate(numeric.items()):
-            val = cols[i % len(cols)].number_input(f"{m}: {k}", value=v, key=f"cmp_p_{m}_{k}")
-            if val != v:
-                params.setdefault(m, {})[k] = type(v)(val)
+    params = param_inputs(methods, "cmp_p")
 
 # ------------------------------------------------------------------ run
 done = {m for m in methods if is_cached(b, image, m, target, params.get(m), seed)}

@@ -27,7 +27,7 @@ from cfx.audit import (DEFAULT_CUTOFF, AuditJob, AuditResult, audit_category, de
                        resolve_methods, with_cutoff)
 from cfx.data.imageio import array_to_pil
 from cfx.data.mvtec import MVTecDataset
-from pages._common import TARGET_LABELS, bound, choose_image, show_model_missing, sidebar
+from pages._common import TARGET_LABELS, bound, choose_image, param_inputs, show_model_missing, sidebar
 
 PROJECT = Path(__file__).resolve().parent.parent
 COMPARE_PAGE = "pages/compare.py"
@@ -76,22 +76,10 @@ def _controls(bundle) -> tuple[list[str], str, float, dict, int | None]:
                        help="what the methods explain, and whose decision counts as detected")
     cutoff = c3.slider("Cutoff on J*", 0.0, 0.5, DEFAULT_CUTOFF, 0.01, key="mj_cutoff",
                        help="a detected anomaly whose J* is below this is flagged: detected for the wrong reason")
-    params: dict[str, dict] = {}
     with st.expander("Run settings"):
         limit = st.number_input("Audit at most this many anomalies (0 = all)", 0, 10000, 0, key="mj_limit",
                                 help="spread over the defect types; a quick look before a full run")
-        for m in methods:
-            if m not in REGISTRY:
-                continue
-            numeric = {k: v for k, v in REGISTRY[m].defaults.items()
-                       if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            if not numeric:
-                continue
-            cols = st.columns(min(4, len(numeric)))
-            for i, (k, v) in enumerate(numeric.items()):
-                val = cols[i % len(cols)].number_input(f"{m}: {k}", value=v, key=f"mj_p_{m}_{k}")
-                if val != v:
-                    params.setdefault(m, {})[k] = type(v)(val)
+        params = param_inputs(methods, "mj_p")
     return methods, target, cutoff, params, (int(limit) or None)
 
 

@@ -13,6 +13,7 @@ import json
 import sys
 import threading
 
+from cfx.commands.explain import parse_params
 from cfx.errors import DataError
 
 
@@ -35,18 +36,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
-def _params(text: str | None) -> dict:
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise DataError(f"--params is not valid JSON: {exc}") from None
-    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
-        raise DataError('--params must map method names to objects, e.g. {"lime": {"num_samples": 300}}')
-    return value
-
-
 def run(args: argparse.Namespace) -> int:
     """Run the audit; exit 0 (2 on bad input, through cfx.cli)."""
     from cfx.audit import audit_category, resolve_methods
@@ -57,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"--cutoff must lie in [0, 1], not {args.cutoff}")
     if args.limit is not None and args.limit < 1:
         raise DataError(f"--limit must be at least 1, not {args.limit}")
-    params = _params(args.params)
+    params = parse_params(args.params)
     root = resolve_root(args.data_root)
     category = resolve_category(root, args.category)
     methods = resolve_methods(args.methods)

@@ -59,7 +59,8 @@ def resolve_methods(text: str) -> list[str]:
     return list(dict.fromkeys(chosen))
 
 
-def _params(text: str | None) -> dict:
+def parse_params(text: str | None) -> dict:
+    """``--params``: JSON mapping method names to parameter objects (DataError otherwise)."""
     if not text:
         return {}
     try:
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     from cfx.resolve import resolve_category, resolve_root, select_image
 
     methods = resolve_methods(args.method)
-    params = _params(args.params)
+    params = parse_params(args.params)
     unknown = set(params) - set(methods)
     if unknown:
         raise DataError(f"--params names method(s) not being run: {', '.join(sorted(unknown))}")
