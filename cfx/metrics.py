@@ -10,6 +10,15 @@ misses the defect (low J*) was right for the wrong reason.
 Everything is vectorised: one sort and cumulative sums give the whole curve; ties (pixels of
 equal value) enter the selection together, since no threshold can split them.
 
+Negligible attribution is no attribution: a value below ``floor`` (1 %) of the map's peak does
+not enter the sweep. Perturbation methods (LIME, SHAP) give every region a small non-zero weight
+(regression noise; round-off where the model's output saturates), about half of them positive.
+Without a floor the sweep reaches down into that noise, and a noise superpixel that happens to lie
+on the defect earns the map a J* it did not deserve: on the demo ``shortcut`` category, where the
+classifier looks only at a stamp, LIME's J* was reached at thresholds of 0.01-0.8 % of its peak
+and 35 % of those maps escaped the flag. The floor moved no J* on the honest demo categories
+(brick, gravel: identical up to a floor of 5 %).
+
 Counterfactual methods have no heatmap: their map is the absolute difference between the
 counterfactual and the original (:func:`explanation_map`).
 """
@@ -20,7 +29,10 @@ from typing import Iterable
 
 import numpy as np
 
-__all__ = ["JaccardCurve", "optimal_jaccard", "jaccard", "explanation_map", "pixel_auroc", "best_mask"]
+#: attributions below this share of the map's largest value count as none (see the module docstring)
+NEGLIGIBLE = 0.01
+
+__all__ = ["NEGLIGIBLE", "JaccardCurve", "optimal_jaccard", "jaccard", "explanation_map", "pixel_auroc", "best_mask"]
 
 
 @dataclass
@@ -76,7 +88,8 @@ def _check(heat: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return heat.ravel(), mask.ravel()
 
 
-def optimal_jaccard(heat: np.ndarray, mask: np.ndarray, positive_only: bool = True) -> JaccardCurve:
+def optimal_jaccard(heat: np.ndarray, mask: np.ndarray, positive_only: bool = True,
+                    floor: float = NEGLIGIBLE) -> JaccardCurve:
     """The optimal Jaccard J* of a map against a mask, with its threshold and the whole curve.
 
     Args:
@@ -86,6 +99,8 @@ def optimal_jaccard(heat: np.ndarray, mask: np.ndarray, positive_only: bool = Tr
         positive_only: sweep only thresholds > 0, so that pixels of zero or negative attribution
             (evidence against the anomaly, or none) are never counted as the explanation.
             Set False for maps whose scale has no meaningful zero.
+        floor: with ``positive_only``, values at or below ``floor`` times the map's largest
+            value are negligible and never selected (0: any positive value counts).
 
     Returns:
         A :class:`JaccardCurve`. J* is NaN for an empty mask (Jaccard is undefined against
@@ -98,7 +113,12 @@ def optimal_jaccard(heat: np.ndarray, mask: np.ndarray, positive_only: bool = Tr
     n = h.size
     n_mask = int(m.sum())
     mask_fraction = n_mask / n if n else 0.0
-    keep = np.isfinite(h) & (h > 0) if positive_only else ~np.isnan(h)
+    if positive_only:
+        finite = np.isfinite(h)
+        peak = float(h[finite].max()) if finite.any() else 0.0
+        keep = finite & (h > max(0.0, float(floor) * peak))
+    else:
+        keep = ~np.isnan(h)
     hv, mv = h[keep], m[keep]
     order = np.argsort(-hv, kind="stable")
     hs, ms = hv[order], mv[order]

@@ -73,9 +73,8 @@ def test_shortcut_is_flagged(shortcut_audit, honest_audit):
     """Grad-CAM and at least one perturbation method flag >= 80% of the shortcut's detected
     anomalies (the classifier looks at the stamp) and <= 20% on an honest category.
 
-    Measured on PROOF_LIMIT evenly spread anomalies. On all 60 shortcut anomalies at the default
-    sample counts LIME flags 70% and SHAP 53% (BENCHMARKS.md): this subset is kinder than the
-    whole category."""
+    Measured on PROOF_LIMIT evenly spread anomalies at fewer samples. On all 60 shortcut anomalies
+    at the default sample counts Grad-CAM flags 100%, LIME 98% and SHAP 100% (BENCHMARKS.md)."""
     (r, s), (rh, sh) = shortcut_audit, honest_audit
     assert r.n_detected >= 0.8 * len(r.images), "the shortcut classifier should catch the stamped defects"
     assert rh.n_detected >= 0.5 * len(rh.images)
@@ -137,7 +136,8 @@ class _CounterfactualOracle(Explainer):
 
         e = self.base(image, target)
         cf = image.copy()
-        cf[:, self.masks[image.tobytes()]] = 0.5
+        m = self.masks[image.tobytes()]
+        cf[:, m] = np.where(cf[:, m] < 0.5, cf[:, m] + 0.4, cf[:, m] - 0.4)  # |difference| 0.4 on the mask
         cf[:, 0, 0] = np.clip(cf[:, 0, 0] + 0.01, 0, 1)
         e.counterfactuals = counterfactual_metrics(self.bundle, image, cf[None], target)
         return e

@@ -6,15 +6,16 @@ import numpy as np
 import pytest
 
 from cfx.explainers.base import Counterfactual, Explanation
-from cfx.metrics import best_mask, explanation_map, jaccard, optimal_jaccard, pixel_auroc
+from cfx.metrics import NEGLIGIBLE, best_mask, explanation_map, jaccard, optimal_jaccard, pixel_auroc
 
 
-def brute_force(heat: np.ndarray, mask: np.ndarray, positive_only: bool = True) -> tuple[float, float]:
+def brute_force(heat: np.ndarray, mask: np.ndarray, positive_only: bool = True,
+                floor: float = NEGLIGIBLE) -> tuple[float, float]:
     """J* by looping over every distinct candidate threshold (the definition, slowly)."""
     best, best_t = 0.0, float("inf")
     values = np.unique(heat[~np.isnan(heat)])
     for t in values[::-1]:  # descending, so that the first maximum is the highest threshold
-        if positive_only and t <= 0:
+        if positive_only and t <= max(0.0, floor * np.nanmax(heat)):
             continue
         sel = heat >= t
         j = np.logical_and(sel, mask).sum() / np.logical_or(sel, mask).sum()
@@ -47,7 +48,7 @@ def test_optimal_jaccard_matches_brute_force(seed, levels, signed):
     assert r.jaccard == pytest.approx(j, abs=1e-12)
     assert r.threshold == pytest.approx(t)
     # the curve is the Jaccard at every candidate threshold
-    assert len(r.curve) == len(np.unique(heat[heat > 0]))
+    assert len(r.curve) == len(np.unique(heat[heat > NEGLIGIBLE * heat.max()]))
     for k in np.random.default_rng(seed).integers(0, len(r.curve), 5):
         assert r.curve[k] == pytest.approx(jaccard(heat >= r.thresholds[k], mask))
         assert r.selected[k] == pytest.approx((heat >= r.thresholds[k]).mean())
@@ -128,6 +129,20 @@ def test_nan_pixels_never_selected():
     heat[0, 0] = np.nan
     r = optimal_jaccard(heat, mask)
     assert r.jaccard == pytest.approx(11 / 12)
+
+
+def test_negligible_attribution_is_not_selected():
+    # the map's evidence is elsewhere (peak 1.0); a speck of noise (0.5 % of the peak) lies on the
+    # defect: it must not earn the map a J* (4/13: the speck and the 3x3 peak, without the floor)
+    mask = np.zeros((16, 16), bool)
+    mask[10:12, 10:12] = True
+    heat = np.zeros((16, 16))
+    heat[0:3, 0:3] = 1.0
+    heat[10:12, 10:12] = 0.005
+    assert optimal_jaccard(heat, mask).jaccard == 0.0
+    assert optimal_jaccard(heat, mask, floor=0.0).jaccard == pytest.approx(4 / 13)
+    heat[10:12, 10:12] = 0.05  # 5 % of the peak is weak evidence, but evidence
+    assert optimal_jaccard(heat, mask).jaccard == pytest.approx(4 / 13)
 
 
 def test_downsampled_keeps_the_optimum():
