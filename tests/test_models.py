@@ -116,3 +116,31 @@ def test_detector_scores_skip_work_but_match_analyse(alpha):
                 torch.testing.assert_close(det.scores(x, which), full[which])
     finally:
         det.alpha = old
+
+
+def test_smoothing_is_the_gaussian_blur_with_its_gradient():
+    """The detector's shifted-slice blur equals a replicate-padded separable conv2d, values and gradients."""
+    from torch.nn import functional as F
+
+    from cfx.detectors import MultiScoreDetector
+    from cfx.models.nets import VAE
+
+    det = MultiScoreDetector(VAE(1, 8, 32), sigma=2.0)
+    k = det.kernel
+    r = k.numel() // 2
+
+    def reference(e):
+        e = F.conv2d(F.pad(e[:, None], (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
+        return F.conv2d(F.pad(e, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))[:, 0]
+
+    e = torch.rand(3, 32, 40, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    out, ref = det.smooth(e), reference(e)
+    torch.testing.assert_close(out, ref)
+    # the blur keeps mass away from the borders and spreads a spike over the kernel's support
+    spike = torch.zeros(1, 32, 40)
+    spike[0, 16, 20] = 1.0
+    s = det.smooth(spike)[0]
+    assert s.sum().item() == pytest.approx(1.0, abs=1e-5) and s[16, 20] == s.max()
+    assert (s > 0).sum().item() == k.numel() ** 2
+    g = torch.randn_like(out)
+    torch.testing.assert_close(torch.autograd.grad((out * g).sum(), e)[0], torch.autograd.grad((ref * g).sum(), e)[0])

@@ -225,9 +225,11 @@ def clear_fidelity(score_latents: Callable[[np.ndarray], np.ndarray], threshold:
     return agree / max(1, len(chosen)), details
 
 
-def latent_scorer(bundle, target: str, batch: int = 256) -> Callable[[np.ndarray], np.ndarray]:
-    """latents (N, D) -> target scores of their AE decodings (decode and score batch by batch)."""
+def latent_scorer(bundle, target: str, batch: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """latents (N, D) -> target scores of their AE decodings (decode and score batch by batch;
+    default batch: the device's, :attr:`ModelBundle.forward_batch`)."""
     dev = bundle.device
+    batch = int(batch or bundle.forward_batch)
 
     @torch.inference_mode()
     def f(Z: np.ndarray) -> np.ndarray:
@@ -248,14 +250,17 @@ def decode_numpy(bundle, Z: np.ndarray) -> np.ndarray:
 
 @register
 class Clear(Explainer):
-    """CLEAR: a local logistic regression in the AE latent, its minimal step, fidelity."""
+    """CLEAR: a local logistic regression in the AE latent, its minimal step, fidelity.
+
+    ``batch_size`` is the number of latents decoded and scored per forward pass; 0 takes the
+    device's (:attr:`ModelBundle.forward_batch`)."""
 
     name: ClassVar[str] = "clear"
     kind: ClassVar[str] = "counterfactual"
     label: ClassVar[str] = "CLEAR (latent regression)"
     defaults: ClassVar[dict[str, Any]] = {"n_samples": 2000, "scale": 1.0, "margin": 0.05, "max_walk": 12,
                                           "walk_logit": 1.0, "path_steps": 8, "fidelity_dims": 8,
-                                          "fidelity_range": 3.0, "fidelity_step": 0.5, "C": 10.0, "batch_size": 256}
+                                          "fidelity_range": 3.0, "fidelity_step": 0.5, "C": 10.0, "batch_size": 0}
 
     def _explain(self, image: np.ndarray, target: str, seed: int, params: dict[str, Any]) -> Explanation:
         b = self.bundle
@@ -265,7 +270,7 @@ class Clear(Explainer):
         with torch.inference_mode():
             z0 = b.ae.encode(b.to_tensor(image[None]))[0].double().cpu().numpy()
         std = b.ae_latent_std.double().cpu().numpy()
-        res = clear_search(latent_scorer(b, target, int(params["batch_size"])), thr, z0, std, want_anomalous,
+        res = clear_search(latent_scorer(b, target, int(params["batch_size"]) or None), thr, z0, std, want_anomalous,
                            n_samples=int(params["n_samples"]), scale=float(params["scale"]),
                            margin=float(params["margin"]), max_walk=int(params["max_walk"]),
                            walk_logit=float(params["walk_logit"]), seed=seed,

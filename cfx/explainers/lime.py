@@ -71,7 +71,7 @@ def batched_explainer_class() -> type:
     return type("BatchedLimeImageExplainer", (lime_image.LimeImageExplainer,), {"data_labels": batched_data_labels})
 
 
-def lime_classifier_fn(bundle, target: str, batch: int = BATCH) -> Callable[[np.ndarray], np.ndarray]:
+def lime_classifier_fn(bundle, target: str, batch: int | None = BATCH) -> Callable[[np.ndarray], np.ndarray]:
     """lime's ``classifier_fn``: images (N, H, W, C) -> target scores (N, 1)."""
     def fn(imgs: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(np.asarray(imgs, np.float32).transpose(0, 3, 1, 2))

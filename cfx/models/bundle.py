@@ -107,6 +107,11 @@ class ModelBundle:
         return self.ae.image_size
 
     @property
+    def forward_batch(self) -> int:
+        """Images per forward pass when many are scored (:func:`cfx.config.forward_batch`)."""
+        return config.forward_batch(self.device)
+
+    @property
     def threshold(self) -> float:
         return float(self.detector.threshold)
 
@@ -146,8 +151,9 @@ class ModelBundle:
         return t.to(self.device).contiguous(memory_format=torch.channels_last)
 
     @torch.inference_mode()
-    def score_numpy(self, images: np.ndarray, target: str = "score", batch: int = 250) -> np.ndarray:
-        """Scores of float arrays (N, C, H, W) in [0, 1], batched, as float64."""
+    def score_numpy(self, images: np.ndarray, target: str = "score", batch: int | None = None) -> np.ndarray:
+        """Scores of float arrays (N, C, H, W) in [0, 1], batched (default: :attr:`forward_batch`), as float64."""
+        batch = int(batch or self.forward_batch)
         images = np.asarray(images, dtype=np.float32)
         if images.ndim == 3:
             images = images[None]
@@ -156,9 +162,10 @@ class ModelBundle:
         return np.concatenate(out) if out else np.zeros(0)
 
     @torch.inference_mode()
-    def analyse(self, images: np.ndarray, batch: int = 128) -> dict[str, np.ndarray]:
+    def analyse(self, images: np.ndarray, batch: int | None = None) -> dict[str, np.ndarray]:
         """Detector and classifier outputs for arrays (N, C, H, W): score, parts, decision,
         reconstruction, heatmap, classifier probability."""
+        batch = int(batch or self.forward_batch)
         images = np.asarray(images, dtype=np.float32)
         if images.ndim == 3:
             images = images[None]

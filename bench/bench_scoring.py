@@ -1,0 +1,90 @@
+"""Cost of one detector score on the CPU, the floor under every perturbation method (issue 3).
+
+Side by side in one run, interleaved, on the shipped demo weights (models warm, random images):
+
+* the error map's Gaussian smoothing: the detector's shifted-slice blur against the one-channel
+  ``conv2d`` it replaced (same values);
+* a whole combined score per image at forward batches of 16-128 (cfx scores in batches of
+  :data:`cfx.config.FORWARD_BATCH`);
+* its parts: VAE encoder, VAE decoder, AE decoder (CLEAR decodes every sample with it).
+
+Usage: python bench/bench_scoring.py [--categories brick,tablet] [--repeats 7] [--n 256]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cfx.models.bundle import load_bundle  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_explainers import loadavg, machine  # noqa: E402
+
+
+def conv_smooth(det, e: torch.Tensor) -> torch.Tensor:
+    """The former smoothing: replicate padding and a one-channel separable conv2d."""
+    k = det.kernel
+    r = k.numel() // 2
+    e = e[:, None]
+    e = torch.nn.functional.conv2d(torch.nn.functional.pad(e, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
+    e = torch.nn.functional.conv2d(torch.nn.functional.pad(e, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
+    return e[:, 0]
+
+
+def per_image_ms(fn, n: int) -> float:
+    t = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t) * 1000 / n
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--categories", default="brick,tablet")
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--n", type=int, default=256, help="images per measurement")
+    args = p.parse_args(argv)
+    print(f"Detector scoring cost — {_dt.date.today()}, {machine()}, load before {loadavg()}\n")
+    print(f"Median of {args.repeats} interleaved repeats, {args.n} random images each, ms per image.\n")
+    print("| category (alpha) | measure | ms/image |")
+    print("|---|---|---:|")
+    for cat in args.categories.split(","):
+        b = load_bundle("demo", cat, device="cpu")
+        det = b.detector
+        rng = np.random.default_rng(0)
+        x_np = rng.random((args.n, b.channels, b.image_size, b.image_size), dtype=np.float32)
+        x = b.to_tensor(x_np)
+        e = torch.rand(args.n, b.image_size, b.image_size)
+        z = torch.randn(args.n, b.ae.latent_dim)
+        jobs = {
+            "smoothing: shifted slices (cfx)": lambda: det.smooth(e),
+            "smoothing: one-channel conv2d (before)": lambda: conv_smooth(det, e),
+            "VAE encoder": lambda: [det.vae.encode(x[i:i + 32]) for i in range(0, args.n, 32)],
+            "VAE decoder": lambda: [det.vae.decode(det.lat_mean.expand(32, -1)) for _ in range(0, args.n, 32)],
+            "AE decoder (CLEAR)": lambda: [b.ae.decode(z[i:i + 32]) for i in range(0, args.n, 32)],
+        }
+        for bs in (16, 32, 64, 128):
+            jobs[f"combined score, batch {bs}"] = lambda bs=bs: b.score_numpy(x_np, "score", batch=bs)
+        times: dict[str, list[float]] = {k: [] for k in jobs}
+        with torch.inference_mode():
+            for fn in jobs.values():
+                fn()  # warm
+            for _ in range(args.repeats):
+                for k, fn in jobs.items():
+                    times[k].append(per_image_ms(fn, args.n))
+        for k, v in times.items():
+            print(f"| {cat} ({det.alpha:g}) | {k} | {statistics.median(v):.3f} |")
+    print(f"\nLoad after: {loadavg()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
