@@ -259,8 +259,9 @@ def main() -> None:
     st.title("Mask Jaccard audit")
     st.markdown("Was each anomaly detected **for the right reason**? For every test anomaly with a known defect "
                 "mask, each method's explanation is compared with the mask by the optimal Jaccard **J\\***: the "
-                "best overlap over all thresholds of the map. A detected anomaly with J\\* below the cutoff is "
-                "flagged: the model found something, but not the defect.")
+                "best overlap over all thresholds of the map (attributions under 1 % of the map's peak count as "
+                "none). A detected anomaly with J\\* below the cutoff is flagged: the model found something, but "
+                "not the defect.")
     sel = st.session_state.get("selection") if "selection" in st.session_state else sidebar()
     if sel is None:
         st.info("Choose a valid data root in the sidebar.")
