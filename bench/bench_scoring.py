@@ -4,7 +4,7 @@ Side by side in one run, interleaved, on the shipped demo weights (models warm, 
 
 * the error map's Gaussian smoothing: the detector's shifted-slice blur against the one-channel
   ``conv2d`` it replaced (same values);
-* a whole combined score per image at forward batches of 16-128 (cfx scores in batches of
+* a whole combined score per image at forward batches of 8-128 (cfx scores in batches of
   :data:`cfx.config.FORWARD_BATCH`);
 * its parts: VAE encoder, VAE decoder, AE decoder (CLEAR decodes every sample with it).
 
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
             "VAE decoder": lambda: [det.vae.decode(det.lat_mean.expand(32, -1)) for _ in range(0, args.n, 32)],
             "AE decoder (CLEAR)": lambda: [b.ae.decode(z[i:i + 32]) for i in range(0, args.n, 32)],
         }
-        for bs in (16, 32, 64, 128):
+        for bs in (8, 16, 32, 64, 128):
             jobs[f"combined score, batch {bs}"] = lambda bs=bs: b.score_numpy(x_np, "score", batch=bs)
         times: dict[str, list[float]] = {k: [] for k in jobs}
         with torch.inference_mode():
