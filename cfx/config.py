@@ -45,8 +45,8 @@ def device() -> torch.device:
 
 
 #: Images per forward pass when many are scored at once, by device type. On the 2-core CPU a
-#: detector score is ~18 % cheaper in batches of 32-48 than of 128 (activations of a batch of 32
-#: fit the caches); a GPU wants large batches.
+#: detector score is ~15 % cheaper in batches of 32 than of 128 (the activations of a batch of 32
+#: fit the caches; bench/bench_scoring.py); a GPU wants large batches.
 FORWARD_BATCH = {"cpu": 32, "cuda": 256}
 
 

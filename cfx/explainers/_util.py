@@ -12,11 +12,6 @@ import torch
 
 from cfx.errors import DataError
 
-#: Images per forward pass when a method scores many perturbed images: None = the bundle's
-#: device default (:attr:`ModelBundle.forward_batch`: 32 on the CPU, 256 on a GPU).
-BATCH: int | None = None
-
-
 def scores_from_analysis(a: dict[str, np.ndarray], target: str) -> np.ndarray:
     """The target's column of :meth:`ModelBundle.analyse`'s output."""
     if target == "classifier":
@@ -24,8 +19,9 @@ def scores_from_analysis(a: dict[str, np.ndarray], target: str) -> np.ndarray:
     return {"score": a["score"], "recon": a["recon_score"], "mahalanobis": a["mahalanobis_score"]}[target]
 
 
-def score_images(bundle, images: np.ndarray, target: str, batch: int | None = BATCH) -> np.ndarray:
-    """Target scores (float64, (N,)) of float images (N, C, H, W), batched, no autograd."""
+def score_images(bundle, images: np.ndarray, target: str, batch: int | None = None) -> np.ndarray:
+    """Target scores (float64, (N,)) of float images (N, C, H, W), batched (default: the device's
+    :attr:`ModelBundle.forward_batch`), no autograd."""
     return bundle.score_numpy(np.asarray(images, np.float32), target, batch=batch)
 
 

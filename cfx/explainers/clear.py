@@ -270,7 +270,7 @@ class Clear(Explainer):
         with torch.inference_mode():
             z0 = b.ae.encode(b.to_tensor(image[None]))[0].double().cpu().numpy()
         std = b.ae_latent_std.double().cpu().numpy()
-        res = clear_search(latent_scorer(b, target, int(params["batch_size"]) or None), thr, z0, std, want_anomalous,
+        res = clear_search(latent_scorer(b, target, int(params["batch_size"])), thr, z0, std, want_anomalous,
                            n_samples=int(params["n_samples"]), scale=float(params["scale"]),
                            margin=float(params["margin"]), max_walk=int(params["max_walk"]),
                            walk_logit=float(params["walk_logit"]), seed=seed,

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from cfx.explainers._util import BATCH, order_counterfactuals, score_images, to_probability, train_images
+from cfx.explainers._util import order_counterfactuals, score_images, to_probability, train_images
 from cfx.explainers.base import Explainer, Explanation, counterfactual_metrics, register
 
 N_COMPONENTS = 64
@@ -60,7 +60,7 @@ class ProbaModel:
     memoised by row, since dice-ml asks again for rows it has seen (its training table, the
     surviving population); the reference table's predictions are kept across queries."""
 
-    def __init__(self, bundle, pca, target: str, shape: tuple[int, ...], batch: int | None = BATCH) -> None:
+    def __init__(self, bundle, pca, target: str, shape: tuple[int, ...], batch: int | None = None) -> None:
         self.bundle, self.pca, self.target, self.shape, self.batch = bundle, pca, target, shape, batch
         self.memo: dict[bytes, float] = {}
         self.keep: set[bytes] = set()  # rows whose predictions are kept across queries (the reference table)

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from cfx.errors import DataError, ModelMissingError
-from cfx.explainers._util import order_counterfactuals, score_images, set_data_root, train_images  # noqa: F401
+from cfx.explainers._util import order_counterfactuals, score_images, set_data_root, train_images
 from cfx.explainers.base import Explainer, Explanation, counterfactual_metrics, register
 
 log = logging.getLogger(__name__)

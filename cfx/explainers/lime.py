@@ -21,7 +21,7 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 
-from cfx.explainers._util import BATCH, fill_image, score_images
+from cfx.explainers._util import fill_image, score_images
 from cfx.explainers.base import Explainer, Explanation, register
 
 #: SLIC compactness giving ~100 compact superpixels on [0, 1] gray values and on Lab colour.
@@ -71,7 +71,7 @@ def batched_explainer_class() -> type:
     return type("BatchedLimeImageExplainer", (lime_image.LimeImageExplainer,), {"data_labels": batched_data_labels})
 
 
-def lime_classifier_fn(bundle, target: str, batch: int | None = BATCH) -> Callable[[np.ndarray], np.ndarray]:
+def lime_classifier_fn(bundle, target: str, batch: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """lime's ``classifier_fn``: images (N, H, W, C) -> target scores (N, 1)."""
     def fn(imgs: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(np.asarray(imgs, np.float32).transpose(0, 3, 1, 2))

@@ -18,7 +18,7 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 
-from cfx.explainers._util import BATCH, fill_image, score_images
+from cfx.explainers._util import fill_image, score_images
 from cfx.explainers.base import Explainer, Explanation, register
 
 
@@ -31,7 +31,7 @@ def _upsample(cells: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cells[:, iy[:, None], ix[None, :]]
 
 
-def grid_model(bundle, image: np.ndarray, fill: np.ndarray, target: str, batch: int | None = BATCH
+def grid_model(bundle, image: np.ndarray, fill: np.ndarray, target: str, batch: int | None = None
                ) -> Callable[[np.ndarray], np.ndarray]:
     """f(cell maps (N, g, g, 1) in {0, 1}) -> target scores (N,) of the images they select."""
     size = image.shape[-2:]
@@ -43,7 +43,7 @@ def grid_model(bundle, image: np.ndarray, fill: np.ndarray, target: str, batch: 
     return f
 
 
-def pixel_model(bundle, target: str, batch: int | None = BATCH) -> Callable[[np.ndarray], np.ndarray]:
+def pixel_model(bundle, target: str, batch: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """f(images (N, H, W, C)) -> target scores (N,)."""
     def f(imgs: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(np.asarray(imgs, np.float32).transpose(0, 3, 1, 2))
