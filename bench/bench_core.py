@@ -37,7 +37,7 @@ def main() -> None:
     for root, cat in targets:
         ds = dataset_name(root)
         try:
-            b = load_bundle(ds, cat, device="cpu")
+            b = load_bundle(ds, cat, device="cpu", detector="vae")
         except ModelMissingError as exc:
             rows.append(f"| {ds}/{cat} | no model: {exc} |")
             continue

@@ -495,7 +495,7 @@ def audit_category(bundle, root: str | Path, category: str, methods: str | Seque
     """
     from cfx.explainers.base import check_target
 
-    check_target(target)
+    check_target(bundle, target)
     t0 = time.perf_counter()
     methods = resolve_methods(methods)
     params = {m: dict((params or {}).get(m, {})) for m in methods}
@@ -504,8 +504,9 @@ def audit_category(bundle, root: str | Path, category: str, methods: str | Seque
     a = bundle.analyse(an.images) if len(an.names) else None
     thr = bundle.threshold_for(target)
     if a is not None:
-        tscore = a["classifier"] if target == "classifier" else {
-            "score": a["score"], "recon": a["recon_score"], "mahalanobis": a["mahalanobis_score"]}[target]
+        tscore = bundle.target(target).read(a)
+        nan = np.full(len(tscore), np.nan)
+        clf_p, clf_a = a.get("classifier", nan), a.get("classifier_anomalous", np.zeros(len(tscore), bool))
     rows: list[ImageAudit] = []
     maps: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {m: [] for m in methods}
     total, done, stopped = len(an.names) * len(methods), 0, False
@@ -513,8 +514,8 @@ def audit_category(bundle, root: str | Path, category: str, methods: str | Seque
         row = ImageAudit(
             image=name, defect=an.defects[i], index=an.indices[i], score=float(tscore[i]), threshold=thr,
             anomalous=bool(tscore[i] > thr), detector_score=float(a["score"][i]),
-            detector_anomalous=bool(a["anomalous"][i]), classifier_prob=float(a["classifier"][i]),
-            classifier_anomalous=bool(a["classifier_anomalous"][i]), mask_fraction=float(an.masks[i].mean()),
+            detector_anomalous=bool(a["anomalous"][i]), classifier_prob=float(clf_p[i]),
+            classifier_anomalous=bool(clf_a[i]), mask_fraction=float(an.masks[i].mean()),
             methods={m: MethodResult() for m in methods})
         rows.append(row)
         for m in methods:

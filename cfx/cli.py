@@ -27,6 +27,14 @@ def add_data_args(p: argparse.ArgumentParser, category_all: bool = False) -> Non
                    " (default: the first category)")
 
 
+def add_detector_arg(p: argparse.ArgumentParser) -> None:
+    """``--detector``: which fitted detector to explain or evaluate (default: PatchCore where fitted)."""
+    from cfx.detectors import DETECTORS
+
+    p.add_argument("--detector", choices=list(DETECTORS),
+                   help="the detector (default: the first fitted of " + ", ".join(DETECTORS) + ")")
+
+
 def _cmd_data(args: argparse.Namespace) -> int:
     from cfx.data.demo import generate
 
@@ -36,13 +44,20 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from cfx.errors import DataError
     from cfx.models.bundle import dataset_name
     from cfx.resolve import categories_for, resolve_root
-    from cfx.training import train_category
+    from cfx.training import fit_patchcore, train_category
 
+    if args.epochs < 1:
+        raise DataError(f"--epochs must be at least 1 (got {args.epochs})")
     root = resolve_root(args.data_root)
     ds = dataset_name(root)
     for cat in categories_for(root, args.category):
+        if args.detector in ("patchcore", "all"):
+            fit_patchcore(root, cat, ds, seed=args.seed)
+        if args.detector not in ("vae", "all"):
+            continue
         train_category(root, cat, ds, epochs=args.epochs, seed=args.seed, progress=not args.quiet, alpha=args.alpha)
         if args.base_only:
             continue
@@ -51,7 +66,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         from cfx.explainers.gradient import save_latent_ensemble, set_data_root, train_images, train_latent_ensemble
         from cfx.models.bundle import load_bundle
 
-        bundle = load_bundle(ds, cat)
+        bundle = load_bundle(ds, cat, detector="vae")
         set_data_root(bundle, root)
         save_latent_ensemble(bundle, train_latent_ensemble(bundle, train_images(bundle), seed=args.seed),
                              seed=args.seed)
@@ -70,16 +85,22 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     cats = categories_for(root, args.category)
     results = {}
     for cat in cats:
-        bundle = load_bundle(ds, cat)
+        bundle = load_bundle(ds, cat, detector=args.detector)
         results[cat] = evaluate_category(bundle, root, cat)
     out = {"categories": results} if args.category == "all" else results[cats[0]]
     if args.json:
         print(json.dumps(out, indent=2, default=float))
     else:
+        def f(v) -> str:
+            return "n/a" if v is None else f"{v:.3f}"
+
         for cat, r in results.items():
-            print(f"{cat}: image AUROC {r['image_auroc']:.3f} (recon {r['image_auroc_recon']:.3f}, "
-                  f"mahalanobis {r['image_auroc_mahalanobis']:.3f}), classifier {r['classifier_auroc']:.3f}, "
-                  f"pixel {r['pixel_auroc']}, F1 {r['f1']:.3f} at {r['threshold']:.3f}, n={r['n_test']}")
+            extra = "".join(f", {k[len('image_auroc_'):]} {f(v)}" for k, v in r.items() if k.startswith("image_auroc_"))
+            if "classifier_auroc" in r:
+                extra += f", classifier {f(r['classifier_auroc'])}"
+            print(f"{cat} [{r['detector']}]: image AUROC {f(r['image_auroc'])}{extra}, pixel {f(r['pixel_auroc'])}; "
+                  f"at threshold {r['threshold']:.3f}: FPR on good {f(r['fpr_good'])}, TPR on defects "
+                  f"{f(r['tpr_defect'])}, F1 {r['f1']:.3f}; n={r['n_test']}")
     return 0
 
 
@@ -96,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     pd.add_argument("--force", action="store_true", help="regenerate even if present")
     pd.set_defaults(func=_cmd_data)
 
-    p = sub.add_parser("train", help="train every model of a category")
+    p = sub.add_parser("train", help="fit the detectors and train the models of a category")
     add_data_args(p, category_all=True)
     from cfx.training import DEFAULT_EPOCHS
 
@@ -107,11 +128,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--base-only", action="store_true",
                    help="only the autoencoder, VAE detector and classifier (not the ensemble and concept generator)")
+    p.add_argument("--detector", choices=["patchcore", "vae", "all"], default="all",
+                   help="patchcore: fit PatchCore only (seconds, no training); vae: train the autoencoder, VAE "
+                        "detector, classifier and the explainers' models; all (default): both")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="AUROC, pixel AUROC and F1 on the test split")
     add_data_args(p, category_all=True)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_detector_arg(p)
     p.set_defaults(func=_cmd_evaluate)
 
     for name, (module, help_) in PLUGINS.items():

@@ -257,10 +257,11 @@ def prepare(bundle, images: np.ndarray | torch.Tensor, batch: int = 64) -> Prepa
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in Prepared.FIELDS}
     for i in range(0, len(images), batch):
         x = bundle.to_tensor(images[i:i + batch])  # channels_last: 2x faster backward on CPU
-        a = bundle.detector.analyse(x)
+        a = bundle.vae_detector.analyse(x)  # the generator edits the VAE's latent
         d = a["recon"].contiguous(memory_format=torch.channels_last)
+        score = a["score"] if bundle.detector_name == "vae" else bundle.score(x)  # the explained detector's
         for k, v in (("x", x), ("z", a["z"]), ("d", d), ("r", x - d), ("heat", a["heatmap"][:, None]),
-                     ("score", a["score"]), ("gamma", torch.full_like(a["score"], 0.5)[:, None])):
+                     ("score", score), ("gamma", torch.full_like(a["score"], 0.5)[:, None])):
             parts[k].append(v.float())
     return Prepared(**{k: torch.cat(v) for k, v in parts.items()})
 
@@ -756,12 +757,12 @@ def train_category_concepts(root: str | Path, category: str, dataset: str, seed:
     from cfx.models.bundle import load_bundle
 
     if out_dir is None:
-        bundle = load_bundle(dataset, category)
+        bundle = load_bundle(dataset, category, detector="vae")
     else:  # load from the given models root
         old = os.environ.get("CFX_MODELS_DIR")
         os.environ["CFX_MODELS_DIR"] = str(out_dir)
         try:
-            bundle = load_bundle(dataset, category)
+            bundle = load_bundle(dataset, category, detector="vae")
         finally:
             if old is None:
                 os.environ.pop("CFX_MODELS_DIR", None)

@@ -1,4 +1,5 @@
-"""Test-split evaluation of a category's models (image AUROC per score, pixel AUROC, F1)."""
+"""Test-split evaluation of a category's selected detector (image AUROC per score, pixel AUROC, F1,
+false-positive rate on good parts and true-positive rate on defects at the stored threshold)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,27 +19,37 @@ def evaluate_category(bundle, root: str | Path, category: str) -> dict[str, Any]
     """Scores every test image with the bundle.
 
     Returns:
-        ``image_auroc`` (combined score), ``image_auroc_recon``, ``image_auroc_mahalanobis``,
-        ``classifier_auroc``, ``pixel_auroc`` (reconstruction heatmap over the images whose mask
-        is known, good images included; None without any defect mask), ``f1`` and ``accuracy``
-        at the stored threshold, ``threshold``, ``n_test``, ``n_with_mask``, ``per_defect`` AUROC.
+        ``detector``, ``image_auroc`` (the detector's score), ``image_auroc_recon`` and
+        ``image_auroc_mahalanobis`` (VAE detector only), ``classifier_auroc`` (when a classifier
+        is trained), ``pixel_auroc`` (the detector's map over the images whose mask is known,
+        good images included; None without any defect mask), ``f1``, ``accuracy``,
+        ``fpr_good`` (share of test/good called anomalous) and ``tpr_defect`` (share of
+        defective images called anomalous) at the stored ``threshold``, ``threshold_rule``,
+        ``n_test``, ``n_with_mask``, ``per_defect_auroc``.
     """
     ds = MVTecDataset(root, category, "test", image_size=bundle.image_size, channels=bundle.channels)
     arr = ds.arrays()
     a = bundle.analyse(arr.images)
     y = arr.labels
+    pred = a["anomalous"]
     out: dict[str, Any] = {
+        "detector": bundle.detector_name,
         "image_auroc": _auroc(y, a["score"]),
-        "image_auroc_recon": _auroc(y, a["recon_score"]),
-        "image_auroc_mahalanobis": _auroc(y, a["mahalanobis_score"]),
-        "classifier_auroc": _auroc(y, a["classifier"]),
-        "f1": float(f1_score(y, a["anomalous"], zero_division=0)),
-        "accuracy": float((a["anomalous"] == y.astype(bool)).mean()),
-        "classifier_f1": float(f1_score(y, a["classifier_anomalous"], zero_division=0)),
+        "f1": float(f1_score(y, pred, zero_division=0)),
+        "accuracy": float((pred == y.astype(bool)).mean()),
+        "fpr_good": float(pred[y == 0].mean()) if (y == 0).any() else None,
+        "tpr_defect": float(pred[y == 1].mean()) if (y == 1).any() else None,
         "threshold": bundle.threshold,
+        "threshold_rule": bundle.card.get("detectors", {}).get(bundle.detector_name, {}).get(
+            "threshold_rule", bundle.card.get("threshold_rule")),
         "n_test": int(len(y)), "n_defective": int(y.sum()),
         "n_with_mask": int((arr.has_mask & (y == 1)).sum()),
     }
+    for key, (name, _) in bundle.detector.parts.items():
+        out[f"image_auroc_{name}"] = _auroc(y, a[key])
+    if "classifier" in a:
+        out["classifier_auroc"] = _auroc(y, a["classifier"])
+        out["classifier_f1"] = float(f1_score(y, a["classifier_anomalous"], zero_division=0))
     sel = arr.has_mask
     if (sel & (y == 1)).any():
         heat = a["heatmap"][sel].ravel()

@@ -119,7 +119,7 @@ class Report:
         return cls(image=np.asarray(image, np.float32), name=name, explanations=dict(explanations or {}),
                    mask=None if mask is None else np.asarray(mask, bool), dataset=bundle.dataset,
                    category=bundle.category, model_key=bundle.key(), detector=det, target=target,
-                   reconstruction=np.asarray(a["recon"][0]) if with_detector_maps else None,
+                   reconstruction=np.asarray(a["recon"][0]) if with_detector_maps and "recon" in a else None,
                    detector_heatmap=np.asarray(a["heatmap"][0]) if with_detector_maps else None,
                    params=dict(params or {}), title=title)
 
@@ -127,12 +127,14 @@ class Report:
 def detector_summary(bundle, analysis: Mapping[str, np.ndarray], i: int = 0) -> dict[str, Any]:
     """The detector's and classifier's numbers for image ``i`` of ``bundle.analyse(...)``."""
     a = analysis
-    return {
-        "score": float(a["score"][i]), "threshold": bundle.threshold, "anomalous": bool(a["anomalous"][i]),
-        "recon_score": float(a["recon_score"][i]), "mahalanobis_score": float(a["mahalanobis_score"][i]),
-        "classifier_prob": float(a["classifier"][i]), "classifier_threshold": float(bundle.classifier_threshold),
-        "classifier_anomalous": bool(a["classifier_anomalous"][i]),
-    }
+    out: dict[str, Any] = {"detector": bundle.detector_name, "score": float(a["score"][i]),
+                           "threshold": bundle.threshold, "anomalous": bool(a["anomalous"][i])}
+    for key in bundle.detector.parts:
+        out[key] = float(a[key][i])
+    if "classifier" in a:
+        out.update(classifier_prob=float(a["classifier"][i]), classifier_threshold=float(bundle.classifier_threshold),
+                   classifier_anomalous=bool(a["classifier_anomalous"][i]))
+    return out
 
 
 # ------------------------------------------------------------------ colour scale
@@ -323,10 +325,11 @@ def _summary_lines(report: Report) -> list[str]:
     lines.append(f"model {report.model_key or '?'}   target {report.target}   created {report.created}")
     if d:
         lines.append(
-            f"detector score {d.get('score', float('nan')):.3f} (threshold {d.get('threshold', float('nan')):.3f}, "
-            f"{'anomalous' if d.get('anomalous') else 'normal'}; recon {d.get('recon_score', float('nan')):.2f}, "
-            f"Mahalanobis {d.get('mahalanobis_score', float('nan')):.2f});  classifier P(anomalous) "
-            f"{d.get('classifier_prob', float('nan')):.3f} (threshold {d.get('classifier_threshold', float('nan')):.3f})")
+            f"{d.get('detector', 'detector')} score {d.get('score', float('nan')):.3f} (threshold "
+            f"{d.get('threshold', float('nan')):.3f}, {'anomalous' if d.get('anomalous') else 'normal'}"
+            + (f"; recon {d['recon_score']:.2f}, Mahalanobis {d['mahalanobis_score']:.2f}" if "recon_score" in d else "")
+            + ")" + (f";  classifier P(anomalous) {d['classifier_prob']:.3f} (threshold "
+                     f"{d['classifier_threshold']:.3f})" if "classifier_prob" in d else ""))
     for name, exp in report.explanations.items():
         if not exp.ok:
             lines.append(f"{name}: ERROR {exp.error}")
@@ -461,9 +464,14 @@ def panel_png(report: Report, p: Panel, upscale: int = 2) -> bytes:
         rgb = rgb.copy()
         rgb[mask_outline(report.mask)] = (0.0, 0.88, 0.0)
     img = Image.fromarray((rgb * 255 + 0.5).astype(np.uint8))
+    upscale = max(int(upscale), -(-PANEL_MIN_PX // max(1, img.width)))  # a defect can cover 0.4% of a part
     if upscale > 1:
         img = img.resize((img.width * upscale, img.height * upscale), Image.Resampling.NEAREST)
     return _pil_png(img)
+
+
+#: Panel PNGs (HTML report, ``explain --out``) are at least this wide.
+PANEL_MIN_PX = 512
 
 
 def mask_outline(mask: np.ndarray) -> np.ndarray:
@@ -615,9 +623,11 @@ def export_explanations(report: Report, out_dir: str | os.PathLike,
 
 
 # ------------------------------------------------------------------ detector evaluation
-#: (name, key of bundle.analyse output, target for threshold_for)
-DETECTOR_SCORES = (("combined", "score", "score"), ("reconstruction", "recon_score", "recon"),
-                   ("Mahalanobis", "mahalanobis_score", "mahalanobis"), ("classifier", "classifier", "classifier"))
+def detector_scores(bundle) -> list[tuple[str, str, str]]:
+    """(name, key of ``bundle.analyse`` output, target) of every score the bundle offers: the
+    selected detector's score first (named ``combined``), its parts, the classifier."""
+    names = {"score": "combined", "recon": "reconstruction", "mahalanobis": "Mahalanobis", "classifier": "classifier"}
+    return [(names.get(t.name, t.name), t.key, t.name) for t in bundle.targets().values()]
 
 
 def detector_evaluation(bundle, labels: np.ndarray, analysis: Mapping[str, np.ndarray],
@@ -639,13 +649,18 @@ def detector_evaluation(bundle, labels: np.ndarray, analysis: Mapping[str, np.nd
     y = np.asarray(labels).astype(int)
     both = len(np.unique(y)) == 2
     out: dict[str, Any] = {"model": bundle.key(), "category": bundle.category, "dataset": bundle.dataset,
+                           "detector": bundle.detector_name, "detector_label": bundle.detector.label,
                            "n": int(len(y)), "n_defective": int(y.sum()), "scores": {}}
-    for name, key, target in DETECTOR_SCORES:
+    for name, key, target in detector_scores(bundle):
+        if key not in analysis:
+            continue
         s = np.asarray(analysis[key], np.float64)
         thr = bundle.threshold_for(target)
         pred = (s > thr).astype(int)
         entry: dict[str, Any] = {"threshold": thr, "normal": s[y == 0].tolist(), "defective": s[y == 1].tolist(),
-                                 "confusion": confusion_matrix(y, pred, labels=[0, 1]).tolist()}
+                                 "confusion": confusion_matrix(y, pred, labels=[0, 1]).tolist(),
+                                 "fpr_good": float(pred[y == 0].mean()) if (y == 0).any() else None,
+                                 "tpr_defect": float(pred[y == 1].mean()) if (y == 1).any() else None}
         if both:
             fpr, tpr, _ = roc_curve(y, s)
             entry.update(auroc=float(roc_auc_score(y, s)), fpr=fpr.tolist(), tpr=tpr.tolist())
@@ -680,7 +695,7 @@ def detector_figure(ev: Mapping[str, Any]):
     ax2.hist(c["normal"], bins=30, alpha=0.6, label="good", color="#1f77b4")
     ax2.hist(c["defective"], bins=30, alpha=0.6, label="defective", color="#d62728")
     ax2.axvline(c["threshold"], color="k", ls="--", label=f"threshold {c['threshold']:.3f}")
-    ax2.set(xlabel="combined anomaly score", ylabel="images", title="scores")
+    ax2.set(xlabel=f"{ev.get('detector_label') or 'detector'} score", ylabel="images", title="scores")
     ax2.legend(fontsize=7)
     cm = np.asarray(c["confusion"])
     ax3.imshow(cm, cmap="Blues")

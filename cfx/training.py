@@ -1,9 +1,12 @@
-"""Training a category's models: autoencoder, VAE + multi-score detector, classifier.
+"""Fitting a category's models: the PatchCore detector (no training), and the autoencoder, the
+VAE multi-score detector and the classifier.
 
-Only train/good images are used: 85% train the networks, 15% (the validation split) normalise
-the detector's scores and, together with synthetic anomalies made from them, choose the
-thresholds. The classifier learns normal vs synthetic anomalies made from train/good, never
-test images.
+Only train/good images are used: 85% fit the models, 15% (the held-out split, the same for every
+model of a category) normalise the detectors' scores and choose every detector's threshold on
+these *real* normal images (:func:`cfx.detectors.threshold_on_normals`); synthetic anomalies made
+from them are only a secondary check (their TPR at the threshold is recorded in the card), and
+choose the classifier's threshold and the VAE's alpha and KL weight. The classifier learns
+normal vs synthetic anomalies made from train/good, never test images.
 """
 from __future__ import annotations
 
@@ -25,7 +28,9 @@ from cfx import config
 from cfx.atomic import write_json
 from cfx.data.mvtec import MVTecDataset
 from cfx.data.synth import synthesize
-from cfx.detectors import MultiScoreDetector, choose_threshold
+from cfx.detectors import (THRESHOLD_RULE, MultiScoreDetector, PatchCore, choose_threshold, rates_at,
+                           threshold_on_normals)
+from cfx.errors import DataError
 from cfx.models.bundle import category_dir, round_to_half, save_module
 from cfx.models.nets import VAE, Classifier, ConvAutoencoder
 
@@ -241,10 +246,10 @@ def train_category(root: str | Path, category: str, dataset: str, epochs: int = 
     det.alpha = float(alpha)
     for sc in (s_n, s_a):
         sc["score"] = det.alpha * sc["recon_score"] + (1 - det.alpha) * sc["mahalanobis_score"]
-    thr = choose_threshold(s_n["score"], s_a["score"], "f1")
+    thr = threshold_on_normals(s_n["score"])
     det.threshold.fill_(thr)
-    thresholds = {"score": thr, "recon": choose_threshold(s_n["recon_score"], s_a["recon_score"]),
-                  "mahalanobis": choose_threshold(s_n["mahalanobis_score"], s_a["mahalanobis_score"])}
+    thresholds = {"score": thr, "recon": threshold_on_normals(s_n["recon_score"]),
+                  "mahalanobis": threshold_on_normals(s_n["mahalanobis_score"])}
 
     clf = train_classifier(x_tr, torch.from_numpy(syn_tr), channels, max(10, round(epochs * CLF_EPOCH_FACTOR)),
                            seed + 2, flips=flips, progress=progress)
@@ -266,20 +271,24 @@ def train_category(root: str | Path, category: str, dataset: str, epochs: int = 
                          "widths": list(m.widths)}
     hashes = {
         "ae.pt": save_module(d / "ae.pt", ae_holder, {"net": net_cfg(ae)}),
-        "vae.pt": save_module(d / "vae.pt", det, {"net": net_cfg(vae), "detector": {
-            "alpha": det.alpha, "sigma": det.sigma, "top_fraction": det.top_fraction}}),
+        "vae.pt": det.save(d / "vae.pt"),
         "classifier.pt": save_module(d / "classifier.pt", clf, {"net": {"channels": channels,
                                                                          "top_fraction": clf.top_fraction},
                                                                 "threshold": clf_thr}),
     }
     content_hash = hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()
+    vae_info = {"file": "vae.pt", "sha256": hashes["vae.pt"], "threshold": thr, "threshold_rule": THRESHOLD_RULE,
+                "heldout_normals": len(va), "synthetic_check": {
+                    **rates_at(thr, s_n["score"], s_a["score"]),
+                    "auroc": float(roc_auc_score(y, np.r_[s_n["score"], s_a["score"]]))}}
     card = {
         "dataset": dataset, "category": category, "data_root": str(Path(root)),
         "split": {"train": len(tr), "validation": len(va), "source": "train/good", "val_fraction": VAL_FRACTION,
                   "synthetic_validation_anomalies": len(syn_va)},
         "seed": seed, "epochs": epochs, "channels": channels, "image_size": int(x_all.shape[-1]),
         "flips": flips, "shortcut_marker": marker is not None,
-        "threshold_rule": "f1", "threshold": thr, "thresholds": thresholds, "classifier_threshold": clf_thr,
+        "threshold_rule": THRESHOLD_RULE, "threshold": thr, "thresholds": thresholds,
+        "classifier_threshold": clf_thr, "classifier_threshold_rule": "f1 on held-out normals vs synthetic anomalies",
         "alpha": det.alpha, "kl_weight": kl_weight,
         "validation_auroc_by_kl_weight": {f"{c[1]:g}": c[0] for c in candidates},
         "kl_weight_rule": f"first of {[f'{w:g}' for w in KL_WEIGHTS]} unless another beats it by > {se:.4f} (1 SE)",
@@ -288,9 +297,95 @@ def train_category(root: str | Path, category: str, dataset: str, epochs: int = 
         "content_hash": content_hash, "trained_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "train_seconds": round(time.perf_counter() - t0, 1), "device": str(config.device()),
     }
-    write_json(d / "card.json", card)
+    card = merge_card(d, card, "vae", vae_info)
     log(f"{dataset}/{category}: done in {card['train_seconds']} s, threshold {thr:.3f}, "
         f"val AUROC (synthetic) {val_metrics['val_auroc_synthetic']:.3f}")
+    return card
+
+
+def merge_card(d: Path, card: dict[str, Any], detector: str, info: dict[str, Any],
+               overwrite: bool = True) -> dict[str, Any]:
+    """Write ``card`` to ``d/card.json`` atomically, keeping the other detectors' records of the
+    card already there; ``info`` becomes ``card["detectors"][detector]``. With ``overwrite``
+    False, top-level keys already in the card keep their values. Returns the card written."""
+    old: dict[str, Any] = {}
+    path = d / "card.json"
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError):
+            old = {}
+        if not isinstance(old, dict):
+            old = {}
+    same_data = old.get("channels") == card.get("channels") and old.get("image_size") == card.get("image_size")
+    dets = dict(old.get("detectors", {})) if same_data else {}
+    dets[detector] = info
+    kept = old if same_data else {}
+    merged = {**kept, **card} if overwrite else {**card, **kept}
+    merged["detectors"] = dets
+    merged["files"] = {**(old.get("files", {}) if same_data else {}), **card.get("files", {})}
+    write_json(path, merged)
+    return merged
+
+
+#: Held-out normals below which a category's detector is flagged as fitted on too little data.
+MIN_TRAIN_IMAGES = 30
+
+
+def fit_patchcore(root: str | Path, category: str, dataset: str, seed: int = 0, out_dir: Path | None = None,
+                  log: Callable[[str], None] = print, **kwargs: Any) -> dict[str, Any]:
+    """Fit the PatchCore detector of a category (seconds to a minute on a CPU; no training).
+
+    The memory bank comes from the same 85% of train/good that trains the other models; the
+    held-out 15% normalise the score and choose the threshold (:data:`THRESHOLD_RULE`); synthetic
+    anomalies made from the held-out images are a secondary check recorded in the card.
+
+    Args:
+        kwargs: :class:`~cfx.detectors.PatchCore` arguments (``input_size``, ``coreset_fraction``...).
+
+    Returns:
+        The model card (with ``detectors["patchcore"]``).
+    """
+    t0 = time.perf_counter()
+    seed_everything(seed)
+    ds = MVTecDataset(root, category, "train")
+    arr = ds.arrays()
+    if len(arr.images) < 3:
+        raise DataError(f"{category} has {len(arr.images)} train/good image(s); PatchCore needs at least 3")
+    x_all = torch.from_numpy(arr.images)
+    tr, va = split_indices(len(x_all), seed)
+    det = PatchCore(**kwargs).to(config.device())
+    det.fit(x_all[tr], x_all[va], seed=seed)
+    det.eval()
+    s_n = _batched(det.score, x_all[va].to(det.memory_bank.device), 16).cpu().numpy()
+    thr = threshold_on_normals(s_n)
+    det.threshold.fill_(thr)
+    syn, _, _ = synthesize(arr.images[va], np.random.default_rng(seed + 7), per_image=3)
+    s_a = _batched(det.score, torch.from_numpy(syn).to(det.memory_bank.device), 16).cpu().numpy()
+    y = np.r_[np.zeros(len(s_n)), np.ones(len(s_a))]
+    d = category_dir(dataset, category, out_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    sha = det.save(d / det.filename)
+    warnings = []
+    if len(arr.images) < MIN_TRAIN_IMAGES:
+        warnings.append(f"only {len(arr.images)} train/good images (< {MIN_TRAIN_IMAGES}): the threshold rests on "
+                        f"{len(va)} held-out images and the detector may not hold on new good parts")
+    info = {"file": det.filename, "sha256": sha, "threshold": thr, "threshold_rule": THRESHOLD_RULE,
+            "heldout_normals": len(va), "train_images": len(tr), "config": det.config(),
+            "memory_bank": list(det.memory_bank.shape), "fit_seconds": round(time.perf_counter() - t0, 1),
+            "synthetic_check": {**rates_at(thr, s_n, s_a), "auroc": float(roc_auc_score(y, np.r_[s_n, s_a]))},
+            "warnings": warnings, "fitted_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "device": str(config.device())}
+    info["versions"] = _versions()
+    card = {"dataset": dataset, "category": category, "data_root": str(Path(root)), "channels": ds.channels,
+            "image_size": int(x_all.shape[-1]), "seed": seed,
+            "split": {"train": len(tr), "validation": len(va), "source": "train/good", "val_fraction": VAL_FRACTION},
+            "files": {det.filename: sha}}
+    card = merge_card(d, card, "patchcore", info, overwrite=False)
+    log(f"{dataset}/{category}: PatchCore fitted in {info['fit_seconds']} s (bank {info['memory_bank'][0]} x "
+        f"{info['memory_bank'][1]}), threshold {thr:.3f}; synthetic check TPR {info['synthetic_check']['tpr']:.2f}")
+    for w in warnings:
+        log(f"{dataset}/{category}: warning: {w}")
     return card
 
 

@@ -7,6 +7,7 @@ Session state (plain keys, readable and writable by every page; widgets bind to 
     ``image_index``: the chosen dataset image.
     ``source``: "dataset" or "upload"; ``upload``: the uploaded image (dict) or None.
     ``target``: the explained target (score, recon, mahalanobis, classifier).
+    ``detector``: the explained detector (``patchcore`` or ``vae``; default the first fitted).
 
 Caches: models with ``st.cache_resource`` keyed by (dataset, category, models dir); arrays of a
 split with ``st.cache_resource`` (read-only, shared); detector outputs and explanations with
@@ -45,12 +46,11 @@ from cfx.errors import CfxError, DataError, ModelMissingError
 from cfx.models.bundle import ModelBundle, available_models, dataset_name, load_bundle, model_exists
 
 PROJECT = Path(__file__).resolve().parent.parent
-TARGET_LABELS = {
-    "score": "anomaly score (combined)",
-    "recon": "reconstruction part",
-    "mahalanobis": "Mahalanobis part",
-    "classifier": "classifier P(anomalous)",
-}
+def target_labels(bundle: ModelBundle) -> dict[str, str]:
+    """The targets the selected detector and models offer, with their labels (``bundle.targets()``)."""
+    return {name: t.label for name, t in bundle.targets().items()}
+
+
 #: Display order of methods; others follow alphabetically.
 METHOD_ORDER = ("recon", "gradcam", "lime", "shap", "clear", "dice", "gradient")
 #: The detector heatmap is calibrated (1.0 = 99.9th percentile of normal pixels): shown on 0..2.
@@ -58,7 +58,8 @@ DETECTOR_HEAT_SCALE = 2.0
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "tif", "tiff", "bmp"]
 UPLOAD_OPTION = "(uploaded image)"
 DEFAULTS: dict[str, Any] = {"data_root": None, "category": None, "split": "test", "image_name": None,
-                            "image_index": None, "source": "dataset", "upload": None, "target": "score"}
+                            "image_index": None, "source": "dataset", "upload": None, "target": "score",
+                            "detector": None}
 
 
 # ====================================================================== state
@@ -132,6 +133,19 @@ def _arrays(root: str, category: str, split: str, size: int, channels: int) -> A
     return MVTecDataset(root, category, split, image_size=size, channels=channels).arrays()
 
 
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _display_image(path: str, channels: int) -> np.ndarray | None:
+    """The selected image at its file's resolution (clamped to DISPLAY_MIN..DISPLAY_MAX), for drawing."""
+    from cfx.data.imageio import load_image
+
+    try:
+        with open_image(path) as img:
+            side = display_size((max(img.size),))
+        return load_image(path, side, channels)
+    except (OSError, CfxError, ValueError):
+        return None
+
+
 @st.cache_resource(show_spinner=False, max_entries=64)
 def _channels(root: str, category: str) -> int:
     return detect_channels(root, category)
@@ -169,7 +183,7 @@ def _analyse_split(model_key: str, root: str, category: str, split: str, _bundle
     with _bundle.lock:
         a = _bundle.analyse(_images)
     keep = ("score", "recon_score", "mahalanobis_score", "classifier", "anomalous", "classifier_anomalous")
-    return {k: a[k] for k in keep}
+    return {k: a[k] for k in keep if k in a}
 
 
 def analyse_split(bundle: ModelBundle, root: Path, category: str, split: str = "test") -> tuple[Arrays, dict]:
@@ -293,6 +307,7 @@ class Selection:
     index: int | None = None
     defect: str | None = None
     source: str = "dataset"
+    display: np.ndarray | None = None  # the image at its file's resolution (for drawing only)
     model_error: str | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -353,6 +368,14 @@ def _draw_sidebar() -> Selection | None:
             model_error = str(exc)
         except CfxError as exc:
             model_error = str(exc)
+        if bundle is not None:
+            from cfx.detectors import DETECTORS
+
+            fitted = [n for n in DETECTORS if n in bundle.detectors]
+            name = bound(st.selectbox, "Detector", "detector", fitted,
+                         format_func=lambda n: DETECTORS[n].label,
+                         help="the anomaly detector whose decisions are explained (PatchCore by default where fitted)")
+            bundle = bundle.using(name)
         size = bundle.image_size if bundle else config.IMAGE_SIZE
         try:
             channels = bundle.channels if bundle else _channels(str(root), category)
@@ -380,6 +403,7 @@ def _draw_sidebar() -> Selection | None:
             st.session_state["image_name"], st.session_state["image_index"] = cur, i
             sel.image, sel.name, sel.index = arr.images[i], cur, i
             sel.defect = arr.samples[i].defect
+            sel.display = _display_image(str(arr.samples[i].path), channels)
             sel.mask = arr.masks[i] if arr.has_mask[i] and sel.defect != GOOD else None
         st.caption(f"{dataset}/{category} · {sel.name}")
     return sel
@@ -487,11 +511,18 @@ def upload_limit_bytes() -> int:
 
 
 # ====================================================================== figures
+#: Images and maps are drawn at least this many pixels wide (the models work at 128 px; a defect
+#: can cover 0.4% of a part), at the file's own resolution when the shown image is the selected
+#: dataset image (up to :data:`DISPLAY_MAX`). Zoom with the mouse wheel or a drag; double-click resets.
+DISPLAY_MIN = 512
+DISPLAY_MAX = 1024
+
+
 def _axes(fig: go.Figure, title: str, height: int) -> go.Figure:
     fig.update_layout(
         title={"text": title, "font": {"size": 13}, "x": 0.0, "xanchor": "left"} if title else None,
         margin={"l": 0, "r": 0, "t": 28 if title else 0, "b": 0}, height=height,
-        showlegend=False, dragmode=False, hovermode="closest",
+        showlegend=False, dragmode="zoom", hovermode="closest",
     )
     fig.update_xaxes(visible=False, constrain="domain")
     fig.update_yaxes(visible=False, autorange="reversed", scaleanchor="x", constrain="domain")
@@ -518,43 +549,107 @@ def _contours(mask_bytes: bytes, shape: tuple[int, int]) -> tuple[list[float | N
     return xs, ys
 
 
-def add_contour(fig: go.Figure, mask: np.ndarray | None) -> None:
-    """The ground-truth mask's outline (skimage.measure.find_contours) over a figure."""
+def add_contour(fig: go.Figure, mask: np.ndarray | None, factor: float = 1.0) -> None:
+    """The ground-truth mask's outline (skimage.measure.find_contours) over a figure, its
+    coordinates scaled by ``factor`` (display pixels per mask pixel)."""
     if mask is None or not np.any(mask):
         return
     m = np.ascontiguousarray(np.asarray(mask, bool))
     xs, ys = _contours(m.tobytes(), m.shape)
-    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line={"color": "#00e000", "width": 1.6},
+    f = float(factor)
+    sx = [None if v is None else (v + 0.5) * f - 0.5 for v in xs]
+    sy = [None if v is None else (v + 0.5) * f - 0.5 for v in ys]
+    fig.add_trace(go.Scatter(x=sx, y=sy, mode="lines", line={"color": "#00e000", "width": 1.6},
                              hoverinfo="skip", name="mask"))
 
 
-def image_figure(image: np.ndarray, mask: np.ndarray | None = None, title: str = "", height: int = 300) -> go.Figure:
-    """An image (C,H,W in [0,1]) with pixel values on hover and the mask outline."""
-    z = _rgb_uint8(image)
-    fig = go.Figure(go.Image(z=z, hovertemplate="x %{x}, y %{y}<br>value %{z[0]}<extra></extra>"))
-    add_contour(fig, mask)
+def display_size(shape: tuple[int, ...], native: int | None = None) -> int:
+    """The side an image is drawn at: its file's resolution (``native``) or the array's, at
+    least :data:`DISPLAY_MIN`, at most :data:`DISPLAY_MAX`."""
+    return int(min(DISPLAY_MAX, max(DISPLAY_MIN, native or 0, shape[-1])))
+
+
+def _resize_rgb(rgb: np.ndarray, side: int) -> np.ndarray:
+    from PIL import Image
+
+    if rgb.shape[0] == side and rgb.shape[1] == side:
+        return rgb
+    return np.asarray(Image.fromarray(rgb).resize((side, side), Image.Resampling.BICUBIC))
+
+
+def _resize_map(a: np.ndarray, side: int) -> np.ndarray:
+    from PIL import Image
+
+    a = np.asarray(a, np.float32)
+    if a.shape == (side, side):
+        return a
+    return np.asarray(Image.fromarray(a, mode="F").resize((side, side), Image.Resampling.BILINEAR))
+
+
+def _png_uri(rgb: np.ndarray) -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG", compress_level=1)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _hover_layer(values: np.ndarray, factor: float, template: str, customdata: np.ndarray | None = None) -> go.Heatmap:
+    """An invisible heatmap at the array's resolution, stretched over the display, for hover values."""
+    return go.Heatmap(z=values, customdata=customdata, x0=(factor - 1) / 2, dx=factor, y0=(factor - 1) / 2,
+                      dy=factor, opacity=0, showscale=False, hovertemplate=template)
+
+
+def image_figure(image: np.ndarray, mask: np.ndarray | None = None, title: str = "", height: int = 300,
+                 display: np.ndarray | None = None) -> go.Figure:
+    """An image (C,H,W in [0,1]) drawn at :func:`display_size` (``display``: the same image at its
+    file's resolution), pixel values of the model's input on hover, the mask outline."""
+    base = display if display is not None else image
+    side = display_size(np.shape(image), np.shape(base)[-1])
+    rgb = _resize_rgb(_rgb_uint8(base), side)
+    factor = side / np.shape(image)[-1]
+    fig = go.Figure(go.Image(source=_png_uri(rgb), x0=0, y0=0, dx=1, dy=1, hoverinfo="skip"))
+    fig.add_trace(_hover_layer(_rgb_uint8(image)[..., 0].astype(np.float32), factor,
+                               "x %{x:.0f}, y %{y:.0f}<br>value %{z:.0f}<extra></extra>"))
+    add_contour(fig, mask, factor)
     return _axes(fig, title, height)
 
 
 def heat_figure(image: np.ndarray | None, heat: np.ndarray, scale: float, mask: np.ndarray | None = None,
-                title: str = "", height: int = 300, showscale: bool = True, label: str = "value") -> go.Figure:
+                title: str = "", height: int = 300, showscale: bool = True, label: str = "value",
+                display: np.ndarray | None = None) -> go.Figure:
     """A map over a faint copy of the image, in the shared colour scale (map / scale on [-1, 1]),
-    raw values on hover, with the mask outline."""
-    norm = X.normalise(heat, scale)
-    fig = go.Figure()
-    if image is not None:
-        fig.add_trace(go.Image(z=_rgb_uint8(image), hoverinfo="skip", opacity=1.0))
-    fig.add_trace(go.Heatmap(
-        z=norm, customdata=np.asarray(heat, np.float32), colorscale=X.plotly_colorscale(alpha=image is not None),
-        zmin=-1, zmax=1, showscale=showscale,
-        colorbar={"thickness": 8, "len": 0.8, "tickvals": [-1, 0, 1], "title": {"text": "÷ scale", "side": "right"}},
-        hovertemplate=f"x %{{x}}, y %{{y}}<br>{label} %{{customdata:.4g}}<br>scaled %{{z:.2f}}<extra></extra>"))
-    add_contour(fig, mask)
+    drawn at :func:`display_size` with the map upsampled bilinearly (``display``: the image at its
+    file's resolution); raw values on hover, the mask outline."""
+    heat = np.asarray(heat, np.float32)
+    base = display if display is not None else image
+    side = display_size(heat.shape, None if base is None else np.shape(base)[-1])
+    factor = side / heat.shape[-1]
+    norm = X.normalise(_resize_map(heat, side), scale)
+    colour = X.heat_rgb(norm).astype(np.float32)
+    if base is not None:
+        under = _resize_rgb(_rgb_uint8(base), side).astype(np.float32)
+        a = X.heat_alpha(norm)[..., None].astype(np.float32)
+        colour = (1 - a) * under + a * colour
+    rgb = np.clip(colour + 0.5, 0, 255).astype(np.uint8)
+    fig = go.Figure(go.Image(source=_png_uri(rgb), x0=0, y0=0, dx=1, dy=1, hoverinfo="skip"))
+    fig.add_trace(_hover_layer(X.normalise(heat, scale), factor,
+                               f"x %{{x:.0f}}, y %{{y:.0f}}<br>{label} %{{customdata:.4g}}<br>scaled %{{z:.2f}}<extra></extra>",
+                               customdata=heat))
+    if showscale:  # the colour bar of the shared scale
+        fig.add_trace(go.Heatmap(z=[[-1, 1]], x=[-10, -10], y=[-10, -10], colorscale=X.plotly_colorscale(),
+                                 zmin=-1, zmax=1, showscale=True, hoverinfo="skip", opacity=0,
+                                 colorbar={"thickness": 8, "len": 0.8, "tickvals": [-1, 0, 1],
+                                           "title": {"text": "÷ scale", "side": "right"}}))
+    add_contour(fig, mask, factor)
     return _axes(fig, title, height)
 
 
 def plot(fig: go.Figure, key: str) -> None:
-    st.plotly_chart(fig, key=key, config={"displayModeBar": False, "scrollZoom": False})
+    st.plotly_chart(fig, key=key, config={"displayModeBar": "hover", "scrollZoom": True, "displaylogo": False})
 
 
 # ====================================================================== exports

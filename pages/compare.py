@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from cfx import export as X
-from pages._common import (IMPORT_ERRORS, TARGET_LABELS, _bind, _sync, bound, current, effective_params, explain_one, file_stem, heat_figure,
+from pages._common import (target_labels, IMPORT_ERRORS, _bind, _sync, bound, current, effective_params, explain_one, file_stem, heat_figure,
                            image_figure, is_cached, is_heavy, param_inputs, plot, registry, report_downloads, require_models)
 
 NCOLS = 3
@@ -26,7 +26,8 @@ if not reg:
 # ------------------------------------------------------------------ controls
 c1, c2, c3 = st.columns([1.4, 3.6, 1.0])
 with c1:
-    target = bound(st.radio, "Explain", "target", list(TARGET_LABELS), format_func=TARGET_LABELS.get)
+    labels = target_labels(b)
+    target = bound(st.radio, "Explain", "target", list(labels), format_func=labels.get)
 with c2:
     st.session_state.setdefault("compare_methods", list(reg))
     st.session_state["compare_methods"] = [m for m in st.session_state["compare_methods"] if m in reg]
@@ -70,7 +71,7 @@ st.session_state["compare_results"] = results
 st.session_state["compare_pending"] = pending
 
 # ------------------------------------------------------------------ grid
-st.caption(f"**{sel.name}** · target: {TARGET_LABELS[target]} · threshold {b.threshold_for(target):.3f}. "
+st.caption(f"**{sel.name}** · target: {labels[target]} · threshold {b.threshold_for(target):.3f}. "
            "One colour scale for every map (red: pushes the target up, blue: down; each map divided by its "
            "scale, shown on hover); green outline: the defect mask.")
 
@@ -110,7 +111,7 @@ for r in range(0, len(methods), NCOLS):
                         st.code(exp.info["traceback"])
                 continue
             if exp.heatmap is not None:
-                plot(heat_figure(image, exp.heatmap, X.heat_scale(exp), sel.mask, height=280,
+                plot(heat_figure(image, exp.heatmap, X.heat_scale(exp), sel.mask, height=280, display=sel.display,
                                  showscale=first_scale, label=m), f"cmp_{m}_heat")
                 first_scale = False
             if exp.counterfactuals:

@@ -7,7 +7,7 @@ import streamlit as st
 
 from cfx import export as X
 from cfx.explainers.base import diversity
-from pages._common import (TARGET_LABELS, bound, current, explain_one, file_stem, heat_figure, image_figure,
+from pages._common import (target_labels, bound, current, explain_one, file_stem, heat_figure, image_figure,
                            is_cached, plot, registry, report_downloads, require_models)
 
 st.title("Counterfactuals")
@@ -26,7 +26,8 @@ with c1:
     method = bound(st.selectbox, "Method", "cf_method", list(cf_methods),
                    format_func=lambda m: f"{cf_methods[m].label} ({m})" if cf_methods[m].label else m)
 with c2:
-    target = bound(st.radio, "Explain", "target", list(TARGET_LABELS), format_func=TARGET_LABELS.get)
+    labels = target_labels(b)
+    target = bound(st.radio, "Explain", "target", list(labels), format_func=labels.get)
 with c3:
     seed = int(st.number_input("Seed", 0, 2**31 - 1, 0, key="cf_seed"))
 
@@ -48,7 +49,7 @@ if not exp.counterfactuals:
 
 K = len(exp.counterfactuals)
 nvalid = sum(c.valid for c in exp.counterfactuals)
-st.caption(f"{method}: {K} counterfactual(s), {nvalid} valid, {exp.seconds:.2f} s; target {TARGET_LABELS[target]} "
+st.caption(f"{method}: {K} counterfactual(s), {nvalid} valid, {exp.seconds:.2f} s; target {labels[target]} "
            f"{exp.score_before:.3f} → threshold {exp.threshold:.3f}."
            + (f" Diversity (mean pairwise L1) {diversity(c.image for c in exp.counterfactuals):.3f}." if K > 1 else ""))
 
@@ -132,7 +133,8 @@ def view() -> None:
     d = (cf.image - image).mean(0)
     cols = st.columns(3)
     with cols[0]:
-        plot(image_figure(image, sel.mask, f"original · {exp.score_before:.3f}", height=300), "cf_orig")
+        plot(image_figure(image, sel.mask, f"original · {exp.score_before:.3f}", height=300, display=sel.display),
+             "cf_orig")
     with cols[1]:
         plot(image_figure(cf.image, sel.mask, f"counterfactual · {cf.score_after:.3f}", height=300), "cf_cf")
     with cols[2]:

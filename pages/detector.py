@@ -1,4 +1,5 @@
-"""Detector: how well the category's models separate good from defective test images."""
+"""Detector: how well the category's detectors separate good from defective test images (every
+fitted detector side by side, then the selected one's scores in detail)."""
 from __future__ import annotations
 
 import json
@@ -25,9 +26,45 @@ def _evaluate(model_key: str, root: str, category: str, _labels, _scores, _defec
     return X.detector_evaluation(b, _labels, _scores, _defects)
 
 
+@st.cache_data(show_spinner="Scoring the test split with every detector...", max_entries=16)
+def _side_by_side(keys: tuple[str, ...], root: str, category: str) -> list[dict]:
+    rows = []
+    for name in b.detectors:
+        v = b.using(name)
+        arr_v, sc = analyse_split(v, sel.root, category, "test")
+        e = X.detector_evaluation(v, arr_v.labels, sc)["scores"]["combined"]
+        rule = v.card.get("detectors", {}).get(name, {}).get("threshold_rule") or v.card.get("threshold_rule", "")
+        rows.append({"detector": name, "label": v.detector.label, "auroc": e["auroc"], "fpr": e["fpr"], "tpr": e["tpr"],
+                     "threshold": e["threshold"], "fpr_good": e["fpr_good"], "tpr_defect": e["tpr_defect"],
+                     "rule": "held-out good parts + 1 SD" if "held-out real" in rule else (rule or "?")})
+    return rows
+
+
 ev = _evaluate(b.key(), str(sel.root), sel.category, arr.labels, scores, [s.defect for s in arr.samples])
 st.session_state["detector_eval"] = ev
 st.caption(f"{sel.dataset}/{sel.category}: {ev['n']} test images, {ev['n_defective']} defective · model `{b.key()}`")
+
+if len(b.detectors) > 1:
+    st.subheader("Detectors side by side")
+    side = _side_by_side(tuple(b.using(n).key() for n in b.detectors), str(sel.root), sel.category)
+    s1, s2 = st.columns([1.7, 1])
+    with s1:
+        st.dataframe(pd.DataFrame([{
+            "detector": r["label"], "AUROC": "n/a" if r["auroc"] is None else round(r["auroc"], 3),
+            "good called defective": "n/a" if r["fpr_good"] is None else f"{r['fpr_good']:.0%}",
+            "defects found": "n/a" if r["tpr_defect"] is None else f"{r['tpr_defect']:.0%}",
+            "threshold": round(r["threshold"], 3), "threshold rule": r["rule"]} for r in side]), hide_index=True)
+        st.caption("Test split, at each detector's stored threshold (its rule is in the model card below). "
+                   "Pick the explained detector in the sidebar.")
+    with s2:
+        rf = go.Figure()
+        for r in side:
+            if r["fpr"]:
+                rf.add_trace(go.Scatter(x=r["fpr"], y=r["tpr"], mode="lines", name=f"{r['detector']} ({r['auroc']:.3f})"))
+        rf.update_layout(title="ROC: every detector", height=300, xaxis_title="false positive rate",
+                         yaxis_title="true positive rate", margin={"l": 10, "r": 10, "t": 40, "b": 10})
+        st.plotly_chart(rf, key="det_roc_all")
+    st.subheader(f"Selected: {b.detector.label}")
 
 cols = st.columns(4)
 for c, (name, e) in zip(cols, ev["scores"].items()):
@@ -75,9 +112,12 @@ with c3:
 with c4:
     st.markdown("**Model card**")
     card = b.card
-    st.markdown(f"trained {card.get('trained_at', '?')} on `{card.get('data_root', '?')}` · "
-                f"{card.get('epochs', '?')} epochs, seed {card.get('seed', '?')} · {card.get('train_seconds', '?')} s "
-                f"on {card.get('device', '?')} · threshold rule {card.get('threshold_rule', '?')}")
+    info = card.get("detectors", {}).get(b.detector_name, {})
+    rule = info.get("threshold_rule") or card.get("threshold_rule", "?")
+    st.markdown(f"{b.detector.label} · data `{card.get('data_root', '?')}` · seed {card.get('seed', '?')} · "
+                f"threshold rule: {rule}")
+    for w in info.get("warnings", []):
+        st.warning(w)
     st.json(card, expanded=False)
 
 d1, d2 = st.columns(2)

@@ -30,21 +30,25 @@ def verdict(sel: Selection) -> None:
         truth = "unknown (uploaded image)"
     st.subheader(sel.name)
     m = st.columns([1, 1.15, 1.1, 1, 1])
-    m[0].metric("Anomaly score", f"{score:.3f}", f"{score - thr:+.3f} vs threshold {thr:.3f}", delta_color="inverse")
+    m[0].metric("Anomaly score", f"{score:.3f}", f"{score - thr:+.3f} vs threshold {thr:.3f}", delta_color="inverse",
+                help=f"{b.detector.label}; z-score on held-out good parts")
     m[1].metric("Decision", "anomalous" if a["anomalous"] else "normal")
-    p, pthr = float(a["classifier"]), b.classifier_threshold
-    m[2].metric("Classifier P(anomalous)", f"{p:.3f}", f"{p - pthr:+.3f} vs {pthr:.3f}", delta_color="inverse")
-    m[3].metric("Reconstruction part", f"{float(a['recon_score']):.2f}")
-    m[4].metric("Mahalanobis part", f"{float(a['mahalanobis_score']):.2f}")
+    if "classifier" in a:
+        p, pthr = float(a["classifier"]), b.classifier_threshold
+        m[2].metric("Classifier P(anomalous)", f"{p:.3f}", f"{p - pthr:+.3f} vs {pthr:.3f}", delta_color="inverse")
+    for col, (key, (_, label)) in zip(m[3:], b.detector.parts.items()):
+        col.metric(label.capitalize(), f"{float(a[key]):.2f}")
     st.markdown(f"Ground truth: {truth}." + (" Green outline: the defect mask." if sel.mask is not None else ""))
-    c = st.columns(3)
+    c = st.columns(3 if "recon" in a else 2)
     with c[0]:
-        plot(image_figure(sel.image, sel.mask, "image"), "insp_image")
-    with c[1]:
-        plot(image_figure(a["recon"], sel.mask, "reconstruction (VAE)"), "insp_recon")
-    with c[2]:
+        plot(image_figure(sel.image, sel.mask, "image", display=sel.display), "insp_image")
+    if "recon" in a:
+        with c[1]:
+            plot(image_figure(a["recon"], sel.mask, "reconstruction (VAE)"), "insp_recon")
+    with c[-1]:
+        what = "reconstruction error" if b.detector_name == "vae" else f"{b.detector_name} anomaly map"
         plot(heat_figure(sel.image, a["heatmap"], DETECTOR_HEAT_SCALE, sel.mask,
-                         "reconstruction error (1 = 99.9th pct of normal)", label="heat"), "insp_heat")
+                         f"{what} (1 = 99.9th pct of normal)", label="heat", display=sel.display), "insp_heat")
     st.session_state["inspect_verdict"] = {"name": sel.name, "score": score, "anomalous": bool(a["anomalous"])}
 
     def _report() -> X.Report:

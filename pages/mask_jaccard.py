@@ -27,7 +27,7 @@ from cfx.audit import (DEFAULT_CUTOFF, AuditJob, AuditResult, audit_category, de
                        resolve_methods, with_cutoff)
 from cfx.data.imageio import array_to_pil
 from cfx.data.mvtec import MVTecDataset
-from pages._common import TARGET_LABELS, bound, choose_image, param_inputs, show_model_missing, sidebar
+from pages._common import bound, target_labels, choose_image, param_inputs, show_model_missing, sidebar
 
 PROJECT = Path(__file__).resolve().parent.parent
 COMPARE_PAGE = "pages/compare.py"
@@ -72,7 +72,8 @@ def _controls(bundle) -> tuple[list[str], str, float, dict, int | None]:
                              help="heatmap methods are judged by their map, counterfactual methods by the "
                                   "absolute difference of their closest counterfactual")
     with c2:
-        target = bound(st.selectbox, "Target", "target", list(TARGET_LABELS), format_func=TARGET_LABELS.get,
+        labels = target_labels(bundle)
+        target = bound(st.selectbox, "Target", "target", list(labels), format_func=labels.get,
                        help="what the methods explain, and whose decision counts as detected")
     cutoff = c3.slider("Cutoff on J*", 0.0, 0.5, DEFAULT_CUTOFF, 0.01, key="mj_cutoff",
                        help="a detected anomaly whose J* is below this is flagged: detected for the wrong reason")

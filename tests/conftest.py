@@ -30,14 +30,14 @@ def mvtec_sample() -> Path:
 def brick(demo_root):
     from cfx.models.bundle import load_bundle
 
-    return load_bundle("demo", "brick")
+    return load_bundle("demo", "brick", detector="vae")
 
 
 @pytest.fixture(scope="session")
 def tablet(demo_root):
     from cfx.models.bundle import load_bundle
 
-    return load_bundle("demo", "tablet")
+    return load_bundle("demo", "tablet", detector="vae")
 
 
 def write_png(path: Path, arr: np.ndarray, mode: str | None = None) -> Path:

@@ -49,9 +49,17 @@ def _models_and_v2_pages(brick, monkeypatch, request):
     monkeypatch.setattr(PagesManager, "__init__", init)
 
 
-def new_app(page: str | None = None) -> AppTest:
+def new_app(page: str | None = None, detector: str | None = None) -> AppTest:
+    """The app on ``page``; ``detector`` chosen in the sidebar (default: the app's, PatchCore).
+
+    Tests that run every method with its default sample counts use the VAE detector: its
+    evaluations are ~10x cheaper than PatchCore's on 2 CPU cores, so they fit the AppTest timeout."""
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
     ok(at)
+    if detector:
+        at.switch_page("pages/inspect.py").run()
+        at.selectbox(key="w_detector").select(detector).run()
+        ok(at)
     if page:
         at.switch_page(page).run()
         ok(at)
@@ -96,13 +104,15 @@ class _Boom(Explainer):
 
 
 class _ToyPath(Explainer):
-    """Blends towards the reconstruction; a path of 9 steps for the step slider."""
+    """Blends towards a blurred copy; a path of 9 steps for the step slider."""
 
     name, kind, label, defaults = "zz_path", "counterfactual", "Toy path", {"steps": 9}
 
     def _explain(self, image, target, seed, params):
         e = self.base(image, target)
-        r = self.bundle.analyse(image[None])["recon"][0]
+        from cfx.explainers._util import blurred
+
+        r = blurred(image)
         path = np.stack([(1 - t) * image + t * r for t in np.linspace(0, 1, params["steps"])]).astype(np.float32)
         e.counterfactuals = counterfactual_metrics(self.bundle, image, np.stack([r, 0.5 * (image + r)]), target)
         e.counterfactuals[0].path_images = path
@@ -173,6 +183,22 @@ def test_selection_persists_across_pages():
         ok(at)
         assert at.selectbox(key="w_image").value == "hole/004.png"
     assert at.session_state["inspect_verdict"]["name"] == "hole/004.png"
+
+
+def test_sidebar_chooses_the_detector(brick):
+    at = new_app("pages/inspect.py")
+    assert at.selectbox(key="w_detector").value == "patchcore"  # the default where PatchCore is fitted
+    sel = at.session_state["selection"]
+    pc = float(brick.using("patchcore").score_numpy(sel.image[None])[0])
+    assert at.session_state["inspect_verdict"]["score"] == pytest.approx(pc, abs=1e-4)
+    at.selectbox(key="w_detector").select("vae").run()
+    ok(at)
+    vae = float(brick.using("vae").score_numpy(sel.image[None])[0])
+    assert at.session_state["inspect_verdict"]["score"] == pytest.approx(vae, abs=1e-4)
+    at.switch_page("pages/detector.py").run()  # both detectors side by side; the choice persists
+    ok(at)
+    assert at.session_state["detector"] == "vae"
+    assert "Detectors side by side" in texts(at)
 
 
 def test_category_change_and_rgb_models(tablet):
@@ -286,7 +312,9 @@ def test_unusual_upload_is_converted_with_a_notice(case, brick):
     assert v["name"] == name and at.session_state["source"] == "upload"
     sel = at.session_state["selection"]
     assert sel.image.shape == (1, 128, 128)
-    assert v["score"] == pytest.approx(float(brick.score_numpy(sel.image[None])[0]), abs=1e-5)
+    shown = brick.using(at.session_state["detector"])  # the detector the sidebar explains (PatchCore here)
+    assert shown.detector_name == "patchcore"
+    assert v["score"] == pytest.approx(float(shown.score_numpy(sel.image[None])[0]), abs=1e-4)
     # the upload is the selection on the other pages too, and a dataset image can be chosen again
     at.switch_page("pages/compare.py").run()
     ok(at)
@@ -308,7 +336,7 @@ def test_upload_over_the_size_limit(monkeypatch):
 # ---------------------------------------------------------------- compare
 def test_compare_yields_every_method():
     assert REGISTRY, "no explanation method registered"
-    at = new_app("pages/compare.py")
+    at = new_app("pages/compare.py", detector="vae")
     run_all(at)
     results = at.session_state["compare_results"]
     assert set(results) == set(REGISTRY) and not at.session_state["compare_pending"]
@@ -342,7 +370,7 @@ def test_compare_target_and_cache(monkeypatch):
 
 def test_failing_method_shows_its_error_and_others_render(monkeypatch):
     monkeypatch.setitem(REGISTRY, _Boom.name, _Boom)
-    at = new_app("pages/compare.py")
+    at = new_app("pages/compare.py", detector="vae")  # runs every method
     run_all(at)
     res = at.session_state["compare_results"]
     assert res[_Boom.name].error == "RuntimeError: this method always fails"
@@ -353,7 +381,7 @@ def test_failing_method_shows_its_error_and_others_render(monkeypatch):
 
 def test_heavy_methods_wait_for_run(monkeypatch):
     monkeypatch.setitem(REGISTRY, _ToyPath.name, _ToyPath)
-    at = new_app("pages/compare.py")
+    at = new_app("pages/compare.py", detector="vae")
     at.selectbox(key="w_image").select("scratch/007.png").run()  # an image nobody explained yet
     assert _ToyPath.name in at.session_state["compare_pending"]
     assert _ToyPath.name not in at.session_state["compare_results"]
@@ -409,7 +437,7 @@ def test_exports_are_valid(monkeypatch):
     from cfx import export as X
 
     monkeypatch.setitem(REGISTRY, _ToyPath.name, _ToyPath)
-    at = new_app("pages/inspect.py")
+    at = new_app("pages/inspect.py", detector="vae")  # Compare runs every method below
     labels = {b.label for b in at.get("download_button")}
     assert {"PNG report", "JSON numbers"} <= labels
     rep = at.session_state["inspect_report"]()

@@ -50,7 +50,7 @@ def _proof_audit(category, demo_root, cache):
     missing = [m for m in PROOF_METHODS if m not in REGISTRY]
     if missing:
         pytest.fail(f"explainers not registered: {', '.join(missing)} (cfx.explainers, issue 3)")
-    b = load_bundle("demo", category)
+    b = load_bundle("demo", category, detector="vae")
     r = audit_category(b, demo_root, category, PROOF_METHODS, target="classifier", limit=PROOF_LIMIT,
                        params=_params(PROOF_METHODS), cache=cache)
     s = r.summary()
@@ -90,7 +90,7 @@ def test_shortcut_heat_is_on_the_stamp(shortcut_audit, demo_root):
     from cfx.data.demo import stamp_mask
 
     r, _ = shortcut_audit
-    b = load_bundle("demo", "shortcut")
+    b = load_bundle("demo", "shortcut", detector="vae")
     stamp_wins = []
     for x in r.images[::3]:
         d = image_detail(b, demo_root, "shortcut", x.image, "gradcam", "classifier", cache=False)
@@ -101,7 +101,7 @@ def test_shortcut_heat_is_on_the_stamp(shortcut_audit, demo_root):
 @pytest.mark.parametrize("category", ["tablet"])
 def test_honest_category_reconstruction(category, demo_root, tmp_path):
     """The detector's own heatmap explains its score on the defects of honest categories."""
-    b = load_bundle("demo", category)
+    b = load_bundle("demo", category, detector="vae")
     r = audit_category(b, demo_root, category, "recon", target="score", limit=40, cache=tmp_path)
     s = r.summary()
     assert r.total == 80 and len(r.images) == 40 and r.n_detected >= 20

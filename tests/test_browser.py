@@ -197,6 +197,7 @@ def test_two_sessions_at_once(server, browser, brick, demo_root):
     from cfx.resolve import select_image
 
     images = ("scratch/005.png", "hole/012.png")
+    brick = brick.using("patchcore")  # the detector the app explains by default
     pages = [new_page(browser, server) for _ in images]
     for p, name in zip(pages, images):
         select(p, "Category", "brick")

@@ -39,13 +39,49 @@ def test_missing_model(capsys, tiny_root, tmp_path, monkeypatch):
 
 
 def test_evaluate_json(capsys, demo_root):
-    code, out, _ = run(capsys, "evaluate", "--category", "tablet", "--json")
+    code, out, _ = run(capsys, "evaluate", "--category", "tablet", "--json", "--detector", "vae")
     assert code == 0
     r = json.loads(out)
     for k in ("image_auroc", "image_auroc_recon", "image_auroc_mahalanobis", "classifier_auroc", "pixel_auroc",
-              "f1", "threshold", "n_test"):
+              "f1", "threshold", "n_test", "fpr_good", "tpr_defect"):
         assert k in r
-    assert r["n_test"] == 120 and r["image_auroc"] > 0.9
+    assert r["detector"] == "vae" and r["n_test"] == 120 and r["image_auroc"] > 0.9
+
+
+def test_evaluate_defaults_to_patchcore_and_reports_rates(capsys, demo_root):
+    code, out, _ = run(capsys, "evaluate", "--category", "tablet", "--json")
+    assert code == 0
+    r = json.loads(out)
+    assert r["detector"] == "patchcore" and "image_auroc_recon" not in r
+    assert r["image_auroc"] >= 0.99 and r["fpr_good"] <= 0.10 and r["tpr_defect"] >= 0.9
+    assert "held-out real normal" in r["threshold_rule"]
+
+
+def test_train_patchcore_only_then_explain_and_evaluate(capsys, tiny_root, tmp_path, monkeypatch):
+    """A category fitted with PatchCore alone (no training) is evaluated and explained; methods that
+    need the VAE's models say which command trains them."""
+    monkeypatch.setenv("CFX_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("CFX_CACHE_DIR", str(tmp_path / "cache"))
+    code, out, err = run(capsys, "train", "--data-root", str(tiny_root), "--category", "widget",
+                         "--detector", "patchcore")
+    assert code == 0, err
+    d = tmp_path / "models" / "mvtec" / "widget"
+    assert (d / "patchcore.pt").exists() and not (d / "vae.pt").exists()
+    card = json.loads((d / "card.json").read_text())
+    assert card["detectors"]["patchcore"]["threshold_rule"].startswith("the largest score of the held-out real")
+    assert "warning" in out  # 12 training images: too few, said at fit time
+    code, out, err = run(capsys, "evaluate", "--data-root", str(tiny_root), "--category", "widget", "--json")
+    assert code == 0, err
+    assert json.loads(out)["detector"] == "patchcore"
+    code, _, err = run(capsys, "evaluate", "--data-root", str(tiny_root), "--category", "widget", "--detector", "vae")
+    assert code == 2 and "--detector vae" in err and err.count("\n") == 1
+    code, out, err = run(capsys, "explain", "--data-root", str(tiny_root), "--category", "widget", "--image", "1",
+                         "--method", "recon,clear", "--json", "--out", str(tmp_path / "out"))
+    assert code == 0, err
+    res = json.loads(out)
+    methods = res["methods"]
+    assert methods["recon"]["error"] is None
+    assert "python -m cfx train" in methods["clear"]["error"]
 
 
 def test_module_entry_point(tmp_path):

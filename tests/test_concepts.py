@@ -28,7 +28,7 @@ _GENERATORS: dict[str, tuple] = {}
 def _bundle(category: str):
     if not model_exists("demo", category):
         pytest.skip(f"no trained demo model for {category}")
-    return load_bundle("demo", category)
+    return load_bundle("demo", category, detector="vae")
 
 
 def generator_for(category: str, demo_root: Path, tmp_root: Path):

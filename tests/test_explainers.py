@@ -52,7 +52,7 @@ def load(demo_root):
     def get(category: str):
         if category not in _BUNDLES:
             try:
-                b = load_bundle("demo", category)
+                b = load_bundle("demo", category, detector="vae")
             except ModelMissingError as exc:
                 pytest.skip(str(exc))
             E.set_data_root(b, demo_root)
@@ -409,3 +409,51 @@ def test_explain_cli_failing_method_and_bad_input(load, tmp_path, capsys, monkey
     assert rc == 2 and "unknown method" in err and "Traceback" not in err
     rc, _, err = _cli(["explain", "--category", "brick", "--image", "9999", "--out", str(tmp_path)], capsys)
     assert rc == 2 and "out of range" in err
+
+
+# ------------------------------------------------------------------ every method against PatchCore
+@pytest.fixture(scope="module")
+def patchcore_bundles(demo_root):
+    from cfx.models.bundle import load_bundle
+
+    out = {}
+    for category in CATEGORIES:
+        try:
+            b = load_bundle("demo", category, detector="patchcore")
+        except ModelMissingError as exc:
+            pytest.skip(str(exc))
+        E.set_data_root(b, demo_root)
+        out[category] = b
+    return out
+
+
+@pytest.mark.parametrize("category", CATEGORIES)
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_explains_patchcore(patchcore_bundles, detected, method, category):
+    """Same interface, other detector: the target's score and threshold are PatchCore's, and a
+    counterfactual's validity is re-checked on PatchCore."""
+    b = patchcore_bundles[category]
+    img = first_defect(detected, category)
+    e = REGISTRY[method](b).attribute(img, "score", seed=0, **FAST.get(method, {}))
+    assert e.ok, e.error
+    assert e.threshold == pytest.approx(float(b.detector.threshold))
+    assert e.score_before == pytest.approx(float(b.score_numpy(img[None])[0]), rel=1e-3, abs=1e-3)
+    if method in HEATMAP_METHODS:
+        assert e.heatmap is not None and e.heatmap.shape == img.shape[1:] and np.isfinite(e.heatmap).all()
+    for c in e.counterfactuals:
+        real = float(b.score_numpy(c.image[None])[0])
+        assert c.score_after == pytest.approx(real, rel=1e-3, abs=1e-3)
+        assert c.valid == ((real > e.threshold) != (e.score_before > e.threshold))
+
+
+def test_patchcore_map_and_gradcam_are_hot_on_the_defect(patchcore_bundles, detected):
+    """The PatchCore map and its Grad-CAM put more heat inside the mask than outside on the
+    flagged brick defects."""
+    b = patchcore_bundles["brick"]
+    images, masks, _ = detected("brick")
+    for method in ("recon", "gradcam"):
+        inside = 0
+        for img, m in zip(images[:8], masks[:8]):
+            h = REGISTRY[method](b).attribute(img, "score").heatmap
+            inside += h[m].mean() > 2 * h[~m].mean()
+        assert inside >= 6, (method, inside)

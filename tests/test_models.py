@@ -59,7 +59,7 @@ def test_threshold_rules_separate_classes():
 
 @pytest.mark.parametrize("category", ["brick", "gravel", "tablet", "shortcut"])
 def test_shipped_detector_scores_defects_above_normals(demo_root, category):
-    b = load_bundle("demo", category, device="cpu")
+    b = load_bundle("demo", category, device="cpu", detector="vae")
     arr = MVTecDataset(demo_root, category, "test", channels=b.channels).arrays()
     out = b.analyse(arr.images)
     good, bad = out["score"][arr.labels == 0], out["score"][arr.labels == 1]
@@ -104,7 +104,7 @@ def test_auroc_standard_error_matches_hanley_mcneil():
 
 @pytest.mark.parametrize("alpha", [0.0, 0.6, 1.0])
 def test_detector_scores_skip_work_but_match_analyse(alpha):
-    b = load_bundle("demo", "tablet", device="cpu")
+    b = load_bundle("demo", "tablet", device="cpu", detector="vae")
     det = b.detector
     old = det.alpha
     try:

@@ -20,9 +20,10 @@ from cfx.errors import DataError
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The audit's options (beside --data-root and --category)."""
     from cfx.audit import DEFAULT_CUTOFF
-    from cfx.cli import add_data_args
+    from cfx.cli import add_data_args, add_detector_arg
 
     add_data_args(p)
+    add_detector_arg(p)
     p.add_argument("--methods", default="all", help="comma-separated methods or 'all' (default: all)")
     p.add_argument("--target", default="score", choices=["score", "classifier"],
                    help="explain the detector's anomaly score or the classifier's P(anomalous) (default: score)")
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     root = resolve_root(args.data_root)
     category = resolve_category(root, args.category)
     methods = resolve_methods(args.methods)
-    bundle = load_bundle(dataset_name(root), category)
+    bundle = load_bundle(dataset_name(root), category, detector=args.detector)
     show = not args.quiet and sys.stderr.isatty()
 
     def progress(done: int, total: int, message: str) -> None:

@@ -26,9 +26,10 @@ from cfx.errors import DataError
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The command's options (beside --data-root and --category)."""
-    from cfx.cli import add_data_args
+    from cfx.cli import add_data_args, add_detector_arg
 
     add_data_args(p)
+    add_detector_arg(p)
     p.add_argument("--image", help="test image: index, '<defect>/<file>' or a file path "
                                    "(default: the first defective test image)")
     p.add_argument("--alphas", default="1,0.5,0",
@@ -106,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     alphas = parse_alphas(args.alphas)
     root = resolve_root(args.data_root)
     category = resolve_category(root, args.category)
-    bundle = load_bundle(dataset_name(root), category)
+    bundle = load_bundle(dataset_name(root), category, detector=args.detector)
     if args.train:
         t0 = time.perf_counter()
         _, info = train_concepts(bundle, root, category, seed=args.seed, steps=args.steps or DEFAULT_STEPS,

@@ -26,10 +26,11 @@ METHOD_ORDER = ("recon", "gradcam", "lime", "shap", "clear", "dice", "gradient")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The command's options (beside --data-root and --category)."""
-    from cfx.cli import add_data_args
+    from cfx.cli import add_data_args, add_detector_arg
     from cfx.detectors import TARGETS
 
     add_data_args(p)
+    add_detector_arg(p)
     p.add_argument("--image", help="a test image's index or <defect>/<file> name, or an image file "
                                    "(default: the first defective test image)")
     p.add_argument("--method", default="all",
@@ -99,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     formats = _formats(args.report)
     root = resolve_root(args.data_root)
     category = resolve_category(root, args.category)
-    bundle = load_bundle(dataset_name(root), category)
+    bundle = load_bundle(dataset_name(root), category, detector=args.detector)
     set_data_root(bundle, root)
     sel = select_image(root, category, args.image, bundle.channels, bundle.image_size)
     out = Path(args.out) if args.out else Path("out") / "explain" / category / _safe(sel.name.replace("/", "_"))

@@ -12,13 +12,6 @@ import torch
 
 from cfx.errors import DataError
 
-def scores_from_analysis(a: dict[str, np.ndarray], target: str) -> np.ndarray:
-    """The target's column of :meth:`ModelBundle.analyse`'s output."""
-    if target == "classifier":
-        return a["classifier"]
-    return {"score": a["score"], "recon": a["recon_score"], "mahalanobis": a["mahalanobis_score"]}[target]
-
-
 def score_images(bundle, images: np.ndarray, target: str, batch: int | None = None) -> np.ndarray:
     """Target scores (float64, (N,)) of float images (N, C, H, W), batched (default: the device's
     :attr:`ModelBundle.forward_batch`), no autograd."""
@@ -56,16 +49,30 @@ def blurred(image: np.ndarray, sigma: float = 8.0) -> np.ndarray:
     return np.stack([gaussian_filter(c, sigma, mode="reflect") for c in image]).astype(np.float32)
 
 
+def nearest_normal(bundle, image: np.ndarray) -> np.ndarray:
+    """The train/good image nearest to ``image`` in pixel space (C, H, W): real normal content,
+    aligned with the image as far as the training set allows."""
+    normals = train_images(bundle)
+    d = ((normals.reshape(len(normals), -1) - image.reshape(1, -1)) ** 2).sum(1)
+    return np.asarray(normals[int(np.argmin(d))], np.float32)
+
+
 def fill_image(bundle, image: np.ndarray, fill: str) -> np.ndarray:
-    """What hidden regions are replaced with: ``recon`` (the detector's reconstruction, i.e. what
-    the model expects there), ``blur`` or ``mean`` (the image's mean colour)."""
+    """What hidden regions are replaced with: ``auto`` (``recon`` for the VAE detector, else
+    ``nearest``), ``recon`` (the VAE's reconstruction, i.e. what that model expects there),
+    ``nearest`` (the nearest normal training image: real content that PatchCore, which rejects
+    blurred reconstructions, accepts as normal), ``blur`` or ``mean`` (the image's mean colour)."""
+    if fill == "auto":
+        fill = "recon" if bundle.detector_name == "vae" else "nearest"
+    if fill == "nearest":
+        return nearest_normal(bundle, image)
     if fill == "recon":
         return reconstruction(bundle, image)
     if fill == "blur":
         return blurred(image)
     if fill == "mean":
         return np.broadcast_to(image.mean((1, 2), keepdims=True), image.shape).astype(np.float32).copy()
-    raise ValueError(f"unknown fill {fill!r}; choose recon, blur or mean")
+    raise ValueError(f"unknown fill {fill!r}; choose auto, recon, nearest, blur or mean")
 
 
 def order_counterfactuals(cfs: list) -> list:

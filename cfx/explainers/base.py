@@ -22,8 +22,6 @@ from typing import Any, ClassVar, Iterable
 import numpy as np
 import torch
 
-from cfx.detectors import TARGETS
-
 #: A pixel counts as changed (sparsity) when it moves by more than this (images in [0, 1]).
 SPARSITY_EPS = 0.05
 
@@ -129,9 +127,9 @@ class Explanation:
         }
 
 
-def check_target(target: str) -> str:
-    if target not in TARGETS:
-        raise ValueError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+def check_target(bundle, target: str) -> str:
+    """``target`` if the bundle offers it (ValueError naming the offered ones otherwise)."""
+    bundle.target(target)
     return target
 
 
@@ -151,12 +149,14 @@ def counterfactual_metrics(bundle, original: np.ndarray, images: np.ndarray, tar
     images = np.clip(np.asarray(images, dtype=np.float32), 0, 1)
     both = np.concatenate([original[None].astype(np.float32), images])
     a = bundle.analyse(both)
-    tgt = a["classifier"] if target == "classifier" else {
-        "score": a["score"], "recon": a["recon_score"], "mahalanobis": a["mahalanobis_score"]}[target]
-    thr = bundle.threshold_for(target)
+    t = bundle.target(target)
+    tgt, thr = t.read(a), t.threshold
     orig_side = tgt[0] > thr
-    det_side, clf_side = a["anomalous"][0], a["classifier_anomalous"][0]
-    realism = realism_scores(bundle, images)
+    nan = np.full(len(both), np.nan)
+    clf_p = a.get("classifier", nan)
+    clf_anom = a.get("classifier_anomalous", np.zeros(len(both), bool))
+    det_side, clf_side = a["anomalous"][0], clf_anom[0]
+    realism = realism_scores(bundle, images) if bundle.has("ae") else np.full(len(images), np.nan)
     out = []
     for k, img in enumerate(images):
         d = img - original
@@ -169,8 +169,8 @@ def counterfactual_metrics(bundle, original: np.ndarray, images: np.ndarray, tar
         out.append(Counterfactual(
             image=img, score_after=float(tgt[k + 1]), valid=bool((tgt[k + 1] > thr) != orig_side),
             detector_score=float(a["score"][k + 1]), detector_valid=bool(a["anomalous"][k + 1] != det_side),
-            classifier_prob=float(a["classifier"][k + 1]),
-            classifier_valid=bool(a["classifier_anomalous"][k + 1] != clf_side),
+            classifier_prob=float(clf_p[k + 1]),
+            classifier_valid=bool(clf_anom[k + 1] != clf_side) if "classifier" in a else False,
             metrics=m, latent=None if latents is None else np.asarray(latents[k], np.float32)))
     return out
 
@@ -222,7 +222,7 @@ class Explainer(ABC):
             The :class:`Explanation`. Errors inside the method are not caught here; see
             :func:`explain` for the catching variant.
         """
-        check_target(target)
+        check_target(self.bundle, target)
         unknown = set(params) - set(self.defaults)
         if unknown:
             raise TypeError(f"{self.name}: unknown parameter(s) {sorted(unknown)}; known: {sorted(self.defaults)}")

@@ -215,7 +215,7 @@ class Dice(Explainer):
 
     def _model(self, pca, target: str, shape: tuple[int, ...]) -> ProbaModel:
         # one memo per bundle and target: the training table's predictions are reused across images
-        key = f"dice_model:{target}"
+        key = f"dice_model:{self.bundle.detector_name}:{target}"
         with self.bundle.lock:
             m = self.bundle.extras.get(key)
             if m is None or m.pca is not pca:

@@ -1,4 +1,9 @@
-"""Grad-CAM (captum's ``LayerGradCam``) of the classifier.
+"""Grad-CAM (captum's ``LayerGradCam``) of PatchCore's score or of the classifier.
+
+PatchCore (the ``score`` target with the PatchCore detector): the score is a function of the
+backbone's aggregated feature map (152 x 28 x 28 at 224 px), so Grad-CAM weighs those features by
+the mean gradient of the score and keeps the positive evidence (``info["explains"] =
+"patchcore"``). Otherwise it is the classifier's Grad-CAM:
 
 Grad-CAM needs a class score read off a convolutional feature map: the classifier's logit of
 "anomalous" through its last convolutional block (``bundle.classifier.features``, 16x16 at
@@ -58,17 +63,29 @@ class GradCAM(Explainer):
         from captum.attr import LayerAttribution, LayerGradCam
 
         b = self.bundle
-        tap = _Tap(b.classifier.features)
+        patchcore = target == "score" and b.detector_name == "patchcore"
         x = b.to_tensor(image[None]).clone()
         with b.lock, torch.inference_mode(False), torch.enable_grad():
-            cam = LayerGradCam(classifier_logit_through(b.classifier, tap), tap)
+            if patchcore:
+                det, size = b.detector, tuple(image.shape[-2:])
+                tap = _Tap(nn.Identity())
+
+                def forward(t: torch.Tensor) -> torch.Tensor:
+                    return (det.raw_from_features(tap(det.features(t)), size)[1] - det.norm[0]) / det.norm[1]
+            else:
+                tap = _Tap(b.classifier.features)
+                forward = classifier_logit_through(b.classifier, tap)
+            cam = LayerGradCam(forward, tap)
             attr = cam.attribute(x, relu_attributions=bool(params["relu"]))
             attr = LayerAttribution.interpolate(attr.detach(), tuple(image.shape[-2:]), "bilinear")
         exp = self.base(image, target)
         exp.heatmap = attr[0].mean(0).float().cpu().numpy().astype(np.float32)
         exp.signed = not params["relu"]
-        exp.info["explains"] = "classifier"
-        exp.info["layer"] = "classifier.features"
-        if target != "classifier":
-            exp.info["note"] = "Grad-CAM shows the classifier's evidence; the detector has no class-activation layer"
+        exp.info["explains"] = "patchcore" if patchcore else "classifier"
+        exp.info["layer"] = "backbone features (blocks 4 + 10)" if patchcore else "classifier.features"
+        if not patchcore and target != "classifier":
+            exp.info["note"] = "Grad-CAM shows the classifier's evidence; the VAE detector has no class-activation layer"
+        if not np.any(exp.heatmap):
+            exp.info["note"] = ("all-zero map: no location carries positive evidence (after the ReLU) for the "
+                                f"{exp.info['explains']} at this image")
         return exp

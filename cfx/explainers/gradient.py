@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         root = resolve_root(args.data_root)
         ds = dataset_name(root)
         for cat in categories_for(root, args.category):
-            bundle = load_bundle(ds, cat)
+            bundle = load_bundle(ds, cat, detector="vae")
             set_data_root(bundle, root)
             t0 = time.perf_counter()
             ens = train_latent_ensemble(bundle, train_images(bundle), seed=args.seed)

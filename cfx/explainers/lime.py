@@ -87,7 +87,7 @@ class Lime(Explainer):
     kind: ClassVar[str] = "heatmap"
     label: ClassVar[str] = "LIME"
     defaults: ClassVar[dict[str, Any]] = {"num_samples": 1000, "n_segments": 100, "segmentation": "slic",
-                                          "fill": "recon", "batch_size": 256, "kernel_width": 0.25}
+                                          "fill": "auto", "batch_size": 256, "kernel_width": 0.25}
 
     def _explain(self, image: np.ndarray, target: str, seed: int, params: dict[str, Any]) -> Explanation:
         b = self.bundle

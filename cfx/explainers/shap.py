@@ -58,7 +58,7 @@ class Shap(Explainer):
     name: ClassVar[str] = "shap"
     kind: ClassVar[str] = "heatmap"
     label: ClassVar[str] = "SHAP"
-    defaults: ClassVar[dict[str, Any]] = {"max_evals": 1000, "fill": "recon", "grid": 32, "batch_size": 512}
+    defaults: ClassVar[dict[str, Any]] = {"max_evals": 1000, "fill": "auto", "grid": 32, "batch_size": 512}
 
     def _explain(self, image: np.ndarray, target: str, seed: int, params: dict[str, Any]) -> Explanation:
         import shap

@@ -1,7 +1,8 @@
 """Checkpoints on disk and the loaded bundle of a category's models.
 
-Layout: ``<models dir>/<dataset>/<category>/{ae.pt, vae.pt, classifier.pt, card.json}`` (plus the
-optional ``ensemble.pt`` and ``concepts.pt`` of later explainers). Each ``.pt`` is
+Layout: ``<models dir>/<dataset>/<category>/{card.json, patchcore.pt, vae.pt, ae.pt, classifier.pt}``
+(each detector's file is optional: a category may have only PatchCore fitted, which needs no
+training; plus the optional ``ensemble.pt`` and ``concepts.pt`` of later explainers). Each ``.pt`` is
 ``{"config": {...}, "state_dict": {...}}`` of plain tensors and numbers, loaded with
 ``torch.load(..., weights_only=True)``. Network weights are stored in float16 (the models were
 rounded to it before their statistics and thresholds were computed, so nothing shifts on load).
@@ -13,7 +14,7 @@ import io
 import json
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import torch
 
 from cfx import config
 from cfx.atomic import write_bytes, write_json
-from cfx.detectors import TARGETS, MultiScoreDetector
+from cfx.detectors import DETECTORS, Detector, MultiScoreDetector, load_detector, read_checkpoint
 from cfx.errors import ModelMissingError
 from cfx.models.nets import VAE, Classifier, ConvAutoencoder
 
@@ -57,54 +58,119 @@ def save_module(path: Path, module: torch.nn.Module, cfg: dict[str, Any]) -> str
     return hashlib.sha256(data).hexdigest()
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """``torch.load(weights_only=True)`` with float16 tensors brought back to float32."""
-    if not path.exists():
-        raise ModelMissingError(f"missing model file {path}")
-    ck = torch.load(path, map_location="cpu", weights_only=True)
-    ck["state_dict"] = {k: (v.float() if v.dtype == torch.float16 else v) for k, v in ck["state_dict"].items()}
-    return ck
+#: ``torch.load(weights_only=True)`` with float16 tensors brought back to float32 (one readable
+#: line for a missing, truncated or foreign file).
+load_checkpoint = read_checkpoint
+
+
+@dataclass(frozen=True)
+class Target:
+    """What an explainer explains: one number per image and its decision threshold.
+
+    Attributes:
+        name: ``score`` (the selected detector), a part of it (``recon``, ``mahalanobis`` for
+            the VAE detector) or ``classifier``.
+        label: words for the user.
+        key: its column in :meth:`ModelBundle.analyse`'s output.
+        threshold: an image is anomalous on this target when its value > threshold.
+    """
+
+    name: str
+    label: str
+    key: str
+    threshold: float
+
+    def read(self, analysis: dict[str, Any]) -> Any:
+        """This target's column of an analysis result."""
+        return analysis[self.key]
+
+
+def _train_hint(dataset: str, category: str, detector: str | None = None) -> str:
+    root = "" if dataset == config.DEMO_NAME else " --data-root <your MVTec root>"
+    det = f" --detector {detector}" if detector else ""
+    return f"python -m cfx train{root} --category {category}{det}"
 
 
 @dataclass
 class ModelBundle:
-    """All models of one dataset/category, in eval mode on one device.
+    """The models of one dataset/category, in eval mode on one device, with one detector selected.
 
     Attributes:
         dataset, category: where they were trained.
-        ae: the convolutional autoencoder (CLEAR's latent space).
-        detector: the multi-score detector (holds the VAE).
-        classifier: the normal/anomalous CNN.
-        ae_latent_mean, ae_latent_std: statistics of the AE latents of train/good (CLEAR samples with them).
+        detectors: the fitted detectors by name (:mod:`cfx.detectors`); ``detector_name`` is the
+            one explained (:meth:`using` gives a view with another; the views share the models).
+        parts: the other fitted networks by name: ``ae`` (CLEAR's latent space) and
+            ``classifier`` (a target of its own); read them as :attr:`ae` and :attr:`classifier`.
+        ae_latent_mean, ae_latent_std: statistics of the AE latents of train/good.
         classifier_threshold: P(anomalous) above which the classifier calls an image anomalous.
         card: the model card (JSON).
-        extras: models of later features (latent ensemble, concept generator), by name.
+        extras: models and tables of later features (latent ensemble, concept generator), by name.
     """
 
     dataset: str
     category: str
-    ae: ConvAutoencoder
-    detector: MultiScoreDetector
-    classifier: Classifier
-    ae_latent_mean: torch.Tensor
-    ae_latent_std: torch.Tensor
-    classifier_threshold: float
+    detectors: dict[str, Detector]
+    detector_name: str
+    parts: dict[str, torch.nn.Module]
+    ae_latent_mean: torch.Tensor | None
+    ae_latent_std: torch.Tensor | None
+    classifier_threshold: float | None
     card: dict[str, Any]
     device: torch.device
     extras: dict[str, Any] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
+    # ------------------------------------------------------------------ parts
+    def using(self, detector: str | None) -> "ModelBundle":
+        """A view of these models that explains ``detector`` (None: the default one)."""
+        name = detector or default_detector(self.detectors)
+        if name not in self.detectors:
+            raise ModelMissingError(f"no fitted {name} detector for {self.dataset}/{self.category}: run "
+                                    f"{_train_hint(self.dataset, self.category, name)}")
+        return self if name == self.detector_name else replace(self, detector_name=name)
+
+    @property
+    def detector(self) -> Detector:
+        """The selected detector."""
+        return self.detectors[self.detector_name]
+
+    def _part(self, name: str, needs: str) -> Any:
+        if name not in self.parts:
+            raise ModelMissingError(f"{needs} of {self.dataset}/{self.category} is not trained: run "
+                                    f"{_train_hint(self.dataset, self.category, 'vae')}")
+        return self.parts[name]
+
+    def has(self, part: str) -> bool:
+        """Whether a part (``ae``, ``classifier``) or a detector (``vae``, ``patchcore``) is fitted."""
+        return part in self.parts or part in self.detectors
+
+    @property
+    def ae(self) -> ConvAutoencoder:
+        return self._part("ae", "the autoencoder")
+
+    @property
+    def classifier(self) -> Classifier:
+        return self._part("classifier", "the classifier")
+
+    @property
+    def vae_detector(self) -> MultiScoreDetector:
+        """The VAE detector (its VAE is the latent space of the gradient and concept methods)."""
+        if "vae" not in self.detectors:
+            raise ModelMissingError(f"the VAE of {self.dataset}/{self.category} is not trained: run "
+                                    f"{_train_hint(self.dataset, self.category, 'vae')}")
+        return self.detectors["vae"]  # type: ignore[return-value]
+
     @property
     def vae(self) -> VAE:
-        return self.detector.vae
+        return self.vae_detector.vae
 
     @property
     def channels(self) -> int:
-        return self.ae.channels
+        return int(self.card["channels"])
 
     @property
     def image_size(self) -> int:
-        return self.ae.image_size
+        return int(self.card["image_size"])
 
     @property
     def forward_batch(self) -> int:
@@ -113,36 +179,55 @@ class ModelBundle:
 
     @property
     def threshold(self) -> float:
+        """The selected detector's threshold."""
         return float(self.detector.threshold)
 
     @property
     def content_hash(self) -> str:
+        """Identifies the trained base models (autoencoder, VAE, classifier) of the category."""
         return str(self.card.get("content_hash", ""))[:12]
 
+    @property
+    def detector_hash(self) -> str:
+        info = self.card.get("detectors", {}).get(self.detector_name, {})
+        return str(info.get("sha256") or self.card.get("files", {}).get(self.detector.filename, ""))[:12]
+
     def key(self) -> str:
-        """Identifies the weights (for caches): dataset/category@hash."""
-        return f"{self.dataset}/{self.category}@{self.content_hash}"
+        """Identifies the weights and the selected detector (for caches)."""
+        return f"{self.dataset}/{self.category}@{self.content_hash}:{self.detector_name}@{self.detector_hash}"
+
+    # ------------------------------------------------------------------ targets
+    def targets(self) -> dict[str, Target]:
+        """The targets this bundle can explain: the detector's score, its parts, the classifier."""
+        det = self.detector
+        out = {"score": Target("score", f"anomaly score ({det.label})", "score", self.threshold)}
+        card_thr = self.card.get("thresholds", {}) if det.name == "vae" else {}
+        for key, (name, label) in det.parts.items():
+            out[name] = Target(name, label, key, float(card_thr.get(name, self.threshold)))
+        if "classifier" in self.parts:
+            out["classifier"] = Target("classifier", "classifier P(anomalous)", "classifier",
+                                       float(self.classifier_threshold))
+        return out
+
+    def target(self, name: str) -> Target:
+        t = self.targets()
+        if name not in t:
+            raise ValueError(f"unknown target {name!r} for the {self.detector_name} detector of "
+                             f"{self.dataset}/{self.category}; choose one of {', '.join(t)}")
+        return t[name]
 
     def threshold_for(self, target: str) -> float:
-        """The decision threshold on a target's scale (``score``, ``recon``, ``mahalanobis``, ``classifier``)."""
-        if target == "classifier":
-            return self.classifier_threshold
-        if target == "score":
-            return self.threshold
-        return float(self.card.get("thresholds", {}).get(target, self.threshold))
+        """The decision threshold on a target's scale."""
+        return self.target(target).threshold
 
     def score(self, x: torch.Tensor, target: str = "score") -> torch.Tensor:
-        """The chosen target for a batch (N, C, H, W) on the bundle's device; differentiable.
-
-        ``score``: the combined anomaly score; ``recon`` and ``mahalanobis``: its parts;
-        ``classifier``: P(anomalous).
-        """
-        if target == "classifier":
+        """The chosen target for a batch (N, C, H, W) on the bundle's device; differentiable."""
+        t = self.target(target)
+        if t.name == "classifier":
             return self.classifier.proba(x)
-        if target not in TARGETS:
-            raise ValueError(f"unknown target {target!r}; choose one of {TARGETS}")
-        return self.detector.scores(x, {"score": "score", "recon": "recon_score",
-                                        "mahalanobis": "mahalanobis_score"}[target])
+        if t.name == "score":
+            return self.detector.score(x)
+        return self.detector.part_score(x, t.key)
 
     def to_tensor(self, images: np.ndarray) -> torch.Tensor:
         t = torch.as_tensor(np.asarray(images, dtype=np.float32))
@@ -163,28 +248,63 @@ class ModelBundle:
 
     @torch.inference_mode()
     def analyse(self, images: np.ndarray, batch: int | None = None) -> dict[str, np.ndarray]:
-        """Detector and classifier outputs for arrays (N, C, H, W): score, parts, decision,
-        reconstruction, heatmap, classifier probability."""
+        """The selected detector's outputs (``score``, ``heatmap``, its parts; the VAE's ``z``
+        and ``recon`` too) and the decision ``anomalous`` for arrays (N, C, H, W); with a
+        classifier also ``classifier`` (P(anomalous)) and ``classifier_anomalous``."""
         batch = int(batch or self.forward_batch)
         images = np.asarray(images, dtype=np.float32)
         if images.ndim == 3:
             images = images[None]
         parts: dict[str, list] = {}
+        clf = self.parts.get("classifier")
         for i in range(0, len(images), batch):
             x = self.to_tensor(images[i:i + batch])
-            a = self.detector.analyse(x)
-            a["classifier"] = self.classifier.proba(x)
+            a = dict(self.detector.analyse(x))
+            if clf is not None:
+                a["classifier"] = clf.proba(x)
             for k, v in a.items():
                 parts.setdefault(k, []).append(v.float().cpu().numpy())
         out = {k: np.concatenate(v) for k, v in parts.items()}
         out["anomalous"] = out["score"] > self.threshold
-        out["classifier_anomalous"] = out["classifier"] > self.classifier_threshold
+        if clf is not None:
+            out["classifier_anomalous"] = out["classifier"] > self.classifier_threshold
         return out
 
 
-def model_exists(dataset: str, category: str) -> bool:
+def default_detector(detectors: dict[str, Any] | list[str]) -> str:
+    """The detector explained unless the user picks another: the first fitted in :data:`DETECTORS`."""
+    for name in DETECTORS:
+        if name in detectors:
+            return name
+    raise ModelMissingError("no fitted detector")
+
+
+def read_card(dataset: str, category: str) -> dict[str, Any]:
+    """The category's model card (ModelMissingError with one line if it is missing or broken)."""
+    path = category_dir(dataset, category) / "card.json"
+    if not path.exists():
+        raise ModelMissingError(f"no trained model for {dataset}/{category} in {path.parent}: run "
+                                f"{_train_hint(dataset, category)}")
+    try:
+        card = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelMissingError(f"the model card {path} is unreadable ({type(exc).__name__}): run "
+                                f"{_train_hint(dataset, category)}") from exc
+    if not isinstance(card, dict):
+        raise ModelMissingError(f"the model card {path} is not a cfx card: run {_train_hint(dataset, category)}")
+    return card
+
+
+def fitted_detectors(dataset: str, category: str, card: dict[str, Any] | None = None) -> list[str]:
+    """Names of the detectors whose checkpoint is in the category's folder, in :data:`DETECTORS` order."""
     d = category_dir(dataset, category)
-    return all((d / f).exists() for f in ("ae.pt", "vae.pt", "classifier.pt", "card.json"))
+    return [n for n, cls in DETECTORS.items() if (d / cls.filename).exists()]
+
+
+def model_exists(dataset: str, category: str) -> bool:
+    """A card and at least one fitted detector."""
+    d = category_dir(dataset, category)
+    return (d / "card.json").exists() and bool(fitted_detectors(dataset, category))
 
 
 def available_models(dataset: str) -> list[str]:
@@ -194,37 +314,45 @@ def available_models(dataset: str) -> list[str]:
     return sorted(p.name for p in root.iterdir() if model_exists(dataset, p.name))
 
 
-def load_bundle(dataset: str, category: str, device: torch.device | str | None = None) -> ModelBundle:
+def load_bundle(dataset: str, category: str, device: torch.device | str | None = None,
+                detector: str | None = None) -> ModelBundle:
     """Load a category's models (weights_only) onto ``device`` (default: CUDA if available, else CPU).
+
+    Args:
+        detector: the detector to explain (default: :func:`default_detector` of the fitted ones).
 
     Raises:
         ModelMissingError: with the command that trains them.
     """
     d = category_dir(dataset, category)
-    if not model_exists(dataset, category):
-        hint = f"python -m cfx train --category {category}"
-        if dataset != config.DEMO_NAME:
-            hint = f"python -m cfx train --data-root <your MVTec root> --category {category}"
-        raise ModelMissingError(f"no trained model for {dataset}/{category} in {d}: run {hint}")
+    card = read_card(dataset, category)
+    names = fitted_detectors(dataset, category)
+    if not names:
+        raise ModelMissingError(f"no trained model for {dataset}/{category} in {d}: run "
+                                f"{_train_hint(dataset, category)}")
     dev = torch.device(device) if device is not None else config.device()
-    card = json.loads((d / "card.json").read_text())
-    ae_ck = load_checkpoint(d / "ae.pt")
-    ae = ConvAutoencoder(**ae_ck["config"]["net"])
-    stats = {k: ae_ck["state_dict"].pop(k) for k in ("latent_mean", "latent_std")}
-    ae.load_state_dict(ae_ck["state_dict"])
-    vae_ck = load_checkpoint(d / "vae.pt")
-    vae = VAE(**vae_ck["config"]["net"])
-    det = MultiScoreDetector(vae, **vae_ck["config"]["detector"])
-    det.load_state_dict(vae_ck["state_dict"])
-    clf_ck = load_checkpoint(d / "classifier.pt")
-    clf = Classifier(**clf_ck["config"]["net"])
-    clf.load_state_dict(clf_ck["state_dict"])
-    mods = []
-    for m in (ae, det, clf):
+    mods: dict[str, torch.nn.Module] = {}
+    mean = std = None
+    clf_thr = None
+    if (d / "ae.pt").exists():
+        ae_ck = load_checkpoint(d / "ae.pt")
+        ae = ConvAutoencoder(**ae_ck["config"]["net"])
+        mean, std = (ae_ck["state_dict"].pop(k).to(dev) for k in ("latent_mean", "latent_std"))
+        ae.load_state_dict(ae_ck["state_dict"])
+        mods["ae"] = ae
+    if (d / "classifier.pt").exists():
+        clf_ck = load_checkpoint(d / "classifier.pt")
+        clf = Classifier(**clf_ck["config"]["net"])
+        clf.load_state_dict(clf_ck["state_dict"])
+        mods["classifier"] = clf
+        clf_thr = float(clf_ck["config"].get("threshold", 0.5))
+    dets = {n: load_detector(n, d / DETECTORS[n].filename) for n in names}
+    for m in (*mods.values(), *dets.values()):
         m.eval().requires_grad_(False)
-        mods.append(m.to(dev).to(memory_format=torch.channels_last))
-    return ModelBundle(dataset, category, mods[0], mods[1], mods[2], stats["latent_mean"].to(dev),
-                       stats["latent_std"].to(dev), float(clf_ck["config"].get("threshold", 0.5)), card, dev)
+        m.to(dev).to(memory_format=torch.channels_last)
+    name = detector or default_detector(dets)
+    b = ModelBundle(dataset, category, dets, default_detector(dets), mods, mean, std, clf_thr, card, dev)
+    return b.using(name)
 
 
 def dataset_name(root: str | os.PathLike | None) -> str:

@@ -1,4 +1,4 @@
-"""The multi-score detector: VAE reconstruction error and latent Mahalanobis distance.
+"""The multi-score VAE detector (the seed's): reconstruction error and latent Mahalanobis distance.
 
 Each score is normalised on held-out normal images (z-scores), then combined with weight
 ``alpha`` on reconstruction: ``combined = alpha * z_recon + (1 - alpha) * z_mahalanobis``.
@@ -8,38 +8,17 @@ generator can pull on it.
 from __future__ import annotations
 
 import math
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
+from cfx.detectors.base import Detector, blur_axis as _blur_axis, gaussian_kernel
 from cfx.models.nets import VAE
 
-TARGETS = ("score", "recon", "mahalanobis", "classifier")
 
-
-def gaussian_kernel(sigma: float) -> torch.Tensor:
-    radius = max(1, int(math.ceil(3 * sigma)))
-    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    k = torch.exp(-(x**2) / (2 * sigma**2))
-    return k / k.sum()
-
-
-def _blur_axis(e: torch.Tensor, k: torch.Tensor, dim: int) -> torch.Tensor:
-    """1-D convolution of (N, H, W) maps with the odd kernel ``k`` along ``dim`` (-1 or -2),
-    replicate padding."""
-    r = k.numel() // 2
-    pad = (r, r, 0, 0) if dim == -1 else (0, 0, r, r)
-    p = nn.functional.pad(e[:, None], pad, mode="replicate")[:, 0]
-    n = e.shape[dim]
-    w = k.tolist()
-    out = p.narrow(dim, 0, n) * w[0]  # a new tensor: the in-place sums below are safe for autograd
-    for i in range(1, len(w)):
-        out.add_(p.narrow(dim, i, n), alpha=w[i])
-    return out
-
-
-class MultiScoreDetector(nn.Module):
+class MultiScoreDetector(Detector):
     """Scores images with a trained VAE.
 
     Args:
@@ -54,6 +33,13 @@ class MultiScoreDetector(nn.Module):
     error) and the decision threshold on the combined score.
     """
 
+    name: ClassVar[str] = "vae"
+    label: ClassVar[str] = "VAE multi-score"
+    differentiable: ClassVar[bool] = True
+    parts: ClassVar[dict[str, tuple[str, str]]] = {
+        "recon_score": ("recon", "reconstruction part"), "mahalanobis_score": ("mahalanobis", "Mahalanobis part")}
+    filename: ClassVar[str] = "vae.pt"
+
     def __init__(self, vae: VAE, alpha: float = 0.6, sigma: float = 2.0, top_fraction: float = 0.01) -> None:
         super().__init__()
         self.vae = vae
@@ -66,7 +52,6 @@ class MultiScoreDetector(nn.Module):
         self.register_buffer("lat_prec", torch.eye(d))
         self.register_buffer("norm", torch.tensor([0.0, 1.0, 0.0, 1.0]))  # recon mu, sd, maha mu, sd
         self.register_buffer("heat_scale", torch.tensor(1.0))
-        self.register_buffer("threshold", torch.tensor(0.0))
 
     # ------------------------------------------------------------------ pieces
     def smooth(self, e: torch.Tensor) -> torch.Tensor:
@@ -128,9 +113,51 @@ class MultiScoreDetector(nn.Module):
             raise ValueError(f"unknown score {which!r}")
         return self.alpha * r + (1 - self.alpha) * m  # a part not computed is 0.0 and weighted 0
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def score(self, x: torch.Tensor) -> torch.Tensor:
         """The combined anomaly score (N,)."""
         return self.scores(x, "score")
+
+    def part_score(self, x: torch.Tensor, key: str) -> torch.Tensor:
+        return self.scores(x, key)
+
+    def config(self) -> dict[str, Any]:
+        return {"alpha": self.alpha, "sigma": self.sigma, "top_fraction": self.top_fraction}
+
+    def net_config(self) -> dict[str, Any]:
+        v = self.vae
+        return {"channels": v.channels, "latent_dim": v.latent_dim, "image_size": v.image_size,
+                "widths": list(v.widths)}
+
+    def state_to_save(self) -> dict[str, torch.Tensor]:
+        """Network weights as float16 (the VAE was rounded to it before fitting), statistics float32."""
+        out = {}
+        for k, v in self.state_dict().items():
+            v = v.detach().cpu()
+            if v.is_floating_point() and k.startswith("vae.") and "running_" not in k:
+                v = v.half()
+            out[k] = v.contiguous()
+        return out
+
+    def save(self, path, extra: dict[str, Any] | None = None) -> str:
+        """The checkpoint keeps the layout of the shipped demo weights: ``config`` holds ``net``
+        (the VAE) and ``detector`` (this module's keyword arguments)."""
+        import hashlib
+        import io
+
+        from cfx.atomic import write_bytes
+
+        buf = io.BytesIO()
+        torch.save({"config": {"net": self.net_config(), "detector": self.config(), **(extra or {})},
+                    "state_dict": self.state_to_save()}, buf)
+        data = buf.getvalue()
+        write_bytes(path, data)
+        return hashlib.sha256(data).hexdigest()
+
+    @classmethod
+    def from_checkpoint(cls, ck: dict[str, Any]) -> "MultiScoreDetector":
+        det = cls(VAE(**ck["config"]["net"]), **ck["config"]["detector"])
+        det.load_state_dict(ck["state_dict"])
+        return det
 
     @torch.no_grad()
     def fit(self, train: torch.Tensor, val_normal: torch.Tensor, batch: int = 64) -> None:
@@ -154,33 +181,3 @@ class MultiScoreDetector(nn.Module):
         allerr = torch.cat(errs)
         sample = allerr[torch.randperm(len(allerr), generator=torch.Generator().manual_seed(0))[:200000]]
         self.heat_scale.copy_(torch.quantile(sample, 0.999).clamp_min(1e-8))
-
-
-def choose_threshold(scores_normal: np.ndarray, scores_anomalous: np.ndarray, rule: str = "f1") -> float:
-    """A decision threshold between normal and anomalous scores.
-
-    Args:
-        rule: ``"f1"`` (maximise F1 of the anomalous class) or ``"gmean"`` (maximise
-            sqrt(TPR * (1 - FPR))).
-
-    Returns:
-        The threshold t; an image is anomalous when its score > t.
-    """
-    from sklearn.metrics import precision_recall_curve, roc_curve
-
-    y = np.r_[np.zeros(len(scores_normal)), np.ones(len(scores_anomalous))]
-    s = np.r_[scores_normal, scores_anomalous].astype(np.float64)
-    if rule == "f1":
-        p, r, t = precision_recall_curve(y, s)
-        f1 = 2 * p * r / np.clip(p + r, 1e-12, None)
-        i = int(np.argmax(f1[:-1]))
-        thr = t[i]
-    elif rule == "gmean":
-        fpr, tpr, t = roc_curve(y, s)
-        i = int(np.argmax(np.sqrt(tpr * (1 - fpr))))
-        thr = t[i]
-    else:
-        raise ValueError(f"unknown threshold rule {rule!r}")
-    # put the threshold midway to the next lower score so that "score > threshold" holds at t
-    lower = s[s < thr]
-    return float((thr + lower.max()) / 2) if len(lower) else float(thr - 1e-6)

@@ -1,0 +1,203 @@
+"""PatchCore (Roth et al., 2022) on ImageNet EfficientNet-Lite0 features that ship offline.
+
+1. Features: :class:`cfx.models.backbone.Lite0Features` at ``input_size`` (blocks 4 and 10,
+   3x3 local aggregation; 152 features on a stride-8 grid, 28x28 at 224 px).
+2. Memory bank: every patch feature of the normal training images, reduced by greedy coreset
+   selection (anomalib's recipe: k-centre greedy on a random projection to 128 dimensions) to
+   ``coreset_fraction`` of the patches, at most ``max_bank`` of them. Stored in float16.
+3. Scoring: each patch's distance to its nearest memory-bank feature is the patch map; the map is
+   upsampled bilinearly to the input's resolution and smoothed by a Gaussian (``sigma`` px at
+   ``input_size``). The image score is the map's maximum times the paper's reweighting
+   ``1 - softmax(d)[0]``, where d are the distances of the most anomalous patch to its nearest
+   bank feature m* and to m*'s ``num_neighbors`` - 1 nearest bank neighbours (a patch near a
+   sparse part of the bank counts more).
+4. Normalisation (as the VAE detector): the raw score is z-normalised on held-out normal images.
+   The map is calibrated on their map values: 0 at the median, 1.0 at the 99.9th percentile
+   ("as hot as the hottest 0.1% of normal pixels"), clipped at 0. (Unlike a reconstruction
+   error, a nearest-neighbour distance is far from 0 on normal pixels: on the demo tablet the
+   normal median is 0.82 of the 99.9th percentile, so without the offset every pixel of every
+   part looks warm.)
+
+Everything is a torch function of the image, so gradients reach the pixels (through the nearest
+neighbour, a sub-gradient) and the explainers that need them work.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from cfx.detectors.base import Detector, blur_axis, gaussian_kernel
+from cfx.models.backbone import FEATURE_DIM, shared_backbone
+
+#: projection size of the greedy coreset search (anomalib's sparse random projection plays this role)
+PROJECTION_DIM = 128
+#: patches compared with the bank at a time (bounds the distance matrix's memory)
+QUERY_CHUNK = 8192
+
+
+def greedy_coreset(features: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
+    """Indices of ``n`` rows of ``features`` chosen by k-centre greedy selection.
+
+    Each step adds the row farthest from those chosen so far (distances on a random Gaussian
+    projection to :data:`PROJECTION_DIM` dimensions), so the bank covers the normal features with
+    the smallest worst-case gap. Deterministic given ``seed``.
+    """
+    g = torch.Generator().manual_seed(seed)
+    feats = features.float().cpu()
+    n = int(min(max(1, n), len(feats)))
+    proj = torch.randn(feats.shape[1], PROJECTION_DIM, generator=g) / math.sqrt(PROJECTION_DIM)
+    z = feats @ proj if feats.shape[1] > PROJECTION_DIM else feats
+    sq = (z * z).sum(1)
+    first = int(torch.randint(len(z), (1,), generator=g))
+    chosen = [first]
+    d = (sq - 2 * (z @ z[first]) + sq[first]).clamp_min_(0)
+    buf = torch.empty_like(d)
+    for _ in range(n - 1):
+        i = int(torch.argmax(d))
+        chosen.append(i)
+        torch.mv(z, z[i], out=buf)
+        buf.mul_(-2).add_(sq).add_(sq[i])
+        torch.minimum(d, buf, out=d)
+    return torch.tensor(chosen, dtype=torch.long)
+
+
+class PatchCore(Detector):
+    """PatchCore on EfficientNet-Lite0 (see the module docstring).
+
+    Args:
+        input_size: the side images are resized to for the backbone (224 by default: on the demo
+            and the bottle sample, 128-px working images upsampled to 224 gave image AUROC 1.00).
+        coreset_fraction: share of the training patches kept in the memory bank.
+        max_bank: upper bound of the memory bank's size.
+        num_neighbors: b of the paper's reweighting (1 disables it).
+        sigma: Gaussian smoothing of the map, in pixels at ``input_size``.
+        bank_size: the memory bank's size (set by :meth:`fit`; needed to load a checkpoint).
+    """
+
+    name: ClassVar[str] = "patchcore"
+    label: ClassVar[str] = "PatchCore (EfficientNet-Lite0)"
+    differentiable: ClassVar[bool] = True
+    parts: ClassVar[dict[str, tuple[str, str]]] = {}
+    filename: ClassVar[str] = "patchcore.pt"
+
+    def __init__(self, input_size: int = 224, coreset_fraction: float = 0.01, max_bank: int = 16384,
+                 num_neighbors: int = 9, sigma: float = 4.0, bank_size: int = 1) -> None:
+        super().__init__()
+        self.input_size = int(input_size)
+        self.coreset_fraction = float(coreset_fraction)
+        self.max_bank = int(max_bank)
+        self.num_neighbors = int(num_neighbors)
+        self.sigma = float(sigma)
+        self.register_buffer("memory_bank", torch.zeros(int(bank_size), FEATURE_DIM))
+        self.register_buffer("norm", torch.tensor([0.0, 1.0]))  # raw score mean, sd on held-out normals
+        self.register_buffer("heat_scale", torch.tensor(1.0))
+        self.register_buffer("heat_floor", torch.tensor(0.0))
+        object.__setattr__(self, "_backbone", shared_backbone("cpu"))
+
+    # the frozen trunk is shared by every category and not part of the checkpoint
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
+        out = super()._apply(fn, recurse)
+        object.__setattr__(self, "_backbone", shared_backbone(self.memory_bank.device))
+        return out
+
+    def config(self) -> dict[str, Any]:
+        return {"input_size": self.input_size, "coreset_fraction": self.coreset_fraction, "max_bank": self.max_bank,
+                "num_neighbors": self.num_neighbors, "sigma": self.sigma, "bank_size": int(len(self.memory_bank))}
+
+    def state_to_save(self) -> dict[str, torch.Tensor]:
+        sd = super().state_to_save()
+        sd["memory_bank"] = sd["memory_bank"].half()  # the bank was rounded to float16 before fitting the rest
+        return sd
+
+    # ------------------------------------------------------------------ pieces
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Backbone features (N, 152, h, w) of images (N, C, H, W) in [0, 1]."""
+        return self._backbone(x.float(), self.input_size)
+
+    def _nearest(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Distance of each row of ``q`` (P, D) to its nearest bank row, and that row's index."""
+        ds, ix = [], []
+        bank = self.memory_bank
+        for i in range(0, len(q), QUERY_CHUNK):
+            d = torch.cdist(q[i:i + QUERY_CHUNK], bank)
+            v, j = d.min(1)
+            ds.append(v)
+            ix.append(j)
+        return torch.cat(ds), torch.cat(ix)
+
+    def raw(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The uncalibrated map (N, H, W) at the input's resolution and the raw image score (N,)."""
+        return self.raw_from_features(self.features(x), tuple(x.shape[-2:]))
+
+    def raw_from_features(self, f: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`raw` from backbone features (N, 152, h, w), the map at ``size`` (Grad-CAM's entry)."""
+        n, d, h, w = f.shape
+        q = f.permute(0, 2, 3, 1).reshape(n * h * w, d)
+        dist, idx = self._nearest(q)
+        patch = dist.view(n, h, w)
+        out = F.interpolate(patch[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+        s = self.sigma * size[-1] / self.input_size
+        if s > 0:
+            k = gaussian_kernel(s).to(out.device)
+            out = blur_axis(blur_axis(out, k, -1), k, -2)
+        score = out.flatten(1).amax(1)
+        if self.num_neighbors > 1 and len(self.memory_bank) > 1:
+            score = score * self._reweight(q.view(n, h * w, d), dist.view(n, h * w), idx.view(n, h * w))
+        return out, score
+
+    def _reweight(self, q: torch.Tensor, dist: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """The paper's weight 1 - softmax(d)[0] of each image's most anomalous patch (N,)."""
+        top = dist.argmax(1)
+        rows = torch.arange(len(q), device=q.device)
+        m_test = q[rows, top]  # (N, D)
+        m_star = self.memory_bank[idx[rows, top]]  # (N, D)
+        b = min(self.num_neighbors, len(self.memory_bank))
+        with torch.no_grad():
+            support = torch.cdist(m_star, self.memory_bank).topk(b, largest=False).indices  # (N, b), m* first
+        d = torch.linalg.vector_norm(m_test[:, None, :] - self.memory_bank[support], dim=-1)  # (N, b)
+        return 1 - torch.softmax(d, 1)[:, 0]
+
+    # ------------------------------------------------------------------ API
+    def analyse(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``score`` (N, z-normalised), ``heatmap`` (N, H, W; 0 = the median, 1.0 = the 99.9th
+        percentile of held-out normal pixels)."""
+        m, s = self.raw(x)
+        heat = ((m - self.heat_floor) / (self.heat_scale - self.heat_floor).clamp_min(1e-8)).clamp_min(0)
+        return {"score": (s - self.norm[0]) / self.norm[1], "heatmap": heat}
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.raw(x)[1] - self.norm[0]) / self.norm[1]
+
+    @torch.no_grad()
+    def fit(self, train: torch.Tensor, val_normal: torch.Tensor, batch: int = 16, seed: int = 0) -> None:
+        """Memory bank from ``train``; score normalisation and heat scale from ``val_normal``."""
+        dev = self.memory_bank.device
+        feats = []
+        for i in range(0, len(train), batch):
+            f = self.features(train[i:i + batch].to(dev))
+            feats.append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]).cpu())
+        allf = torch.cat(feats)
+        n = min(self.max_bank, max(1, int(round(self.coreset_fraction * len(allf)))))
+        bank = allf[greedy_coreset(allf, n, seed)].half().float()
+        self.memory_bank = bank.to(dev)
+        maps, scores = [], []
+        for i in range(0, len(val_normal), batch):
+            m, s = self.raw(val_normal[i:i + batch].to(dev))
+            maps.append(m.flatten().cpu())
+            scores.append(s.cpu())
+        s = torch.cat(scores).double()
+        sd = float(s.std()) if len(s) > 1 else 0.0
+        self.norm.copy_(torch.tensor([float(s.mean()), max(sd, 1e-3 * max(float(s.mean()), 1e-6))]))
+        allm = torch.cat(maps)
+        sample = allm[torch.randperm(len(allm), generator=torch.Generator().manual_seed(0))[:200000]]
+        self.heat_scale.copy_(torch.quantile(sample, 0.999).clamp_min(1e-8))
+        self.heat_floor.copy_(torch.quantile(sample, 0.5).clamp_max(float(self.heat_scale) * 0.999))
+
+
+def bank_bytes(det: PatchCore) -> int:
+    """Size of the stored memory bank (float16)."""
+    return int(np.prod(det.memory_bank.shape)) * 2
