@@ -40,14 +40,10 @@ log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_CUTOFF", "CACHE_VERSION", "MethodResult", "ImageAudit", "AuditResult", "ImageDetail",
            "audit_category", "with_cutoff", "image_detail", "overlay", "detail_png", "resolve_methods",
-           "load_explainers", "cache_root", "AuditJob", "ProgressFn"]
+           "cache_root", "AuditJob", "ProgressFn"]
 
 DEFAULT_CUTOFF = 0.1
 CACHE_VERSION = 1
-#: Preferred display order of the methods; others follow alphabetically.
-METHOD_ORDER = ("recon", "gradcam", "lime", "shap", "clear", "dice", "gradient")
-#: The audit's own stand-in while no ``recon`` explainer is registered: the detector's heatmap.
-FALLBACK_METHODS = ("recon",)
 
 #: progress(done, total, message): called after every (image, method) unit, cached ones included.
 ProgressFn = Callable[[int, int, str], None]
@@ -259,57 +255,6 @@ class AuditResult:
         return out
 
 
-# -------------------------------------------------------------------- methods
-_LOADED = False
-
-
-def load_explainers() -> dict[str, type]:
-    """Import every method module of :mod:`cfx.explainers` (so that each registers itself) and
-    return the registry. A module that fails to import is logged and left out."""
-    global _LOADED
-    import importlib
-    import pkgutil
-
-    import cfx.explainers as pkg
-
-    if not _LOADED:
-        for mod in pkgutil.iter_modules(pkg.__path__):
-            if mod.name.startswith("_") or mod.name == "base":
-                continue
-            try:
-                importlib.import_module(f"{pkg.__name__}.{mod.name}")
-            except Exception as exc:  # noqa: BLE001 - one broken method must not hide the others
-                log.warning("cfx.explainers.%s could not be imported: %s", mod.name, exc)
-        _LOADED = True
-    return pkg.REGISTRY
-
-
-def resolve_methods(methods: str | Sequence[str] | None) -> list[str]:
-    """``"all"``/None -> every registered method (plus the audit's ``recon`` stand-in while no
-    ``recon`` explainer is registered); a comma-separated string or a list -> those, checked.
-
-    Raises:
-        DataError: for an unknown method name.
-    """
-    REGISTRY = load_explainers()
-    known = set(REGISTRY) | set(FALLBACK_METHODS)
-    if methods is None or methods == "all" or (not isinstance(methods, str) and list(methods) == ["all"]):
-        chosen = sorted(known, key=_order)
-    else:
-        chosen = [m.strip() for m in (methods.split(",") if isinstance(methods, str) else methods) if m.strip()]
-        bad = [m for m in chosen if m not in known]
-        if bad:
-            options = ", ".join(sorted(known, key=_order))
-            raise DataError(f"unknown method(s) {', '.join(bad)}; choose from {options} or all")
-        if not chosen:
-            raise DataError("no method chosen")
-    return list(dict.fromkeys(chosen))
-
-
-def _order(m: str) -> tuple[int, str]:
-    return (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m)
-
-
 def _effective_params(method: str, params: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
     """(implementation, parameters with the method's defaults filled in). The implementation is
     identified by a hash of the source of the method's module, so that a changed method is
@@ -337,12 +282,13 @@ def _source_hash(cls: type) -> str:
     return _SOURCE_HASHES[cls]
 
 
-def _fallback_map(bundle, method: str, image: np.ndarray, heatmap: np.ndarray | None = None) -> np.ndarray:
-    if method == "recon":
-        if heatmap is None:
-            heatmap = bundle.analyse(image[None])["heatmap"][0]
-        return np.asarray(heatmap, np.float32)
-    raise KeyError(method)
+# -------------------------------------------------------------------- methods
+def resolve_methods(methods: str | Sequence[str] | None) -> list[str]:
+    """The registry's :func:`cfx.explainers.base.resolve_methods` (imported here lazily: the
+    method modules pull in lime, shap and dice-ml)."""
+    from cfx.explainers import resolve_methods as resolve
+
+    return resolve(methods)
 
 
 # -------------------------------------------------------------------- cache
@@ -392,8 +338,7 @@ def _write_cache(path: Path, heat: np.ndarray | None, error: str | None, seconds
 
 
 def _run_unit(bundle, name: str, image: np.ndarray, method: str, target: str, params: dict[str, Any] | None,
-              seed: int, root: Path | None, compute: bool = True,
-              heatmap: np.ndarray | None = None) -> tuple[np.ndarray | None, str | None, float, bool, bool]:
+              seed: int, root: Path | None, compute: bool = True) -> tuple[np.ndarray | None, str | None, float, bool, bool]:
     """One method on one image: (map, error, seconds, cached, done). ``done`` is False only when
     ``compute`` is False and nothing is cached. ``heatmap``: the detector's heatmap of the image
     when already computed (used by the ``recon`` stand-in)."""
@@ -419,10 +364,7 @@ def _run_unit(bundle, name: str, image: np.ndarray, method: str, target: str, pa
             elif heat is None:
                 error = "no map: the method found neither a heatmap nor a counterfactual"
         else:
-            try:
-                heat = _fallback_map(bundle, method, image, heatmap)
-            except Exception as exc:  # noqa: BLE001 - reported in the method's own entry
-                error, failed = f"{type(exc).__name__}: {exc}".splitlines()[0], True
+            error, failed = f"unknown method {method!r}", True
     seconds = time.perf_counter() - t0
     # a failure is not cached (the next run retries it); "no map" from a method that ran is a result
     if path is not None and not failed:
@@ -523,7 +465,7 @@ def audit_category(bundle, root: str | Path, category: str, methods: str | Seque
                 stopped = True
                 break
             heat, error, secs, cached, ok = _run_unit(bundle, name, an.images[i], m, target, params[m], seed,
-                                                      root_cache, compute=compute, heatmap=a["heatmap"][i])
+                                                      root_cache, compute=compute)
             done += 1
             if ok:
                 row.methods[m] = _score(heat, an.masks[i], error, secs, cached, row.anomalous, cutoff)

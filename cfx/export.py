@@ -421,7 +421,11 @@ def _fig_bytes(fig, fmt: str, dpi: int) -> bytes:
     return buf.getvalue()
 
 
-def png_bytes(report: Report, dpi: int = 110) -> bytes:
+#: The PNG report's resolution: each 2.3-inch panel is drawn at least :data:`PANEL_MIN_PX` wide.
+REPORT_DPI = 224
+
+
+def png_bytes(report: Report, dpi: int = REPORT_DPI) -> bytes:
     """The report figure as PNG bytes."""
     return _fig_bytes(figure(report), "png", dpi)
 

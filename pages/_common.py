@@ -51,8 +51,6 @@ def target_labels(bundle: ModelBundle) -> dict[str, str]:
     return {name: t.label for name, t in bundle.targets().items()}
 
 
-#: Display order of methods; others follow alphabetically.
-METHOD_ORDER = ("recon", "gradcam", "lime", "shap", "clear", "dice", "gradient")
 #: The detector heatmap is calibrated (1.0 = 99.9th percentile of normal pixels): shown on 0..2.
 DETECTOR_HEAT_SCALE = 2.0
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "tif", "tiff", "bmp"]
@@ -202,37 +200,11 @@ def _explain(model_key: str, img_hash: str, method: str, target: str, params_jso
         return explain(_bundle, _image, [method], target, seed, {method: params})[method]
 
 
-#: Method modules of cfx.explainers that failed to import: module -> one-line error.
-IMPORT_ERRORS: dict[str, str] = {}
-
-
-def load_methods() -> None:
-    """Import every method module of :mod:`cfx.explainers` (each registers itself), so that
-    methods appear in the app as they land; a module that fails to import is noted in
-    :data:`IMPORT_ERRORS` instead of breaking the app."""
-    import importlib
-    import pkgutil
-
-    import cfx.explainers as pkg
-
-    for info in pkgutil.iter_modules(pkg.__path__):
-        name = f"{pkg.__name__}.{info.name}"
-        if info.name.startswith("_") or info.name == "base" or name in IMPORT_ERRORS:
-            continue
-        try:
-            importlib.import_module(name)
-        except Exception as exc:  # noqa: BLE001 - shown on the Compare page
-            IMPORT_ERRORS[name] = f"{type(exc).__name__}: {exc}".splitlines()[0]
-
-
 def registry() -> dict[str, type]:
-    """The registered explanation methods, in display order."""
-    from cfx.explainers import REGISTRY
+    """The registered explanation methods, in display order (:func:`cfx.explainers.methods`)."""
+    from cfx.explainers import methods
 
-    load_methods()
-
-    return {m: REGISTRY[m] for m in sorted(REGISTRY, key=lambda m: (
-        METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m))}
+    return methods()
 
 
 def param_inputs(methods: Sequence[str], key_prefix: str) -> dict[str, dict[str, Any]]:
@@ -282,13 +254,8 @@ def explain_one(bundle: ModelBundle, image: np.ndarray, method: str, target: str
 
 
 def is_heavy(cls: type) -> bool:
-    """Whether a method runs only on demand: its ``heavy`` attribute, else counterfactual methods
-    and methods with a sample-count parameter (an integer default of 100 or more)."""
-    h = getattr(cls, "heavy", None)
-    if h is not None:
-        return bool(h)
-    return cls.kind == "counterfactual" or any(
-        isinstance(v, int) and not isinstance(v, bool) and v >= 100 for v in cls.defaults.values())
+    """Whether a method runs only on demand (its ``heavy`` class attribute)."""
+    return bool(getattr(cls, "heavy", True))
 
 
 # ====================================================================== selection

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from cfx import export as X
-from pages._common import (target_labels, IMPORT_ERRORS, _bind, _sync, bound, current, effective_params, explain_one, file_stem, heat_figure,
+from pages._common import (target_labels, _bind, _sync, bound, current, effective_params, explain_one, file_stem, heat_figure,
                            image_figure, is_cached, is_heavy, param_inputs, plot, registry, report_downloads, require_models)
 
 NCOLS = 3
@@ -17,8 +17,6 @@ if not require_models(sel):
     st.stop()
 b, image = sel.bundle, sel.image
 reg = registry()
-for mod, err in IMPORT_ERRORS.items():
-    st.warning(f"Methods of {mod} are unavailable: {err}")
 if not reg:
     st.info("No explanation method is registered yet (cfx.explainers.REGISTRY is empty).")
     st.stop()

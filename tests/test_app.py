@@ -16,9 +16,8 @@ pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from cfx.explainers.base import REGISTRY, Explainer, counterfactual_metrics  # noqa: E402
-from pages._common import load_methods  # noqa: E402
 
-load_methods()  # the registered methods, as the app sees them
+import cfx.explainers  # noqa: E402,F401  (registers the methods, as the app does)
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")

@@ -15,13 +15,13 @@ import threading
 import numpy as np
 import pytest
 
-from cfx.audit import AuditJob, audit_category, image_detail, load_explainers, resolve_methods, with_cutoff
+import cfx.explainers  # noqa: F401  (registers the methods)
+from cfx.audit import AuditJob, audit_category, image_detail, resolve_methods, with_cutoff
 from cfx.cli import main
 from cfx.errors import DataError
 from cfx.explainers import REGISTRY, Explainer
 from cfx.models.bundle import load_bundle
 
-load_explainers()
 
 #: anomalies audited per category in the proof tests (of 60-80)
 PROOF_LIMIT = 18

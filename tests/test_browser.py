@@ -23,9 +23,9 @@ if not CHROMIUM.exists():
 sync_api = pytest.importorskip("playwright.sync_api")
 
 from cfx.explainers import REGISTRY  # noqa: E402
-from pages._common import is_heavy, load_methods  # noqa: E402
+from pages._common import is_heavy  # noqa: E402
 
-load_methods()  # the registered methods, as the app sees them
+import cfx.explainers  # noqa: E402,F401  (registers the methods, as the app does)
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "docs" / "screenshots"

@@ -144,3 +144,25 @@ def test_smoothing_is_the_gaussian_blur_with_its_gradient():
     assert (s > 0).sum().item() == k.numel() ** 2
     g = torch.randn_like(out)
     torch.testing.assert_close(torch.autograd.grad((out * g).sum(), e)[0], torch.autograd.grad((ref * g).sum(), e)[0])
+
+
+@pytest.mark.parametrize("broken", ["patchcore.pt", "vae.pt", "card.json"])
+def test_truncated_model_file_is_one_readable_line(broken, tmp_path, monkeypatch, capsys, demo_root):
+    """A truncated checkpoint or card: load_bundle raises ModelMissingError naming the file, the CLI
+    exits 2 with one line."""
+    import shutil
+
+    from cfx import config
+    from cfx.cli import main
+
+    src = config.models_dir() / "demo" / "brick"
+    dst = tmp_path / "demo" / "brick"
+    shutil.copytree(src, dst)
+    data = (dst / broken).read_bytes()
+    (dst / broken).write_bytes(data[: len(data) // 3])
+    monkeypatch.setenv("CFX_MODELS_DIR", str(tmp_path))
+    with pytest.raises(ModelMissingError, match=broken.replace(".", r"\.")):
+        load_bundle("demo", "brick", device="cpu")
+    assert main(["evaluate", "--category", "brick"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cfx: ") and err.count("\n") == 1 and broken in err

@@ -21,9 +21,6 @@ from pathlib import Path
 
 from cfx.errors import DataError
 
-METHOD_ORDER = ("recon", "gradcam", "lime", "shap", "clear", "dice", "gradient")
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The command's options (beside --data-root and --category)."""
     from cfx.cli import add_data_args, add_detector_arg
@@ -34,7 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", help="a test image's index or <defect>/<file> name, or an image file "
                                    "(default: the first defective test image)")
     p.add_argument("--method", default="all",
-                   help=f"{'|'.join(METHOD_ORDER)}|all, or several separated by commas (default: all)")
+                   help="a registered method (recon, gradcam, lime, shap, clear, dice, gradient, ...), several "
+                        "separated by commas, or all (default: all, in display order)")
     p.add_argument("--target", default="score", choices=list(TARGETS),
                    help="explain the detector's anomaly score (or one of its parts) or the classifier's "
                         "P(anomalous) (default: score)")
@@ -48,16 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def resolve_methods(text: str) -> list[str]:
     """``all`` -> every registered method (display order); else the named ones, checked."""
-    from cfx.explainers import REGISTRY
+    from cfx.explainers import resolve_methods as resolve
 
-    if text.strip() == "all":
-        known = [m for m in METHOD_ORDER if m in REGISTRY] + sorted(set(REGISTRY) - set(METHOD_ORDER))
-        return known
-    chosen = [m.strip() for m in text.split(",") if m.strip()]
-    bad = [m for m in chosen if m not in REGISTRY]
-    if bad or not chosen:
-        raise DataError(f"unknown method(s) {', '.join(bad) or '(none)'}; choose from {', '.join(REGISTRY)} or all")
-    return list(dict.fromkeys(chosen))
+    return resolve(text.strip())
 
 
 def parse_params(text: str | None) -> dict:

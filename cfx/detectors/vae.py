@@ -7,12 +7,10 @@ generator can pull on it.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from torch import nn
 
 from cfx.detectors.base import Detector, blur_axis as _blur_axis, gaussian_kernel
 from cfx.models.nets import VAE

@@ -205,6 +205,10 @@ class Explainer(ABC):
     kind: ClassVar[str] = "heatmap"  # or "counterfactual"
     label: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
+    #: runs only on demand in the app (sampling methods and counterfactual searches)
+    heavy: ClassVar[bool] = True
+    #: display order in the CLI, the audit and the pages (then by name)
+    order: ClassVar[int] = 100
 
     def __init__(self, bundle) -> None:
         self.bundle = bundle
@@ -255,6 +259,31 @@ def register(cls: type[Explainer]) -> type[Explainer]:
     """Class decorator adding a method to :data:`REGISTRY`."""
     REGISTRY[cls.name] = cls
     return cls
+
+
+def methods() -> dict[str, type[Explainer]]:
+    """The registered methods in display order (``order``, then name): the one list the CLI, the
+    audit and the pages show."""
+    return {m: REGISTRY[m] for m in sorted(REGISTRY, key=lambda m: (REGISTRY[m].order, m))}
+
+
+def resolve_methods(chosen: str | Iterable[str] | None) -> list[str]:
+    """``"all"`` or None -> every registered method in display order; a comma-separated string or
+    a list -> those names, checked, duplicates dropped.
+
+    Raises:
+        DataError: an unknown name, or none chosen (one line listing the known ones).
+    """
+    from cfx.errors import DataError
+
+    known = list(methods())
+    if chosen is None or chosen == "all" or (not isinstance(chosen, str) and list(chosen) == ["all"]):
+        return known
+    names = [m.strip() for m in (chosen.split(",") if isinstance(chosen, str) else chosen) if m.strip()]
+    bad = [m for m in names if m not in REGISTRY]
+    if bad or not names:
+        raise DataError(f"unknown method(s) {', '.join(bad) or '(none)'}; choose from {', '.join(known)} or all")
+    return list(dict.fromkeys(names))
 
 
 def explain(bundle, image: np.ndarray, methods: Iterable[str], target: str = "score", seed: int = 0,

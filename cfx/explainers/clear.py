@@ -256,6 +256,7 @@ class Clear(Explainer):
     device's (:attr:`ModelBundle.forward_batch`)."""
 
     name: ClassVar[str] = "clear"
+    order: ClassVar[int] = 4
     kind: ClassVar[str] = "counterfactual"
     label: ClassVar[str] = "CLEAR (latent regression)"
     defaults: ClassVar[dict[str, Any]] = {"n_samples": 2000, "scale": 1.0, "margin": 0.05, "max_walk": 12,

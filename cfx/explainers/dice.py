@@ -99,6 +99,7 @@ class Dice(Explainer):
     """dice-ml (genetic) counterfactuals on 64 PCA features, closest valid first."""
 
     name: ClassVar[str] = "dice"
+    order: ClassVar[int] = 5
     kind: ClassVar[str] = "counterfactual"
     label: ClassVar[str] = "DiCE (PCA features)"
     defaults: ClassVar[dict[str, Any]] = {"total_cfs": 4, "method": "genetic", "proximity_weight": 0.5,

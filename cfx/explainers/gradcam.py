@@ -54,10 +54,11 @@ class GradCAM(Explainer):
     """Grad-CAM of the classifier (one forward and one backward pass)."""
 
     name: ClassVar[str] = "gradcam"
+    order: ClassVar[int] = 1
+    heavy: ClassVar[bool] = False
     kind: ClassVar[str] = "heatmap"
     label: ClassVar[str] = "Grad-CAM"
     defaults: ClassVar[dict[str, Any]] = {"relu": True}
-    heavy: ClassVar[bool] = False
 
     def _explain(self, image: np.ndarray, target: str, seed: int, params: dict[str, Any]) -> Explanation:
         from captum.attr import LayerAttribution, LayerGradCam

@@ -199,6 +199,7 @@ class LatentGradient(Explainer):
     """Gradient steps in the VAE latent against a latent classifier ensemble, checked by the real model."""
 
     name: ClassVar[str] = "gradient"
+    order: ClassVar[int] = 6
     kind: ClassVar[str] = "counterfactual"
     label: ClassVar[str] = "Latent gradient (ensemble)"
     defaults: ClassVar[dict[str, Any]] = {"max_steps": 300, "lr": 0.05, "proximity": 0.05, "check_every": 5,

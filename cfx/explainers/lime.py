@@ -84,6 +84,7 @@ class Lime(Explainer):
     """LIME on ~100 superpixels, hidden ones filled from the reconstruction, batched."""
 
     name: ClassVar[str] = "lime"
+    order: ClassVar[int] = 2
     kind: ClassVar[str] = "heatmap"
     label: ClassVar[str] = "LIME"
     defaults: ClassVar[dict[str, Any]] = {"num_samples": 1000, "n_segments": 100, "segmentation": "slic",

@@ -21,10 +21,11 @@ class ReconHeatmap(Explainer):
     """The selected detector's calibrated anomaly map (one forward pass)."""
 
     name: ClassVar[str] = "recon"
+    order: ClassVar[int] = 0
+    heavy: ClassVar[bool] = False
     kind: ClassVar[str] = "heatmap"
     label: ClassVar[str] = "Detector's anomaly map"
     defaults: ClassVar[dict[str, Any]] = {}
-    heavy: ClassVar[bool] = False
 
     def _explain(self, image: np.ndarray, target: str, seed: int, params: dict[str, Any]) -> Explanation:
         b = self.bundle

@@ -56,6 +56,7 @@ class Shap(Explainer):
     """shap Partition values with an Image masker filled from the reconstruction, batched."""
 
     name: ClassVar[str] = "shap"
+    order: ClassVar[int] = 3
     kind: ClassVar[str] = "heatmap"
     label: ClassVar[str] = "SHAP"
     defaults: ClassVar[dict[str, Any]] = {"max_evals": 1000, "fill": "auto", "grid": 32, "batch_size": 512}

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from cfx import config
-from cfx.atomic import write_bytes, write_json
+from cfx.atomic import write_bytes
 from cfx.detectors import DETECTORS, Detector, MultiScoreDetector, load_detector, read_checkpoint
 from cfx.errors import ModelMissingError
 from cfx.models.nets import VAE, Classifier, ConvAutoencoder
