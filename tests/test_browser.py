@@ -144,7 +144,9 @@ def wait_compare_done(page, methods) -> None:
     if run.count():
         run.click()
     for m in methods:
-        page.get_by_text(f"✔ {m} done", exact=True).wait_for()
+        # every heavy method with its default sample counts on PatchCore takes minutes on 2 CPU cores
+        # (CLEAR alone ~1-2 min; issue 14), and the results of one run appear together
+        page.get_by_text(f"✔ {m} done", exact=True).wait_for(timeout=2 * TIMEOUT_MS)
     idle(page)
 
 
