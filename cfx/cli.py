@@ -51,11 +51,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     if args.epochs < 1:
         raise DataError(f"--epochs must be at least 1 (got {args.epochs})")
+    if not 32 <= args.input_size <= 1024 or args.input_size % 8:
+        raise DataError(f"--input-size must be a multiple of 8 between 32 and 1024 (got {args.input_size})")
     root = resolve_root(args.data_root)
     ds = dataset_name(root)
     for cat in categories_for(root, args.category):
         if args.detector in ("patchcore", "all"):
-            fit_patchcore(root, cat, ds, seed=args.seed)
+            fit_patchcore(root, cat, ds, seed=args.seed, input_size=args.input_size)
         if args.detector not in ("vae", "all"):
             continue
         train_category(root, cat, ds, epochs=args.epochs, seed=args.seed, progress=not args.quiet, alpha=args.alpha)
@@ -131,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detector", choices=["patchcore", "vae", "all"], default="all",
                    help="patchcore: fit PatchCore only (seconds, no training); vae: train the autoencoder, VAE "
                         "detector, classifier and the explainers' models; all (default): both")
+    p.add_argument("--input-size", type=int, default=224,
+                   help="side PatchCore resizes images to for its backbone (default 224; BENCHMARKS.md)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="AUROC, pixel AUROC and F1 on the test split")

@@ -62,12 +62,15 @@ def test_train_patchcore_only_then_explain_and_evaluate(capsys, tiny_root, tmp_p
     need the VAE's models say which command trains them."""
     monkeypatch.setenv("CFX_MODELS_DIR", str(tmp_path / "models"))
     monkeypatch.setenv("CFX_CACHE_DIR", str(tmp_path / "cache"))
+    code, _, err = run(capsys, "train", "--data-root", str(tiny_root), "--category", "widget", "--epochs", "0")
+    assert code == 2 and "--epochs" in err and err.count("\n") == 1
     code, out, err = run(capsys, "train", "--data-root", str(tiny_root), "--category", "widget",
-                         "--detector", "patchcore")
+                         "--detector", "patchcore", "--input-size", "160")
     assert code == 0, err
     d = tmp_path / "models" / "mvtec" / "widget"
     assert (d / "patchcore.pt").exists() and not (d / "vae.pt").exists()
     card = json.loads((d / "card.json").read_text())
+    assert card["detectors"]["patchcore"]["config"]["input_size"] == 160
     assert card["detectors"]["patchcore"]["threshold_rule"].startswith("the largest score of the held-out real")
     assert "warning" in out  # 12 training images: too few, said at fit time
     code, out, err = run(capsys, "evaluate", "--data-root", str(tiny_root), "--category", "widget", "--json")
