@@ -278,9 +278,7 @@ def train_category(root: str | Path, category: str, dataset: str, epochs: int = 
     }
     content_hash = hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()
     vae_info = {"file": "vae.pt", "sha256": hashes["vae.pt"], "threshold": thr, "threshold_rule": THRESHOLD_RULE,
-                "heldout_normals": len(va), "synthetic_check": {
-                    **rates_at(thr, s_n["score"], s_a["score"]),
-                    "auroc": float(roc_auc_score(y, np.r_[s_n["score"], s_a["score"]]))}}
+                "heldout_normals": len(va), "synthetic_check": synthetic_check(thr, s_n["score"], s_a["score"])}
     card = {
         "dataset": dataset, "category": category, "data_root": str(Path(root)),
         "split": {"train": len(tr), "validation": len(va), "source": "train/good", "val_fraction": VAL_FRACTION,
@@ -328,8 +326,16 @@ def merge_card(d: Path, card: dict[str, Any], detector: str, info: dict[str, Any
     return merged
 
 
-#: Held-out normals below which a category's detector is flagged as fitted on too little data.
+#: train/good images below which a category's detector is flagged as fitted on too little data.
 MIN_TRAIN_IMAGES = 30
+
+
+def synthetic_check(threshold: float, normal_scores: np.ndarray, synthetic_scores: np.ndarray) -> dict[str, Any]:
+    """The card's secondary check of a threshold: FPR on held-out normals, TPR and AUROC on
+    synthetic anomalies made from them."""
+    y = np.r_[np.zeros(len(normal_scores)), np.ones(len(synthetic_scores))]
+    return {**rates_at(threshold, normal_scores, synthetic_scores),
+            "auroc": float(roc_auc_score(y, np.r_[normal_scores, synthetic_scores]))}
 
 
 def fit_patchcore(root: str | Path, category: str, dataset: str, seed: int = 0, out_dir: Path | None = None,
@@ -362,7 +368,6 @@ def fit_patchcore(root: str | Path, category: str, dataset: str, seed: int = 0, 
     det.threshold.fill_(thr)
     syn, _, _ = synthesize(arr.images[va], np.random.default_rng(seed + 7), per_image=3)
     s_a = _batched(det.score, torch.from_numpy(syn).to(det.memory_bank.device), 16).cpu().numpy()
-    y = np.r_[np.zeros(len(s_n)), np.ones(len(s_a))]
     d = category_dir(dataset, category, out_dir)
     d.mkdir(parents=True, exist_ok=True)
     sha = det.save(d / det.filename)
@@ -373,10 +378,9 @@ def fit_patchcore(root: str | Path, category: str, dataset: str, seed: int = 0, 
     info = {"file": det.filename, "sha256": sha, "threshold": thr, "threshold_rule": THRESHOLD_RULE,
             "heldout_normals": len(va), "train_images": len(tr), "config": det.config(),
             "memory_bank": list(det.memory_bank.shape), "fit_seconds": round(time.perf_counter() - t0, 1),
-            "synthetic_check": {**rates_at(thr, s_n, s_a), "auroc": float(roc_auc_score(y, np.r_[s_n, s_a]))},
+            "synthetic_check": synthetic_check(thr, s_n, s_a),
             "warnings": warnings, "fitted_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "device": str(config.device())}
-    info["versions"] = _versions()
+            "device": str(config.device()), "versions": _versions()}
     card = {"dataset": dataset, "category": category, "data_root": str(Path(root)), "channels": ds.channels,
             "image_size": int(x_all.shape[-1]), "seed": seed,
             "split": {"train": len(tr), "validation": len(va), "source": "train/good", "val_fraction": VAL_FRACTION},

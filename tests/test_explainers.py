@@ -41,7 +41,7 @@ N_VALID = 10  # images for "valid on >= 90%"
 
 
 # ------------------------------------------------------------------ fixtures
-_BUNDLES: dict[str, object] = {}
+_BUNDLES: dict[tuple[str, str], object] = {}
 
 
 @pytest.fixture(scope="module")
@@ -49,15 +49,15 @@ def load(demo_root):
     """category -> the demo bundle (skips when its models are missing)."""
     from cfx.models.bundle import load_bundle
 
-    def get(category: str):
-        if category not in _BUNDLES:
+    def get(category: str, detector: str = "vae"):
+        if (category, detector) not in _BUNDLES:
             try:
-                b = load_bundle("demo", category, detector="vae")
+                b = load_bundle("demo", category, detector=detector)
             except ModelMissingError as exc:
                 pytest.skip(str(exc))
             E.set_data_root(b, demo_root)
-            _BUNDLES[category] = b
-        return _BUNDLES[category]
+            _BUNDLES[category, detector] = b
+        return _BUNDLES[category, detector]
     return get
 
 
@@ -412,27 +412,12 @@ def test_explain_cli_failing_method_and_bad_input(load, tmp_path, capsys, monkey
 
 
 # ------------------------------------------------------------------ every method against PatchCore
-@pytest.fixture(scope="module")
-def patchcore_bundles(demo_root):
-    from cfx.models.bundle import load_bundle
-
-    out = {}
-    for category in CATEGORIES:
-        try:
-            b = load_bundle("demo", category, detector="patchcore")
-        except ModelMissingError as exc:
-            pytest.skip(str(exc))
-        E.set_data_root(b, demo_root)
-        out[category] = b
-    return out
-
-
 @pytest.mark.parametrize("category", CATEGORIES)
 @pytest.mark.parametrize("method", METHODS)
-def test_every_method_explains_patchcore(patchcore_bundles, detected, method, category):
+def test_every_method_explains_patchcore(load, detected, method, category):
     """Same interface, other detector: the target's score and threshold are PatchCore's, and a
     counterfactual's validity is re-checked on PatchCore."""
-    b = patchcore_bundles[category]
+    b = load(category, "patchcore")
     img = first_defect(detected, category)
     e = REGISTRY[method](b).attribute(img, "score", seed=0, **FAST.get(method, {}))
     assert e.ok, e.error
@@ -446,10 +431,10 @@ def test_every_method_explains_patchcore(patchcore_bundles, detected, method, ca
         assert c.valid == ((real > e.threshold) != (e.score_before > e.threshold))
 
 
-def test_patchcore_map_and_gradcam_are_hot_on_the_defect(patchcore_bundles, detected):
+def test_patchcore_map_and_gradcam_are_hot_on_the_defect(load, detected):
     """The PatchCore map and its Grad-CAM put more heat inside the mask than outside on the
     flagged brick defects."""
-    b = patchcore_bundles["brick"]
+    b = load("brick", "patchcore")
     images, masks, _ = detected("brick")
     for method in ("recon", "gradcam"):
         inside = 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cfx.detectors.base import (THRESHOLD_RULE, Detector, blur_axis, choose_threshold, gaussian_kernel,
-                                rates_at, read_checkpoint, threshold_on_normals)
+                                rates_at, read_checkpoint, threshold_on_normals, write_checkpoint)
 from cfx.detectors.patchcore import PatchCore
 from cfx.detectors.vae import MultiScoreDetector
 
@@ -35,4 +35,4 @@ def load_detector(name: str, path: str | Path) -> Detector:
 
 __all__ = ["DETECTORS", "TARGETS", "THRESHOLD_RULE", "Detector", "MultiScoreDetector", "PatchCore", "blur_axis",
            "choose_threshold", "detector_class", "gaussian_kernel", "load_detector", "rates_at", "read_checkpoint",
-           "threshold_on_normals"]
+           "threshold_on_normals", "write_checkpoint"]

@@ -170,14 +170,13 @@ class Detector(nn.Module):
         """The tensors written by :meth:`save` (default: the whole state dict)."""
         return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
 
+    def checkpoint_config(self) -> dict[str, Any]:
+        """The checkpoint's ``config`` (default: the registry name and :meth:`config`)."""
+        return {"detector": self.name, "kwargs": self.config()}
+
     def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> str:
         """Write ``{"config", "state_dict"}`` atomically; returns the file's sha256."""
-        cfg = {"detector": self.name, "kwargs": self.config(), **(extra or {})}
-        buf = io.BytesIO()
-        torch.save({"config": cfg, "state_dict": self.state_to_save()}, buf)
-        data = buf.getvalue()
-        write_bytes(path, data)
-        return hashlib.sha256(data).hexdigest()
+        return write_checkpoint(path, {**self.checkpoint_config(), **(extra or {})}, self.state_to_save())
 
     @classmethod
     def from_checkpoint(cls, ck: dict[str, Any]) -> "Detector":
@@ -185,6 +184,16 @@ class Detector(nn.Module):
         det = cls(**ck["config"]["kwargs"])
         det.load_state_dict(ck["state_dict"])
         return det
+
+
+def write_checkpoint(path: str | Path, cfg: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> str:
+    """Write ``{"config": cfg, "state_dict": state_dict}`` atomically (``torch.load(weights_only=True)``
+    reads it back); returns the file's sha256."""
+    buf = io.BytesIO()
+    torch.save({"config": cfg, "state_dict": state_dict}, buf)
+    data = buf.getvalue()
+    write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

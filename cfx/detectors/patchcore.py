@@ -26,7 +26,6 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -196,8 +195,3 @@ class PatchCore(Detector):
         sample = allm[torch.randperm(len(allm), generator=torch.Generator().manual_seed(0))[:200000]]
         self.heat_scale.copy_(torch.quantile(sample, 0.999).clamp_min(1e-8))
         self.heat_floor.copy_(torch.quantile(sample, 0.5).clamp_max(float(self.heat_scale) * 0.999))
-
-
-def bank_bytes(det: PatchCore) -> int:
-    """Size of the stored memory bank (float16)."""
-    return int(np.prod(det.memory_bank.shape)) * 2

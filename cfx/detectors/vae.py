@@ -136,20 +136,10 @@ class MultiScoreDetector(Detector):
             out[k] = v.contiguous()
         return out
 
-    def save(self, path, extra: dict[str, Any] | None = None) -> str:
-        """The checkpoint keeps the layout of the shipped demo weights: ``config`` holds ``net``
-        (the VAE) and ``detector`` (this module's keyword arguments)."""
-        import hashlib
-        import io
-
-        from cfx.atomic import write_bytes
-
-        buf = io.BytesIO()
-        torch.save({"config": {"net": self.net_config(), "detector": self.config(), **(extra or {})},
-                    "state_dict": self.state_to_save()}, buf)
-        data = buf.getvalue()
-        write_bytes(path, data)
-        return hashlib.sha256(data).hexdigest()
+    def checkpoint_config(self) -> dict[str, Any]:
+        """The layout of the shipped demo weights: ``net`` (the VAE) and ``detector`` (this
+        module's keyword arguments)."""
+        return {"net": self.net_config(), "detector": self.config()}
 
     @classmethod
     def from_checkpoint(cls, ck: dict[str, Any]) -> "MultiScoreDetector":

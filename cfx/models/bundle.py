@@ -9,8 +9,6 @@ rounded to it before their statistics and thresholds were computed, so nothing s
 """
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import os
 import threading
@@ -22,8 +20,7 @@ import numpy as np
 import torch
 
 from cfx import config
-from cfx.atomic import write_bytes
-from cfx.detectors import DETECTORS, Detector, MultiScoreDetector, load_detector, read_checkpoint
+from cfx.detectors import DETECTORS, Detector, MultiScoreDetector, load_detector, read_checkpoint, write_checkpoint
 from cfx.errors import ModelMissingError
 from cfx.models.nets import VAE, Classifier, ConvAutoencoder
 
@@ -51,11 +48,7 @@ def save_module(path: Path, module: torch.nn.Module, cfg: dict[str, Any]) -> str
         if v.is_floating_point() and k.startswith(HALF_PREFIXES) and "running_" not in k:
             v = v.half()
         sd[k] = v.contiguous()
-    buf = io.BytesIO()
-    torch.save({"config": cfg, "state_dict": sd}, buf)
-    data = buf.getvalue()
-    write_bytes(path, data)
-    return hashlib.sha256(data).hexdigest()
+    return write_checkpoint(path, cfg, sd)
 
 
 #: ``torch.load(weights_only=True)`` with float16 tensors brought back to float32 (one readable
@@ -295,7 +288,7 @@ def read_card(dataset: str, category: str) -> dict[str, Any]:
     return card
 
 
-def fitted_detectors(dataset: str, category: str, card: dict[str, Any] | None = None) -> list[str]:
+def fitted_detectors(dataset: str, category: str) -> list[str]:
     """Names of the detectors whose checkpoint is in the category's folder, in :data:`DETECTORS` order."""
     d = category_dir(dataset, category)
     return [n for n, cls in DETECTORS.items() if (d / cls.filename).exists()]
