@@ -47,7 +47,13 @@ from cfx.data.demo import CATEGORIES, ensure_demo  # noqa: E402
 from cfx.data.mvtec import GOOD, MVTecDataset  # noqa: E402
 from cfx.data.synth import synthesize  # noqa: E402
 from cfx.errors import ModelMissingError  # noqa: E402
-from cfx.explainers.base import realism_scores  # noqa: E402
+from cfx.explainers.edit import independent_realism  # noqa: E402
+
+
+def realism_scores(bundle, images: np.ndarray) -> np.ndarray:
+    """Whole-image realism of each image (PatchCore nearest-normal-patch distance over that of
+    real normal pixels; independent of the generator)."""
+    return np.array([independent_realism(bundle, im, im[None])[0] for im in images])
 from cfx.models.bundle import load_bundle, model_exists  # noqa: E402
 
 

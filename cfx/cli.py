@@ -47,7 +47,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from cfx.errors import DataError
     from cfx.models.bundle import dataset_name
     from cfx.resolve import categories_for, resolve_root
-    from cfx.training import fit_patchcore, train_category
+    from cfx.training import fit_patchcore, train_category, train_explainer_models
 
     if args.epochs < 1:
         raise DataError(f"--epochs must be at least 1 (got {args.epochs})")
@@ -63,16 +63,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         train_category(root, cat, ds, epochs=args.epochs, seed=args.seed, progress=not args.quiet, alpha=args.alpha)
         if args.base_only:
             continue
-        # the explainers' own models: the latent classifier ensemble and the concept generator
-        from cfx.concepts import train_concepts
-        from cfx.explainers.gradient import save_latent_ensemble, set_data_root, train_images, train_latent_ensemble
-        from cfx.models.bundle import load_bundle
-
-        bundle = load_bundle(ds, cat, detector="vae")
-        set_data_root(bundle, root)
-        save_latent_ensemble(bundle, train_latent_ensemble(bundle, train_images(bundle), seed=args.seed),
-                             seed=args.seed)
-        train_concepts(bundle, root, cat, seed=args.seed, progress=not args.quiet)
+        train_explainer_models(root, cat, ds, seed=args.seed, progress=not args.quiet)
         print(f"{ds}/{cat}: latent ensemble and concept generator written")
     return 0
 

@@ -531,6 +531,48 @@ def concept_step(bundle, prep: Prepared, k: int, alpha: float, generator: Concep
     return imgs[0, 0], s, (s > thr) != (s0 > thr)
 
 
+def local_steps(bundle, path: ConceptPath, explanation, mask: np.ndarray | None = None) -> ConceptPath:
+    """The concept path as local edits, for the slider: every step changes only the region that
+    the ``concepts`` method's edit of that concept changed (:mod:`cfx.explainers.counterfactual`).
+
+    Step ``alpha`` of concept ``k`` is ``x + R_k (render_k(alpha) - x)`` where the edit's content is
+    the generator, and ``x + (1 - alpha)(edit_k - x)`` where it is the nearest normal image. Scores
+    and validity are the selected detector's (``bundle``); ``info`` gets ``l1``, ``edit_area``,
+    ``locality`` and ``realism`` per step (:func:`cfx.explainers.edit.edit_metrics`).
+
+    Args:
+        bundle: the models, with the detector being explained selected.
+        path: :func:`concept_path` of the image (any alphas).
+        explanation: the ``concepts`` method's Explanation of the same image.
+        mask: the defect mask (H, W), if known (locality).
+    """
+    from cfx.explainers.edit import compose, edit_metrics
+
+    x = path.image
+    order = explanation.info.get("proposal_order", list(range(len(explanation.counterfactuals))))
+    images = np.repeat(x[None, None], path.k, 0).repeat(len(path.alphas), 1).astype(np.float32)
+    for cf, k in zip(explanation.counterfactuals, order):
+        if cf.region is None:
+            continue
+        for s, a in enumerate(path.alphas):
+            if cf.content == "generator":
+                images[k, s] = compose(x, path.images[k, s], cf.region)
+            else:
+                images[k, s] = x + (1.0 - float(a)) * (cf.image - x)
+    flat = images.reshape(-1, *images.shape[2:])
+    with bundle.lock:
+        scores = bundle.score_numpy(flat).reshape(images.shape[:2])
+        m = edit_metrics(bundle, x, flat, mask)
+    thr = bundle.threshold
+    s0 = float(explanation.score_before)
+    out = ConceptPath(image=x, score=s0, threshold=thr, s_normal=path.s_normal, latent=path.latent,
+                      alphas=path.alphas, targets=path.targets, images=images, latents=path.latents,
+                      scores=scores, valid=scores <= thr, seconds=path.seconds, info=dict(path.info))
+    for key in ("l1", "edit_area", "locality", "realism"):
+        out.info[key] = np.array([r[key] for r in m]).reshape(images.shape[:2])
+    return out
+
+
 # ====================================================================== training
 def _marker_for(root: Path, category: str) -> Callable | None:
     """The demo ``shortcut`` stamp (as cfx.training applies it to synthetic anomalies)."""

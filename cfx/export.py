@@ -299,7 +299,8 @@ def panels(report: Report) -> list[Panel]:
             d = (cf.image - report.image).mean(0)
             out.append(Panel(f"{tag} - original", report.image, normalise(d, max_abs(d)),
                              caption=f"L1 {cf.metrics.get('l1', float('nan')):.3f}, "
-                                     f"sparsity {cf.metrics.get('sparsity', float('nan')):.2f}"))
+                                     f"edit area {cf.metrics.get('edit_area', float('nan')):.3f}, "
+                                     f"locality {cf.metrics.get('locality', float('nan')):.2f}"))
         if exp.heatmap is None and not exp.counterfactuals:
             out.append(Panel(f"{name}: no result", None, caption=str(exp.info.get("message", "no counterfactual found"))))
     return out
@@ -509,10 +510,11 @@ def html_text(report: Report) -> str:
             "<tr>" + "".join(f"<td>{e(_fmt(x))}</td>" for x in (
                 name, m["target"], m["seconds"], m["score_before"], m["threshold"], m.get("score_after"),
                 f"{sum(bool(c.get('valid')) for c in cfs)}/{len(cfs)}" if cfs else "",
-                best.get("l1"), best.get("sparsity"), best.get("realism"), m.get("error") or "",
+                best.get("l1"), best.get("edit_area"), best.get("locality"), best.get("realism"), m.get("error") or "",
                 ", ".join(f"{k}={_short(v)}" for k, v in sorted((m.get("params") or {}).items())))) + "</tr>")
     head = "".join(f"<th>{h}</th>" for h in ("method", "target", "seconds", "before", "threshold", "after",
-                                               "valid", "L1", "sparsity", "realism", "error", "parameters"))
+                                               "valid", "L1", "edit area", "locality", "realism", "error",
+                                               "parameters"))
     fig_uri = _png_data_uri(png_bytes(report, dpi=90))
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{e(report.heading)}</title>
@@ -591,8 +593,8 @@ def export_explanations(report: Report, out_dir: str | os.PathLike,
     Returns:
         ``{"image", "dataset", "category", "model", "target", "detector": {"score", "threshold",
         "anomalous", ...}, "methods": {name: {"seconds", "heatmap": path or None,
-        "counterfactuals": [{"path", "diff_path", "score_after", "valid", "l1", "sparsity",
-        "realism", ...}], "error", "score_before", "threshold", "params", "info"}}, "report":
+        "counterfactuals": [{"path", "diff_path", "score_after", "valid", "l1", "edit_area",
+        "locality", "realism", "content", ...}], "error", "score_before", "threshold", "params", "info"}}, "report":
         {fmt: path}}``.
     """
     out = Path(out_dir)

@@ -402,3 +402,17 @@ class _StateHolder(nn.Module):
 
     def state_dict(self, *a, **k):  # type: ignore[override]
         return dict(self._sd)
+
+
+def train_explainer_models(root, category: str, dataset: str, seed: int = 0, progress: bool = True) -> None:
+    """The explainers' own models of a category whose VAE is trained: the gradient method's latent
+    classifier ensemble and the concept generator (explaining never trains them)."""
+    from cfx.concepts import train_concepts
+    from cfx.explainers._util import set_data_root, train_images
+    from cfx.explainers.gradient import save_latent_ensemble, train_latent_ensemble
+    from cfx.models.bundle import load_bundle
+
+    bundle = load_bundle(dataset, category, detector="vae")
+    set_data_root(bundle, root)
+    save_latent_ensemble(bundle, train_latent_ensemble(bundle, train_images(bundle), seed=seed), seed=seed)
+    train_concepts(bundle, root, category, seed=seed, progress=progress)

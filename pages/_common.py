@@ -192,12 +192,12 @@ def analyse_split(bundle: ModelBundle, root: Path, category: str, split: str = "
 
 @st.cache_data(show_spinner=False, max_entries=160)
 def _explain(model_key: str, img_hash: str, method: str, target: str, params_json: str, seed: int,
-             _bundle: ModelBundle, _image: np.ndarray):
+             mask_hash: str, _bundle: ModelBundle, _image: np.ndarray, _mask: np.ndarray | None):
     from cfx.explainers import explain
 
     params = json.loads(params_json)
     with _bundle.lock:  # one computation per model at a time: hooks and RNG state stay private
-        return explain(_bundle, _image, [method], target, seed, {method: params})[method]
+        return explain(_bundle, _image, [method], target, seed, {method: params}, mask=_mask)[method]
 
 
 def registry() -> dict[str, type]:
@@ -243,11 +243,13 @@ def is_cached(bundle: ModelBundle, image: np.ndarray, method: str, target: str, 
 
 
 def explain_one(bundle: ModelBundle, image: np.ndarray, method: str, target: str = "score",
-                params: dict | None = None, seed: int = 0):
+                params: dict | None = None, seed: int = 0, mask: np.ndarray | None = None):
     """One method's :class:`~cfx.explainers.base.Explanation` (cached per model, image, method,
-    target, parameters and seed; a failing method returns its error in the result)."""
+    target, parameters, seed and mask; a failing method returns its error in the result). The
+    mask, when known, gives the counterfactuals' locality."""
     pj = json.dumps(effective_params(method, params), sort_keys=True, default=str)
-    exp = _explain(bundle.key(), image_hash(image), method, target, pj, int(seed), bundle, image)
+    mh = "" if mask is None else image_hash(np.asarray(mask, np.float32))
+    exp = _explain(bundle.key(), image_hash(image), method, target, pj, int(seed), mh, bundle, image, mask)
     with _DONE_LOCK:
         _done_keys().add(explain_key(bundle, image, method, target, params, seed))
     return exp

@@ -56,13 +56,13 @@ if todo:
     bar = st.progress(0.0, text="Explaining...")
     for i, m in enumerate(todo):
         bar.progress(i / len(todo), text=f"Running {m} ({i + 1}/{len(todo)})...")
-        results[m] = explain_one(b, image, m, target, params.get(m), seed)
+        results[m] = explain_one(b, image, m, target, params.get(m), seed, sel.mask)
     bar.empty()
     if run_heavy and heavy_pending and not auto:
         st.rerun()  # redraw without the Run button: everything asked for is cached now
 for m in methods:
     if m not in results and (m in done):
-        results[m] = explain_one(b, image, m, target, params.get(m), seed)
+        results[m] = explain_one(b, image, m, target, params.get(m), seed, sel.mask)
 pending = [m for m in methods if m not in results]
 results = {m: results[m] for m in methods if m in results}
 st.session_state["compare_results"] = results
@@ -81,8 +81,9 @@ def _metrics_line(exp) -> str:
         nv = sum(c.valid for c in exp.counterfactuals)
         parts += [f"after {best.score_after:.3f}", f"valid {nv}/{len(exp.counterfactuals)}",
                   f"L1 {best.metrics.get('l1', float('nan')):.3f}",
-                  f"sparsity {best.metrics.get('sparsity', float('nan')):.2f}",
-                  f"realism {best.metrics.get('realism', float('nan')):.2f}"]
+                  f"edit area {best.metrics.get('edit_area', float('nan')):.3f}",
+                  f"locality {best.metrics.get('locality', float('nan')):.2f}",
+                  f"realism {best.metrics.get('realism', float('nan')):.2f}", f"content {best.content or '-'}"]
     if exp.heatmap is not None and sel.mask is not None and sel.mask.any():
         h = np.asarray(exp.heatmap)
         parts.append(f"mean heat in/out of mask {h[sel.mask].mean():.3g}/{h[~sel.mask].mean():.3g}")
@@ -138,7 +139,8 @@ if results:
                      "valid": f"{sum(c.valid for c in exp.counterfactuals)}/{len(exp.counterfactuals)}"
                      if exp.counterfactuals else "",
                      "L1": best.metrics.get("l1") if best else None,
-                     "sparsity": best.metrics.get("sparsity") if best else None,
+                     "edit area": best.metrics.get("edit_area") if best else None,
+                     "locality": best.metrics.get("locality") if best else None,
                      "realism": best.metrics.get("realism") if best else None,
                      "error": exp.error or ""})
     st.dataframe(pd.DataFrame(rows), hide_index=True)

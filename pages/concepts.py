@@ -24,7 +24,8 @@ import plotly.graph_objects as go
 import streamlit as st
 import streamlit.components.v1 as components
 
-from cfx.concepts import SLIDER_ALPHAS, ConceptPath, concept_path, load_concepts, train_concepts, train_hint
+from cfx.concepts import (SLIDER_ALPHAS, ConceptPath, concept_path, load_concepts, local_steps, train_concepts,
+                          train_hint)
 from cfx.data.imageio import array_to_pil
 from cfx.errors import CfxError, ModelMissingError
 from pages import _common as C
@@ -34,16 +35,17 @@ CONCEPT_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377
 
 # ---------------------------------------------------------------- caches
 @st.cache_data(show_spinner="Walking every concept from the anomaly to normal...", max_entries=128)
-def _path(model_key: str, img_hash: str, gen_stamp: str, _bundle, _image: np.ndarray) -> ConceptPath:
-    """The image's concept path at the slider's alphas, with L1 and realism of every step."""
-    from cfx.explainers.base import realism_scores
+def _path(model_key: str, img_hash: str, gen_stamp: str, mask_hash: str, _bundle, _image: np.ndarray,
+          _mask) -> ConceptPath:
+    """The image's concept path at the slider's alphas as local edits (only each concept's edited
+    region morphs), scored by the selected detector, with L1, edit area, locality and realism."""
+    from cfx.explainers import REGISTRY
 
-    path = concept_path(_bundle, _image, SLIDER_ALPHAS)
+    vb = _bundle.using("vae")  # the detector the generator was trained against
+    path = concept_path(vb, _image, SLIDER_ALPHAS)
     with _bundle.lock:
-        flat = path.images.reshape(-1, *path.images.shape[2:])
-        path.info["realism"] = realism_scores(_bundle, flat).reshape(path.images.shape[:2])
-    path.info["l1"] = path.l1()
-    return path
+        exp = REGISTRY["concepts"](_bundle).attribute(_image, mask=_mask)
+    return local_steps(_bundle, path, exp, _mask)
 
 
 def _png_uri(image: np.ndarray, upscale: int = 3) -> str:
@@ -155,8 +157,9 @@ def _column(path: ConceptPath, k: int, sel, diff_scale: float) -> float:
                   help="valid: the detector's decision flipped relative to the original")
     C.plot(C.heat_figure(None, path.difference(k, i), diff_scale, sel.mask, title="difference (concept − original)",
                          height=220, showscale=False, label="change"), key=f"cc_diff_{k}")
-    st.caption(f"L1 {path.info['l1'][k, i]:.4f} · realism {path.info['realism'][k, i]:.2f} "
-               "(AE error ÷ normal; ≈1 is as realistic as a normal image)")
+    st.caption(f"L1 {path.info['l1'][k, i]:.4f} · edit area {path.info['edit_area'][k, i]:.3f} · locality "
+               f"{path.info['locality'][k, i]:.2f} · realism {path.info['realism'][k, i]:.2f} (nearest-normal-patch "
+               "distance of the edited region ÷ that of real good parts; ≈1 is as normal as a good part)")
     return alpha
 
 
@@ -179,7 +182,8 @@ def main() -> None:
     stamp = str(getattr(gen, "info", {}).get("path", "")) + str(getattr(gen, "info", {}).get("train_seconds", ""))
     t0 = time.perf_counter()
     try:
-        path = _path(bundle.key(), sel.image_hash, stamp, bundle, sel.image)
+        mh = "" if sel.mask is None else C.image_hash(np.asarray(sel.mask, np.float32))
+        path = _path(bundle.key(), sel.image_hash, stamp, mh, bundle, sel.image, sel.mask)
     except (CfxError, ValueError) as exc:
         st.error(str(exc))
         return
@@ -221,9 +225,10 @@ def main() -> None:
         st.markdown(
             "- **alpha → score**: target = s_normal + alpha · (score − s_normal), where s_normal is the lower quartile "
             "of held-out normal scores (and at least half a normal SD below the threshold).\n"
-            "- **Image**: the original plus the change of the VAE decoding the concept makes, while the part of "
-            "the image the VAE cannot explain *where the detector finds it abnormal* fades out as alpha goes to 0. "
-            "Pure decodings lack real texture, which the detector would flag.\n"
+            "- **Image**: a local edit of the original. The concept's own image at alpha = 0 says what changes; "
+            "the edit keeps the original outside the smallest region (where the selected detector's map is hot, "
+            "ordered by the concept's change) whose filling with real normal content (the nearest training image) "
+            "or the concept's image makes the detector call it normal. The slider morphs only that region.\n"
             "- **Training** (per category, frozen detector): score pulled to the target, reconstruction and cycle "
             "consistency in the latent, a concept classifier that must tell the concepts apart from their changes "
             "(disentanglement), and a proximity penalty; on train/good images plus synthetic anomalies only.")

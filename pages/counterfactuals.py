@@ -37,7 +37,7 @@ if not is_cached(b, image, method, target, None, seed):
                 f"{float(b.score_numpy(image[None], target)[0]):.3f} (threshold {b.threshold_for(target):.3f}).")
         st.stop()
 with st.spinner(f"Running {method}..."):
-    exp = explain_one(b, image, method, target, None, seed)
+    exp = explain_one(b, image, method, target, None, seed, sel.mask)
 st.session_state["cf_result"] = exp
 if not exp.ok:
     st.error(f"{method} failed: {exp.error}")
@@ -97,7 +97,7 @@ def path_view(cf, k: int) -> None:
     """The step slider along the path (its own fragment: a move redraws the step only)."""
     S = len(cf.path_images)
     scores = np.asarray(cf.path_scores) if cf.path_scores is not None else None
-    st.markdown("**Path** from the original to past the boundary")
+    st.markdown("**Path** from the original to the edit (only the edited region changes)")
     step = st.slider("Step", 0, S - 1, S - 1, key=f"cf_step_{k}")
     pc = st.columns([1, 1.4])
     title = f"step {step}/{S - 1}" + (f" · {exp.target} {scores[step]:.3f}" if scores is not None else "")
@@ -148,6 +148,13 @@ def view() -> None:
         {"": "classifier P(anomalous)", "value": f"{cf.classifier_prob:.4g}",
          "threshold": f"{b.classifier_threshold:.4g}", "valid": "yes" if cf.classifier_valid else "no"},
     ])
+    if cf.region is not None:
+        st.caption(f"A local edit: {100 * cf.metrics.get('edit_area', 0):.1f}% of the pixels changed, filled with "
+                   f"{'the ' + cf.content if cf.content else 'nothing'}; outside the edit the image is the original. "
+                   f"Locality {cf.metrics.get('locality', float('nan')):.2f} (share of the change on the defect), "
+                   f"realism {cf.metrics.get('realism', float('nan')):.2f} (about 1 = as normal as a good part).")
+    elif exp.info.get("message"):
+        st.caption(str(exp.info["message"]))
     tc = st.columns([3, 2])
     tc[0].dataframe(table, hide_index=True)
     tc[1].dataframe(pd.DataFrame([{"metric": k2, "value": round(float(v), 4)} for k2, v in cf.metrics.items()]),

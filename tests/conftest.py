@@ -26,6 +26,29 @@ def mvtec_sample() -> Path:
     return SHARED_SAMPLE
 
 
+_BUNDLES: dict[tuple[str, str], object] = {}
+
+
+@pytest.fixture(scope="session")
+def demo_bundle(demo_root):
+    """(category, detector="vae") -> the shipped demo bundle with its data root set, loaded once
+    per session (skips with the command that trains it when its models are missing)."""
+    from cfx.errors import ModelMissingError
+    from cfx.explainers import set_data_root
+    from cfx.models.bundle import load_bundle
+
+    def get(category: str, detector: str = "vae"):
+        if (category, detector) not in _BUNDLES:
+            try:
+                b = load_bundle("demo", category, detector=detector)
+            except ModelMissingError as exc:
+                pytest.skip(str(exc))
+            set_data_root(b, demo_root)
+            _BUNDLES[category, detector] = b
+        return _BUNDLES[category, detector]
+    return get
+
+
 @pytest.fixture(scope="session")
 def brick(demo_root):
     from cfx.models.bundle import load_bundle

@@ -15,7 +15,8 @@ from PIL import Image
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from cfx.explainers.base import REGISTRY, Explainer, counterfactual_metrics  # noqa: E402
+from cfx.explainers.base import REGISTRY, Explainer  # noqa: E402
+from cfx.explainers.counterfactual import counterfactual_metrics  # noqa: E402
 
 import cfx.explainers  # noqa: E402,F401  (registers the methods, as the app does)
 

@@ -132,7 +132,7 @@ class _CounterfactualOracle(Explainer):
     masks: dict = {}
 
     def _explain(self, image, target, seed, params):
-        from cfx.explainers.base import counterfactual_metrics
+        from cfx.explainers.counterfactual import counterfactual_metrics
 
         e = self.base(image, target)
         cf = image.copy()

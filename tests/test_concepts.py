@@ -205,7 +205,7 @@ def test_cli_json_has_the_promised_keys(capsys, demo_root, tmp_models, tmp_path,
     for c in res["concepts"]:
         assert [s["alpha"] for s in c["steps"]] == [1.0, 0.5, 0.0]
         for s in c["steps"]:
-            assert set(s) == {"alpha", "score_after", "valid", "l1", "realism", "path"}
+            assert set(s) == {"alpha", "score_after", "valid", "l1", "edit_area", "locality", "realism", "path"}
             assert Path(s["path"]).is_file()
     assert res["metrics"]["score_before"] > res["metrics"]["threshold"]
     assert res["concepts"][0]["steps"][0]["valid"] is False

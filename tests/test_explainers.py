@@ -1,9 +1,9 @@
-"""The seven explanation methods (issue 3): one interface, real behaviour.
+"""The explanation methods (issue 3): one interface, real behaviour.
 
 The matrix runs every method x target x (gray brick, RGB tablet) with small sample counts (shapes,
 types, consistency with the real models). Behaviour tests use the demo's defect images: heat
 inside the ground-truth mask more often than chance, counterfactuals of detected anomalies valid
-on >= 90%, determinism under a seed, CLEAR's step on a linear toy model, Grad-CAM under two
+on >= 90% (tests/test_counterfactuals.py), determinism under a seed, CLEAR's step on a linear toy model, Grad-CAM under two
 threads, a failing method isolated from the others.
 
 Models: the demo's (``models/demo`` or ``$CFX_MODELS_DIR``); tests that need them skip with the
@@ -18,20 +18,19 @@ import numpy as np
 import pytest
 import torch
 
-import cfx.explainers as E
 from cfx.errors import ModelMissingError
 from cfx.explainers import REGISTRY, Counterfactual, Explainer, Explanation, explain, register
 from cfx.explainers.clear import clear_search, clear_step, logit
 
-METHODS = ("recon", "gradcam", "lime", "shap", "clear", "dice", "gradient")
+METHODS = ("recon", "gradcam", "lime", "shap", "clear", "dice", "gradient", "concepts")
 HEATMAP_METHODS = ("recon", "gradcam", "lime", "shap")
-CF_METHODS = ("clear", "dice", "gradient")
+CF_METHODS = ("clear", "dice", "gradient", "concepts")
 TARGETS = ("score", "classifier")
 CATEGORIES = ("brick", "tablet")  # gray texture, RGB object
 #: small sample counts: the matrix checks shapes and consistency, not quality
 FAST = {"lime": {"num_samples": 60}, "shap": {"max_evals": 80},
         "clear": {"n_samples": 150, "fidelity_dims": 2, "path_steps": 3},
-        "dice": {"max_iterations": 3, "total_cfs": 2}, "gradient": {"max_steps": 60}}
+        "dice": {"max_iterations": 3, "total_cfs": 2}, "gradient": {"max_steps": 60}, "concepts": {"path_steps": 3}}
 #: enough samples for the behaviour tests, still quick
 BEHAVIOUR = {"lime": {"num_samples": 250}, "shap": {"max_evals": 250},
              "clear": {"n_samples": 500, "fidelity_dims": -1, "path_steps": 2}, "dice": {"max_iterations": 15},
@@ -41,24 +40,10 @@ N_VALID = 10  # images for "valid on >= 90%"
 
 
 # ------------------------------------------------------------------ fixtures
-_BUNDLES: dict[tuple[str, str], object] = {}
-
-
 @pytest.fixture(scope="module")
-def load(demo_root):
-    """category -> the demo bundle (skips when its models are missing)."""
-    from cfx.models.bundle import load_bundle
-
-    def get(category: str, detector: str = "vae"):
-        if (category, detector) not in _BUNDLES:
-            try:
-                b = load_bundle("demo", category, detector=detector)
-            except ModelMissingError as exc:
-                pytest.skip(str(exc))
-            E.set_data_root(b, demo_root)
-            _BUNDLES[category, detector] = b
-        return _BUNDLES[category, detector]
-    return get
+def load(demo_bundle):
+    """category, detector="vae" -> the demo bundle (skips when its models are missing)."""
+    return demo_bundle
 
 
 _TEST: dict[str, tuple] = {}
@@ -88,7 +73,7 @@ def first_defect(detected, category: str) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ registry
-def test_all_seven_registered():
+def test_all_methods_registered():
     assert set(METHODS) <= set(REGISTRY)
     for m in METHODS:
         cls = REGISTRY[m]
@@ -136,12 +121,12 @@ def test_matrix_shapes_and_types(load, detected, method, target, category):
         real = float(b.score_numpy(c.image[None], target)[0])
         # re-checked with the real model (batch composition moves float32 scores by ~1e-5)
         assert c.score_after == pytest.approx(real, rel=1e-3, abs=1e-3)
-        assert c.valid == ((c.score_after > thr) != (e.score_before > thr))
-        assert {"l1", "l2", "sparsity", "realism"} <= set(c.metrics)
+        assert c.valid == (c.score_after <= thr)  # valid: the target calls the shown image normal
+        assert {"l1", "l2", "edit_area", "locality", "realism"} <= set(c.metrics)
     valid = [c.valid for c in e.counterfactuals]
     assert valid == sorted(valid, reverse=True)  # valid ones first
     best = e.counterfactuals[0]
-    if method in ("clear", "gradient"):
+    if e.score_before > thr:
         assert best.path_images is not None and best.path_images.shape[1:] == img.shape
         assert np.array_equal(best.path_images[0], img)  # the slider starts at the original
         assert best.path_scores.shape == (len(best.path_images),)
@@ -162,23 +147,6 @@ def test_heat_inside_the_mask_more_often_than_chance(load, detected, method, tar
         wins += int(e.heatmap[mask].mean() > e.heatmap[~mask].mean())
     p = binomtest(wins, len(images), 0.5, alternative="greater").pvalue
     assert p < 0.05, f"{method} ({target}): more heat inside the mask on only {wins}/{len(images)} {category} images"
-
-
-# ------------------------------------------------------------------ counterfactual validity
-@pytest.mark.parametrize("category", CATEGORIES)
-@pytest.mark.parametrize("method", CF_METHODS)
-def test_counterfactuals_of_detected_anomalies_are_valid(load, detected, method, category):
-    b = load(category)
-    images = detected(category)[0][:N_VALID]
-    valid = []
-    for img in images:
-        e = REGISTRY[method](b).attribute(img, "score", seed=0, **BEHAVIOUR.get(method, {}))
-        ok = bool(e.counterfactuals) and e.counterfactuals[0].valid
-        if ok:  # valid means the real detector's score really crossed the threshold
-            assert float(b.score_numpy(e.counterfactuals[0].image[None], "score")[0]) <= b.threshold
-            assert e.counterfactuals[0].detector_valid
-        valid.append(ok)
-    assert np.mean(valid) >= 0.9, f"{method}: valid on {sum(valid)}/{len(valid)} detected {category} anomalies"
 
 
 # ------------------------------------------------------------------ determinism
@@ -349,7 +317,7 @@ def test_latent_ensemble_save_load_and_stale_weights(load, tmp_path):
         b.extras.pop(G.EXTRAS_KEY, None)
         ck["config"]["content_hash"] = "someone-else"
         torch.save(ck, tmp_path / "stale.pt")
-        with pytest.raises(ModelMissingError, match="python -m cfx.explainers.gradient"):
+        with pytest.raises(ModelMissingError, match="python -m cfx train"):
             G.load_latent_ensemble(b, train_if_missing=False, path=tmp_path / "stale.pt")
     finally:
         b.extras.clear()
@@ -384,7 +352,7 @@ def test_explain_cli_json_and_files(load, demo_root, tmp_path, capsys):
     cl = doc["methods"]["clear"]
     assert cl["heatmap"] is None
     for c in cl["counterfactuals"]:
-        assert {"path", "score_after", "valid", "l1", "sparsity", "realism"} <= set(c)
+        assert {"path", "score_after", "valid", "l1", "edit_area", "locality", "realism"} <= set(c)
         assert Path(c["path"]).is_file()
     assert (tmp_path / "original.png").is_file()
 
@@ -428,7 +396,7 @@ def test_every_method_explains_patchcore(load, detected, method, category):
     for c in e.counterfactuals:
         real = float(b.score_numpy(c.image[None])[0])
         assert c.score_after == pytest.approx(real, rel=1e-3, abs=1e-3)
-        assert c.valid == ((real > e.threshold) != (e.score_before > e.threshold))
+        assert c.valid == (real <= e.threshold)
 
 
 def test_patchcore_map_and_gradcam_are_hot_on_the_defect(load, detected):

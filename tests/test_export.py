@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from cfx import export as X
-from cfx.explainers.base import Explanation, counterfactual_metrics
+from cfx.explainers.base import Explanation
+from cfx.explainers.counterfactual import counterfactual_metrics
 from cfx.resolve import select_image
 
 
@@ -133,7 +134,7 @@ def test_export_explanations_cli_schema(report, tmp_path):
     Image.open(m["recon"]["heatmap"]).load()
     assert m["toycf"]["heatmap"] is None and len(m["toycf"]["counterfactuals"]) == 2
     for c in m["toycf"]["counterfactuals"]:
-        assert {"path", "score_after", "valid", "l1", "sparsity", "realism"} <= set(c)
+        assert {"path", "score_after", "valid", "l1", "edit_area", "locality", "realism"} <= set(c)
         im = Image.open(c["path"])
         assert im.size == (128, 128)
         Image.open(c["diff_path"]).load()

@@ -67,9 +67,9 @@ def _write_png(path: Path, image: np.ndarray) -> str:
     return str(path)
 
 
-def concepts_json(bundle, name: str, path, out: Path | None = None) -> dict[str, Any]:
+def concepts_json(bundle, name: str, path, out: Path | None = None, mask: np.ndarray | None = None) -> dict[str, Any]:
     """The command's JSON for a computed :class:`cfx.concepts.ConceptPath` (writes PNGs under ``out``)."""
-    from cfx.explainers.base import counterfactual_metrics
+    from cfx.explainers.counterfactual import counterfactual_metrics
 
     stem = _safe(name)
     if out is not None:
@@ -77,14 +77,15 @@ def concepts_json(bundle, name: str, path, out: Path | None = None) -> dict[str,
         _write_png(out / f"{stem}_original.png", path.image)
     concepts = []
     for k in range(path.k):
-        cfs = counterfactual_metrics(bundle, path.image, path.images[k], "score")
+        cfs = counterfactual_metrics(bundle, path.image, path.images[k], "score", mask)
         steps = []
         for i, (a, cf) in enumerate(zip(path.alphas, cfs)):
             p = None
             if out is not None:
                 p = _write_png(out / f"{stem}_concept{k}_alpha{a:.2f}.png", path.images[k, i])
             steps.append({"alpha": float(a), "score_after": cf.score_after, "valid": cf.valid,
-                          "l1": cf.metrics["l1"], "realism": cf.metrics["realism"], "path": p})
+                          "l1": cf.metrics["l1"], "edit_area": cf.metrics["edit_area"],
+                          "locality": cf.metrics["locality"], "realism": cf.metrics["realism"], "path": p})
         concepts.append({"k": k, "steps": steps})
     last = int(np.argmin(path.alphas))
     metrics = {
@@ -116,10 +117,17 @@ def run(args: argparse.Namespace) -> int:
             print(f"trained {info['k']} concepts in {time.perf_counter() - t0:.1f} s -> {info['path']} "
                   f"(held-out synthetic anomalies: {info['val_validity']:.0%} normal at alpha=0, "
                   f"concept accuracy {info['val_concept_accuracy']:.0%})")
-    gen = load_concepts(bundle)
+    from cfx.concepts import local_steps
+    from cfx.explainers import REGISTRY, set_data_root
+
+    set_data_root(bundle, root)
+    vb = bundle.using("vae")  # the detector the generator was trained against
+    gen = load_concepts(vb)
     sel = select_image(root, category, args.image, bundle.channels, bundle.image_size)
-    path = concept_path(bundle, sel.image, alphas, generator=gen)
-    result = concepts_json(bundle, sel.name, path, Path(args.out) if args.out else None)
+    raw = concept_path(vb, sel.image, alphas, generator=gen)
+    exp = REGISTRY["concepts"](bundle).attribute(sel.image, seed=args.seed, mask=sel.mask)
+    path = local_steps(bundle, raw, exp, sel.mask)  # every step a local edit, scored by the chosen detector
+    result = concepts_json(bundle, sel.name, path, Path(args.out) if args.out else None, sel.mask)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0

@@ -6,7 +6,7 @@ prints one object::
 
     {"image": ..., "detector": {"score", "threshold", "anomalous", ...},
      "methods": {name: {"seconds", "heatmap": path or null,
-                        "counterfactuals": [{"path", "score_after", "valid", "l1", "sparsity", "realism", ...}],
+                        "counterfactuals": [{"path", "score_after", "valid", "l1", "edit_area", "locality", "realism", ...}],
                         "error": null or one line, ...}}, ...}
 
 Without ``--image`` it takes the first defective test image of the category. A method that fails
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     set_data_root(bundle, root)
     sel = select_image(root, category, args.image, bundle.channels, bundle.image_size)
     out = Path(args.out) if args.out else Path("out") / "explain" / category / _safe(sel.name.replace("/", "_"))
-    results = explain(bundle, sel.image, methods, target=args.target, seed=args.seed, params=params)
+    results = explain(bundle, sel.image, methods, target=args.target, seed=args.seed, params=params, mask=sel.mask)
     report = Report.from_bundle(bundle, sel.image, sel.name, results, mask=sel.mask, target=args.target,
                                 params={"seed": args.seed}, with_detector_maps=False)
     doc = export_explanations(report, out, formats)
@@ -115,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
             if cfs:
                 c = cfs[0]
                 what += (f"{len(cfs)} counterfactual(s), best: score {c['score_after']:.3f} "
-                         f"{'valid' if c['valid'] else 'NOT valid'}, L1 {c['l1']:.4f}, sparsity {c['sparsity']:.3f}")
+                         f"{'valid' if c['valid'] else 'NOT valid'}, L1 {c['l1']:.4f}, edit area {c['edit_area']:.3f}, "
+                         f"locality {c['locality']:.2f}, realism {c['realism']:.2f}")
             elif results[name].kind == "counterfactual":
                 what += results[name].info.get("message", "no counterfactual found")
             print(f"  {name:<9} {m['seconds']:7.2f} s  {what}")

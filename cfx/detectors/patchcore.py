@@ -95,6 +95,8 @@ class PatchCore(Detector):
         self.register_buffer("norm", torch.tensor([0.0, 1.0]))  # raw score mean, sd on held-out normals
         self.register_buffer("heat_scale", torch.tensor(1.0))
         self.register_buffer("heat_floor", torch.tensor(0.0))
+        #: the mean map value of held-out normal pixels (the reference of a counterfactual's realism)
+        self.register_buffer("normal_distance", torch.tensor(0.0))
         object.__setattr__(self, "_backbone", shared_backbone("cpu"))
 
     # the frozen trunk is shared by every category and not part of the checkpoint
@@ -195,3 +197,13 @@ class PatchCore(Detector):
         sample = allm[torch.randperm(len(allm), generator=torch.Generator().manual_seed(0))[:200000]]
         self.heat_scale.copy_(torch.quantile(sample, 0.999).clamp_min(1e-8))
         self.heat_floor.copy_(torch.quantile(sample, 0.5).clamp_max(float(self.heat_scale) * 0.999))
+        self.normal_distance.copy_(allm.double().mean().float())
+
+    @classmethod
+    def from_checkpoint(cls, ck: dict[str, Any]) -> "PatchCore":
+        """As :meth:`Detector.from_checkpoint`; a checkpoint written before ``normal_distance``
+        existed takes the normal median (``heat_floor``) for it."""
+        sd = ck["state_dict"]
+        if "normal_distance" not in sd:
+            sd["normal_distance"] = sd["heat_floor"].clone()
+        return super().from_checkpoint(ck)

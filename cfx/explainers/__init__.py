@@ -1,13 +1,15 @@
 """Explanation methods behind one interface (see :mod:`cfx.explainers.base`).
 
-Importing the package registers the seven methods in :data:`REGISTRY`: ``recon`` (the
-reconstruction heatmap), ``gradcam``, ``lime``, ``shap`` (heatmaps) and ``clear``, ``dice``,
-``gradient`` (counterfactuals).
+Importing the package registers the eight methods in :data:`REGISTRY`: ``recon`` (the
+detector's map), ``gradcam``, ``lime``, ``shap`` (heatmaps) and ``clear``, ``dice``,
+``gradient``, ``concepts`` (counterfactuals: local edits of the image,
+:mod:`cfx.explainers.counterfactual`).
 """
-from cfx.explainers.base import (REGISTRY, Counterfactual, Explainer, Explanation, counterfactual_metrics,
-                                 diversity, explain, methods, register, resolve_methods)
-from cfx.explainers import recon, gradcam, lime, shap, clear, dice, gradient  # noqa: E402,F401  (registration)
+from cfx.explainers.base import (REGISTRY, Counterfactual, Explainer, Explanation, diversity, explain, methods,
+                                 register, resolve_methods)
+from cfx.explainers.counterfactual import CounterfactualExplainer, Proposal, counterfactual_metrics
+from cfx.explainers import recon, gradcam, lime, shap, clear, dice, gradient, concepts  # noqa: E402,F401  (registration)
 from cfx.explainers._util import set_data_root  # noqa: E402
 
-__all__ = ["REGISTRY", "Counterfactual", "Explainer", "Explanation", "counterfactual_metrics", "diversity",
+__all__ = ["REGISTRY", "Counterfactual", "CounterfactualExplainer", "Proposal", "Explainer", "Explanation", "counterfactual_metrics", "diversity",
            "explain", "methods", "register", "resolve_methods", "set_data_root"]

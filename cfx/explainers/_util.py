@@ -75,11 +75,6 @@ def fill_image(bundle, image: np.ndarray, fill: str) -> np.ndarray:
     raise ValueError(f"unknown fill {fill!r}; choose auto, recon, nearest, blur or mean")
 
 
-def order_counterfactuals(cfs: list) -> list:
-    """Closest valid first: valid ones by L1, then invalid ones by L1 (stable)."""
-    return sorted(cfs, key=lambda c: (not c.valid, c.metrics.get("l1", 0.0)))
-
-
 # ------------------------------------------------------------------ train images
 def set_data_root(bundle, root: str | Path) -> None:
     """Tell the bundle where its training data lives (DiCE's PCA and the latent ensemble read

@@ -22,10 +22,6 @@ from typing import Any, ClassVar, Iterable
 import numpy as np
 import torch
 
-#: A pixel counts as changed (sparsity) when it moves by more than this (images in [0, 1]).
-SPARSITY_EPS = 0.05
-
-
 @dataclass
 class Counterfactual:
     """One counterfactual image and how it scores.
@@ -33,17 +29,22 @@ class Counterfactual:
     Attributes:
         image: float32 (C, H, W) in [0, 1].
         score_after: the explained target's value on ``image``.
-        valid: whether the target crossed its threshold (anomalous -> normal, or the reverse).
-        detector_score, detector_valid: the combined detector score of ``image`` and whether it
-            is on the other side of the detector threshold than the original.
-        classifier_prob, classifier_valid: the same for the classifier.
-        metrics: ``l1``, ``l2`` (pixels, mean absolute / root mean square), ``latent_l1``,
-            ``latent_l2`` (when a latent exists), ``sparsity`` (share of pixels changed by more
-            than 0.05), ``realism`` (AE reconstruction error relative to normal images; about 1
-            is as realistic as a normal image).
-        latent: the latent the image was decoded from, if any.
-        path_images, path_scores: optional steps from the original to past the boundary
-            (for a slider), images (S, C, H, W) and target scores (S,).
+        valid: whether the explained target calls ``image`` normal (at most its threshold).
+        detector_score, detector_valid: the selected detector's score of ``image`` and whether
+            the detector calls it normal.
+        classifier_prob, classifier_valid: the same for the classifier (NaN / False without one).
+        metrics: ``l1``, ``l2`` (pixels, mean absolute / root mean square), ``edit_area`` (share
+            of pixels changed by more than 0.05), ``locality`` (share of the change inside the
+            defect mask dilated by 4 px; NaN without a mask), ``realism`` (PatchCore's
+            nearest-normal-patch distance of the edited region over that of real normal images;
+            about 1 = as normal as a good part), ``edit_share`` (the region's size),
+            ``latent_l1``, ``latent_l2`` (when the method has a latent);
+            see :mod:`cfx.explainers.edit`.
+        latent: the method's latent of the counterfactual, if any.
+        path_images, path_scores: steps from the original to the edit (for a slider; only the
+            edited region morphs), images (S, C, H, W) and target scores (S,).
+        content: what fills the edited region: ``nearest normal``, ``reconstruction`` or ``generator``.
+        region: the soft edited region (H, W) in [0, 1].
     """
 
     image: np.ndarray
@@ -57,11 +58,13 @@ class Counterfactual:
     latent: np.ndarray | None = None
     path_images: np.ndarray | None = None
     path_scores: np.ndarray | None = None
+    content: str = ""
+    region: np.ndarray | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"score_after": self.score_after, "valid": self.valid, "detector_score": self.detector_score,
                 "detector_valid": self.detector_valid, "classifier_prob": self.classifier_prob,
-                "classifier_valid": self.classifier_valid, **self.metrics}
+                "classifier_valid": self.classifier_valid, "content": self.content, **self.metrics}
 
 
 @dataclass
@@ -133,57 +136,6 @@ def check_target(bundle, target: str) -> str:
     return target
 
 
-def counterfactual_metrics(bundle, original: np.ndarray, images: np.ndarray, target: str,
-                           latent0: np.ndarray | None = None, latents: np.ndarray | None = None) -> list[Counterfactual]:
-    """Re-check counterfactual images with the real models and measure them.
-
-    Args:
-        bundle: the models.
-        original: (C, H, W); images: (K, C, H, W) candidate counterfactuals.
-        target: the explained target (validity of ``valid`` is on its threshold).
-        latent0, latents: the original's latent and the counterfactuals' (for latent proximity).
-
-    Returns:
-        One :class:`Counterfactual` per image, in the given order.
-    """
-    images = np.clip(np.asarray(images, dtype=np.float32), 0, 1)
-    both = np.concatenate([original[None].astype(np.float32), images])
-    a = bundle.analyse(both)
-    t = bundle.target(target)
-    tgt, thr = t.read(a), t.threshold
-    orig_side = tgt[0] > thr
-    nan = np.full(len(both), np.nan)
-    clf_p = a.get("classifier", nan)
-    clf_anom = a.get("classifier_anomalous", np.zeros(len(both), bool))
-    det_side, clf_side = a["anomalous"][0], clf_anom[0]
-    realism = realism_scores(bundle, images) if bundle.has("ae") else np.full(len(images), np.nan)
-    out = []
-    for k, img in enumerate(images):
-        d = img - original
-        m = {"l1": float(np.abs(d).mean()), "l2": float(np.sqrt((d**2).mean())),
-             "sparsity": float((np.abs(d).max(0) > SPARSITY_EPS).mean()), "realism": float(realism[k])}
-        if latents is not None and latent0 is not None:
-            dz = latents[k] - latent0
-            m["latent_l1"] = float(np.abs(dz).sum())
-            m["latent_l2"] = float(np.sqrt((dz**2).sum()))
-        out.append(Counterfactual(
-            image=img, score_after=float(tgt[k + 1]), valid=bool((tgt[k + 1] > thr) != orig_side),
-            detector_score=float(a["score"][k + 1]), detector_valid=bool(a["anomalous"][k + 1] != det_side),
-            classifier_prob=float(clf_p[k + 1]),
-            classifier_valid=bool(clf_anom[k + 1] != clf_side) if "classifier" in a else False,
-            metrics=m, latent=None if latents is None else np.asarray(latents[k], np.float32)))
-    return out
-
-
-@torch.inference_mode()
-def realism_scores(bundle, images: np.ndarray) -> np.ndarray:
-    """The autoencoder's reconstruction MSE of each image over that of normal images (median)."""
-    x = bundle.to_tensor(images)
-    err = ((bundle.ae(x) - x) ** 2).flatten(1).mean(1).double().cpu().numpy()
-    ref = float(bundle.card.get("ae_recon_normal", 0.0)) or 1.0
-    return err / ref
-
-
 def diversity(images: Iterable[np.ndarray]) -> float:
     """Mean pairwise L1 distance between counterfactual images (0 for fewer than two)."""
     ims = [np.asarray(i, np.float32) for i in images]
@@ -212,14 +164,17 @@ class Explainer(ABC):
 
     def __init__(self, bundle) -> None:
         self.bundle = bundle
+        self.mask: np.ndarray | None = None
 
-    def attribute(self, image: np.ndarray, target: str = "score", seed: int = 0, **params: Any) -> Explanation:
+    def attribute(self, image: np.ndarray, target: str = "score", seed: int = 0, mask: np.ndarray | None = None,
+                  **params: Any) -> Explanation:
         """Explain ``target`` on one image.
 
         Args:
             image: float32 (C, H, W) in [0, 1], at the bundle's size and channels.
             target: one of ``score``, ``recon``, ``mahalanobis``, ``classifier``.
             seed: the random seed (results are deterministic given it).
+            mask: the ground-truth defect mask (H, W), if known (counterfactuals' locality).
             **params: method parameters (see ``defaults``); unknown names raise ``TypeError``.
 
         Returns:
@@ -236,6 +191,7 @@ class Explainer(ABC):
         if image.shape != expected:
             raise ValueError(f"image shape {image.shape} does not match the models' {expected}")
         torch.manual_seed(seed)
+        self.mask = None if mask is None else np.asarray(mask)
         t0 = time.perf_counter()
         exp = self._explain(image, target, seed, p)
         exp.seconds = time.perf_counter() - t0
@@ -287,7 +243,8 @@ def resolve_methods(chosen: str | Iterable[str] | None) -> list[str]:
 
 
 def explain(bundle, image: np.ndarray, methods: Iterable[str], target: str = "score", seed: int = 0,
-            params: dict[str, dict[str, Any]] | None = None) -> dict[str, Explanation]:
+            params: dict[str, dict[str, Any]] | None = None, mask: np.ndarray | None = None
+            ) -> dict[str, Explanation]:
     """Run several methods; a method that fails returns an Explanation with ``error`` set and the
     others still run."""
     out: dict[str, Explanation] = {}
@@ -296,7 +253,7 @@ def explain(bundle, image: np.ndarray, methods: Iterable[str], target: str = "sc
         try:
             if m not in REGISTRY:
                 raise KeyError(f"unknown method {m!r}; known: {', '.join(REGISTRY)}")
-            out[m] = REGISTRY[m](bundle).attribute(image, target, seed, **(params or {}).get(m, {}))
+            out[m] = REGISTRY[m](bundle).attribute(image, target, seed, mask, **(params or {}).get(m, {}))
         except Exception as exc:  # noqa: BLE001 - reported in the method's own entry
             msg = f"{type(exc).__name__}: {exc}".splitlines()[0]
             e = Explanation(m, target, np.asarray(image, np.float32), float("nan"), float("nan"),

@@ -22,10 +22,10 @@
    (+-``fidelity_range`` SD, linear interpolation between grid points); fidelity is the share of
    dimensions where the two lie within 0.25 SD (or where neither lies within the sweep).
 
-Note: the AE reconstructs normal appearance, so dec(z0) is often already on the normal side for
-a defective image; the counterfactual is then dec(z0) itself (``info["step_clamped"]``).
-``path_images`` (for a slider) go from the original by pixel blends to dec(z0), then along the
-line to a quarter past the counterfactual; ``path_scores`` are the target's scores.
+What the user sees is a local edit of the real image (:mod:`cfx.explainers.counterfactual`): the
+real model scores every decoding as an edit of the original (the decoding's change from dec(z0)
+sets the region, real normal content fills it), so the search sees a boundary under any detector,
+and the decoded counterfactual then becomes the smallest valid edit of the original.
 """
 from __future__ import annotations
 
@@ -35,8 +35,8 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 import torch
 
-from cfx.explainers._util import order_counterfactuals, score_images
-from cfx.explainers.base import Explainer, Explanation, counterfactual_metrics, register
+from cfx.explainers.base import Explanation, register
+from cfx.explainers.counterfactual import CounterfactualExplainer, Proposal, SearchContext
 
 #: two boundary values agree when they lie within this many training SDs (White & Garcez)
 FIDELITY_TOLERANCE = 0.25
@@ -225,23 +225,6 @@ def clear_fidelity(score_latents: Callable[[np.ndarray], np.ndarray], threshold:
     return agree / max(1, len(chosen)), details
 
 
-def latent_scorer(bundle, target: str, batch: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
-    """latents (N, D) -> target scores of their AE decodings (decode and score batch by batch;
-    default batch: the device's, :attr:`ModelBundle.forward_batch`)."""
-    dev = bundle.device
-    batch = int(batch or bundle.forward_batch)
-
-    @torch.inference_mode()
-    def f(Z: np.ndarray) -> np.ndarray:
-        out = []
-        for i in range(0, len(Z), batch):
-            z = torch.as_tensor(np.asarray(Z[i:i + batch]), dtype=torch.float32, device=dev)
-            x = bundle.ae.decode(z).contiguous(memory_format=torch.channels_last)
-            out.append(bundle.score(x, target).double().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros(0)
-    return f
-
-
 @torch.inference_mode()
 def decode_numpy(bundle, Z: np.ndarray) -> np.ndarray:
     z = torch.as_tensor(np.asarray(Z), dtype=torch.float32, device=bundle.device)
@@ -249,64 +232,63 @@ def decode_numpy(bundle, Z: np.ndarray) -> np.ndarray:
 
 
 @register
-class Clear(Explainer):
+class Clear(CounterfactualExplainer):
     """CLEAR: a local logistic regression in the AE latent, its minimal step, fidelity.
 
-    ``batch_size`` is the number of latents decoded and scored per forward pass; 0 takes the
-    device's (:attr:`ModelBundle.forward_batch`)."""
+    The real model scores each latent's decoding as a local edit of the original
+    (:class:`~cfx.explainers.edit.EditModel`: the decoding's change from ``dec(z0)`` sets the
+    region, real normal content fills it), so the regression sees a boundary even under a
+    detector that rejects every decoding. ``batch_size`` is the number of latents decoded and
+    scored per forward pass; 0 takes the device's (:attr:`ModelBundle.forward_batch`)."""
 
     name: ClassVar[str] = "clear"
     order: ClassVar[int] = 4
-    kind: ClassVar[str] = "counterfactual"
     label: ClassVar[str] = "CLEAR (latent regression)"
-    defaults: ClassVar[dict[str, Any]] = {"n_samples": 2000, "scale": 1.0, "margin": 0.05, "max_walk": 12,
+    #: ``n_samples`` 0: this many for the cheap VAE detector, else the other (a PatchCore
+    #: evaluation costs about 10x a VAE one on the CPU; provisional until the convergence study)
+    auto_samples: ClassVar[tuple[int, int]] = (2000, 500)
+    defaults: ClassVar[dict[str, Any]] = {"n_samples": 0, "scale": 1.0, "margin": 0.05, "max_walk": 12,
                                           "walk_logit": 1.0, "path_steps": 8, "fidelity_dims": 8,
                                           "fidelity_range": 3.0, "fidelity_step": 0.5, "C": 10.0, "batch_size": 0}
 
-    def _explain(self, image: np.ndarray, target: str, seed: int, params: dict[str, Any]) -> Explanation:
+    def _propose(self, ctx: SearchContext, seed: int, params: dict[str, Any], exp: Explanation) -> list[Proposal]:
         b = self.bundle
-        exp = self.base(image, target)
-        thr = b.threshold_for(target)
-        want_anomalous = not exp.score_before > thr
         with torch.inference_mode():
-            z0 = b.ae.encode(b.to_tensor(image[None]))[0].double().cpu().numpy()
+            z0 = b.ae.encode(b.to_tensor(ctx.image[None]))[0].double().cpu().numpy()
         std = b.ae_latent_std.double().cpu().numpy()
-        res = clear_search(latent_scorer(b, target, int(params["batch_size"])), thr, z0, std, want_anomalous,
-                           n_samples=int(params["n_samples"]), scale=float(params["scale"]),
+        with torch.inference_mode():
+            zc = b.ae.encode(b.to_tensor(ctx.content[None])).double().cpu().numpy()
+        g0, gc = decode_numpy(b, np.concatenate([z0[None], zc]))
+        em = ctx.edit_model(g0, gc)
+        batch = int(params["batch_size"]) or b.forward_batch
+
+        def score_latents(Z: np.ndarray) -> np.ndarray:
+            out = [b.score_numpy(em.images(decode_numpy(b, Z[i:i + batch])), ctx.target) for i in range(0, len(Z), batch)]
+            return np.concatenate(out) if out else np.zeros(0)
+
+        n = int(params["n_samples"]) or self.auto_samples[b.detector_name != "vae"]
+        res = clear_search(score_latents, ctx.threshold, z0, std, False, n_samples=n, scale=float(params["scale"]),
                            margin=float(params["margin"]), max_walk=int(params["max_walk"]),
                            walk_logit=float(params["walk_logit"]), seed=seed,
                            fidelity_dims=int(params["fidelity_dims"]), fidelity_range=float(params["fidelity_range"]),
                            fidelity_step=float(params["fidelity_step"]), C=float(params["C"]))
-        info: dict[str, Any] = {
+        exp.info.update({
             "fidelity": res.fidelity, "fidelity_dims": len(res.fidelity_detail), "fidelity_detail": res.fidelity_detail,
             "n_samples": res.n_samples, "n_anomalous_samples": res.n_anomalous, "p_target": res.p_target,
             "step_clamped": res.step_clamped, "walked": res.walked,
             "regression_accuracy": None if res.regression is None else res.regression.accuracy,
-        }
-        if res.regression is not None:
-            info["regression_p_at_z0"] = float(res.regression.proba(z0))
-            info["regression_p_at_cf"] = None if res.z_cf is None else float(res.regression.proba(res.z_cf))
+        })
+        if res.regression is None:
+            exp.info["search"] = ("every sampled latent fell on one side of the threshold, so no regression was "
+                                  "fitted; the edit starts from the AE's projection")
         else:
-            info["message"] = "every sampled latent fell on one side: no regression could be fitted"
-        if res.z_cf is None:
-            info["message"] = (f"no counterfactual found within {len(res.candidates)} steps along the regression's "
-                               f"normal (last score {res.candidate_scores[-1]:.3g}, threshold {thr:.3g})")
-            exp.info.update(info)
-            return exp
-        img = decode_numpy(b, res.z_cf[None])
-        cfs = counterfactual_metrics(b, image, img, target, z0.astype(np.float32), res.z_cf[None].astype(np.float32))
-        # the slider: the original, a pixel blend from it to dec(z0) (the AE's projection), then
-        # the line from z0 to a quarter past the counterfactual
-        steps = max(2, int(params["path_steps"]))
-        if np.allclose(res.z_cf, z0):
-            line = z0[None]
-        else:
-            line = z0 + np.linspace(0, 1.25, steps)[:, None] * (res.z_cf - z0)
-        decoded = decode_numpy(b, line)
-        blends = [image + a * (decoded[0] - image) for a in (0.25, 0.5, 0.75)]
-        path = np.concatenate([image[None], np.stack(blends), decoded])
-        cfs[0].path_images = path.astype(np.float32)
-        cfs[0].path_scores = score_images(b, path, target)
-        exp.counterfactuals = order_counterfactuals(cfs)
-        exp.info.update(info)
-        return exp
+            exp.info["regression_p_at_z0"] = float(res.regression.proba(z0))
+            if res.z_cf is not None:
+                exp.info["regression_p_at_cf"] = float(res.regression.proba(res.z_cf))
+            else:
+                exp.info["search"] = (f"the line along the regression's normal did not cross within "
+                                      f"{len(res.candidates)} steps; the edit starts from its last step")
+        z_cf = res.z_cf if res.z_cf is not None else res.candidates[-1]
+        line = z0 + np.linspace(0, 1, max(2, int(params["path_steps"])))[:, None] * (z_cf - z0)
+        path = decode_numpy(b, line)
+        return [Proposal(path[-1], g0, z_cf.astype(np.float32), z0.astype(np.float32), path)]

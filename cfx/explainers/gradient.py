@@ -9,23 +9,19 @@ unlike the probability itself, does not saturate far inside a class:
 
     loss(z) = mean_k -log p_k(other class | z) + proximity * mean(((z - z0) / sd)^2)
 
-The trajectory is checked with the real models: the counterfactual is the first step (every
-``check_every``-th, once the ensemble has crossed 0.5) whose VAE decoding the chosen target puts
-on the other side of its threshold. ``path_images`` hold the original and decoded steps up to
-it (for a slider).
+The trajectory is checked with the real model: the proposal is the first step (every
+``check_every``-th) whose VAE decoding, as a local edit of the original
+(:class:`~cfx.explainers.edit.EditModel`), the target calls normal; it then becomes the smallest
+valid edit (:mod:`cfx.explainers.counterfactual`).
 
 The ensemble lives in ``<models>/<dataset>/<category>/ensemble.pt`` (written by
-``python -m cfx.explainers.gradient --category C``, or :func:`train_latent_ensemble` +
-:func:`save_latent_ensemble`); it is loaded lazily and cached in ``bundle.extras``. If the file is
-missing or belongs to other weights, one is trained on the fly when the category's train images
-are at hand and few (a few seconds on CPU), else :class:`~cfx.errors.ModelMissingError` names the
-command.
+``python -m cfx train``, through :func:`cfx.training.train_explainer_models`); it is loaded lazily and cached in ``bundle.extras``. Explaining never trains: if the file is
+missing or belongs to other weights, :class:`~cfx.errors.ModelMissingError` names the command
+(``python -m cfx train`` writes it too).
 """
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -35,8 +31,9 @@ import torch
 from torch import nn
 
 from cfx.errors import DataError, ModelMissingError
-from cfx.explainers._util import order_counterfactuals, score_images, set_data_root, train_images
-from cfx.explainers.base import Explainer, Explanation, counterfactual_metrics, register
+from cfx.explainers._util import train_images
+from cfx.explainers.base import Explanation, register
+from cfx.explainers.counterfactual import CounterfactualExplainer, Proposal, SearchContext
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +173,7 @@ def load_latent_ensemble(bundle, train_if_missing: bool = True, path: Path | Non
             else:
                 reason = f"the latent ensemble at {path} belongs to other weights"
         if ens is None:
-            hint = (f"{reason}: run python -m cfx.explainers.gradient --category {bundle.category}"
+            hint = (f"{reason}: run python -m cfx train --detector vae --category {bundle.category}"
                     + ("" if bundle.dataset == "demo" else " --data-root <its data root>"))
             if not train_if_missing:
                 raise ModelMissingError(hint)
@@ -195,57 +192,48 @@ def load_latent_ensemble(bundle, train_if_missing: bool = True, path: Path | Non
 
 
 @register
-class LatentGradient(Explainer):
-    """Gradient steps in the VAE latent against a latent classifier ensemble, checked by the real model."""
+class LatentGradient(CounterfactualExplainer):
+    """Gradient steps in the VAE latent against a latent classifier ensemble, checked by the real
+    model on the decodings as local edits of the original."""
 
     name: ClassVar[str] = "gradient"
     order: ClassVar[int] = 6
-    kind: ClassVar[str] = "counterfactual"
     label: ClassVar[str] = "Latent gradient (ensemble)"
     defaults: ClassVar[dict[str, Any]] = {"max_steps": 300, "lr": 0.05, "proximity": 0.05, "check_every": 5,
                                           "path_steps": 8}
 
-    def _explain(self, image: np.ndarray, target: str, seed: int, params: dict[str, Any]) -> Explanation:
+    def _propose(self, ctx: SearchContext, seed: int, params: dict[str, Any], exp: Explanation) -> list[Proposal]:
         b = self.bundle
-        exp = self.base(image, target)
-        thr = b.threshold_for(target)
-        want_anomalous = not exp.score_before > thr
-        ens = load_latent_ensemble(b)
+        ens = load_latent_ensemble(b, train_if_missing=False)
         with torch.inference_mode():
-            z0 = b.vae.encode(b.to_tensor(image[None]))[0].float()
-        traj, probs = self._trajectory(ens, z0, want_anomalous, params)
-        crossed = probs > 0.5 if want_anomalous else probs < 0.5
+            z0, zc = b.vae.encode(b.to_tensor(np.stack([ctx.image, ctx.content]))).float()
+        g0, gc = self._decode(torch.stack([z0, zc]))
+        em = ctx.edit_model(g0, gc)
+        traj, probs = self._trajectory(ens, z0, False, params)
         every = max(1, int(params["check_every"]))
-        steps = [i for i in range(len(traj)) if crossed[i] and (i % every == 0 or i == len(traj) - 1)]
-        found, score_cf, checked = None, None, 0
-        for i in range(0, len(steps), 8):  # check candidates in small batches, stop at the first valid one
+        # the ensemble's loss keeps pulling after it crosses 0.5, so every step is a candidate
+        steps = [i for i in range(every, len(traj)) if i % every == 0 or i == len(traj) - 1]
+        found, checked = None, 0
+        for i in range(0, len(steps), 8):  # in small batches, stop at the first valid edit
             chunk = steps[i:i + 8]
-            imgs = self._decode(traj[chunk])
-            s = score_images(b, imgs, target)
+            s = b.score_numpy(em.images(self._decode(traj[chunk])), ctx.target)
             checked += len(chunk)
-            ok = (s > thr) == want_anomalous
+            ok = s <= ctx.threshold
             if ok.any():
-                j = int(np.argmax(ok))
-                found, score_cf = chunk[j], float(s[j])
+                found = chunk[int(np.argmax(ok))]
                 break
+        crossed = probs < 0.5
         exp.info.update({"ensemble_p_start": float(probs[0]),
                          "ensemble_crossed_at": int(np.argmax(crossed)) if crossed.any() else None,
                          "checked": checked, "steps": found, "ensemble_members": ens.n_members})
         if found is None:
-            exp.info["message"] = (f"no counterfactual found in {len(traj) - 1} steps (ensemble p at the end "
-                                   f"{probs[-1]:.3f})")
-            return exp
+            found = len(traj) - 1
+            exp.info["search"] = (f"no step of {len(traj) - 1} made a valid edit by itself; the edit starts "
+                                  f"from the last one (ensemble p {probs[-1]:.3f})")
         exp.info["ensemble_p_cf"] = float(probs[found])
-        z_cf = traj[found]
-        img = self._decode(z_cf[None])
-        cfs = counterfactual_metrics(b, image, img, target, z0.cpu().numpy(), z_cf[None].cpu().numpy())
-        n = max(2, int(params["path_steps"]))
-        idx = np.unique(np.linspace(0, found, n).round().astype(int))
-        path = np.concatenate([image[None], self._decode(traj[idx])])
-        cfs[0].path_images = path.astype(np.float32)
-        cfs[0].path_scores = score_images(b, path, target)
-        exp.counterfactuals = order_counterfactuals(cfs)
-        return exp
+        idx = np.unique(np.linspace(0, found, max(2, int(params["path_steps"]))).round().astype(int))
+        path = self._decode(traj[idx])
+        return [Proposal(path[-1], g0, traj[found].cpu().numpy(), z0.cpu().numpy(), path)]
 
     def _trajectory(self, ens: LatentEnsemble, z0: torch.Tensor, want_anomalous: bool, params: dict[str, Any]
                     ) -> tuple[torch.Tensor, np.ndarray]:
@@ -272,37 +260,3 @@ class LatentGradient(Explainer):
     @torch.inference_mode()
     def _decode(self, z: torch.Tensor) -> np.ndarray:
         return self.bundle.vae.decode(z.to(self.bundle.device)).float().cpu().numpy()
-
-
-# ------------------------------------------------------------------ python -m cfx.explainers.gradient
-def main(argv: list[str] | None = None) -> int:
-    """Train and save the latent ensemble of one or all categories."""
-    from cfx.cli import add_data_args
-    from cfx.errors import CfxError
-    from cfx.models.bundle import dataset_name, load_bundle
-    from cfx.resolve import categories_for, resolve_root
-
-    p = argparse.ArgumentParser(prog="python -m cfx.explainers.gradient",
-                                description="train the latent classifier ensemble of the gradient explainer")
-    add_data_args(p, category_all=True)
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    try:
-        root = resolve_root(args.data_root)
-        ds = dataset_name(root)
-        for cat in categories_for(root, args.category):
-            bundle = load_bundle(ds, cat, detector="vae")
-            set_data_root(bundle, root)
-            t0 = time.perf_counter()
-            ens = train_latent_ensemble(bundle, train_images(bundle), seed=args.seed)
-            path = save_latent_ensemble(bundle, ens, seed=args.seed)
-            print(f"{ds}/{cat}: ensemble train accuracy {ens.train_accuracy:.3f}, "
-                  f"{time.perf_counter() - t0:.1f} s -> {path}")
-    except CfxError as exc:
-        print(f"cfx: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

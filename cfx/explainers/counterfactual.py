@@ -1,0 +1,163 @@
+"""The shared skeleton of the counterfactual methods (CLEAR, DiCE, gradient, concepts).
+
+A counterfactual answers "what would have made this image look normal?". Every method here
+implements only its search, :meth:`CounterfactualExplainer._propose`, which returns
+:class:`Proposal` s: the method's own image ``G`` in its generator (what changes) and the
+generator's image of the original ``G0``. The base class does the rest, the same for all:
+
+* an image the target already calls normal is its own counterfactual (zero edit, valid);
+* each proposal becomes the smallest local edit of the real image that the target calls normal
+  (:func:`cfx.explainers.edit.minimal_edit`: where = the detector's map times the method's change,
+  content = the nearest normal train image, ``G`` or, with the VAE detector, its reconstruction,
+  whichever makes the smaller valid edit; the Explanation's ``info["content"]`` says which);
+* validity, metrics (``locality``, ``edit_area``, ``realism``, ``l1``, ``l2``), the slider path
+  (the original morphing into the edit, inside the edited region only) and the order (closest
+  valid first). "No counterfactual found" is a result with a message.
+"""
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from cfx.explainers import edit as E
+from cfx.explainers.base import Counterfactual, Explainer, Explanation
+
+
+@dataclass
+class Proposal:
+    """What a method's search found.
+
+    Attributes:
+        image: ``G``, the method's counterfactual in its generator (C, H, W).
+        reference: ``G0``, the generator's image of the original (the change is ``G - G0``).
+        latent, latent0: the latents of ``G`` and of the original, if the method has any.
+        path: the generator's images from ``G0`` to ``G`` (S, C, H, W), for the slider.
+    """
+
+    image: np.ndarray
+    reference: np.ndarray
+    latent: np.ndarray | None = None
+    latent0: np.ndarray | None = None
+    path: np.ndarray | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SearchContext:
+    """What every search may use: the original, the detector's map of it, real normal content, the
+    region ``R*`` and :class:`~cfx.explainers.edit.EditModel` s built from them."""
+
+    image: np.ndarray
+    target: str
+    threshold: float
+    heat: np.ndarray
+    content: np.ndarray
+    region: np.ndarray  # R*: the smallest region whose real-content fill the target calls normal
+
+    def edit_model(self, reference: np.ndarray, g_content: np.ndarray) -> E.EditModel:
+        """Edits of the original from a generator whose image of the original is ``reference`` and
+        of the normal content ``g_content``."""
+        return E.EditModel(self.image, reference, self.content, self.region, g_content)
+
+
+def counterfactual_metrics(bundle, original: np.ndarray, images: np.ndarray, target: str, mask: np.ndarray | None = None,
+          latent0: np.ndarray | None = None, latents: np.ndarray | None = None) -> list[Counterfactual]:
+    """Score counterfactual images with the real models and measure them as edits of ``original``.
+
+    ``valid`` means the target calls the image normal; ``detector_valid`` / ``classifier_valid``
+    the same for the selected detector and the classifier (False when there is none).
+    """
+    images = np.clip(np.asarray(images, np.float32), 0, 1)
+    a = bundle.analyse(images)
+    t = bundle.target(target)
+    tgt = t.read(a)
+    clf = a.get("classifier")
+    out = []
+    for k, m in enumerate(E.edit_metrics(bundle, original, images, mask)):
+        if latents is not None and latent0 is not None:
+            dz = np.asarray(latents[k], np.float64) - latent0
+            m["latent_l1"] = float(np.abs(dz).sum())
+            m["latent_l2"] = float(np.sqrt((dz ** 2).sum()))
+        out.append(Counterfactual(
+            image=images[k], score_after=float(tgt[k]), valid=bool(tgt[k] <= t.threshold),
+            detector_score=float(a["score"][k]), detector_valid=bool(not a["anomalous"][k]),
+            classifier_prob=float("nan") if clf is None else float(clf[k]),
+            classifier_valid=False if clf is None else bool(not a["classifier_anomalous"][k]),
+            metrics=m, latent=None if latents is None else np.asarray(latents[k], np.float32)))
+    return out
+
+
+class CounterfactualExplainer(Explainer):
+    """Base of the counterfactual methods (see the module docstring); subclasses implement
+    :meth:`_propose`."""
+
+    kind: ClassVar[str] = "counterfactual"
+    #: the contents tried inside the edit region, in order of preference on a tie (the detector's
+    #: reconstruction only with the VAE detector)
+    contents: ClassVar[tuple[str, ...]] = ("nearest normal", "reconstruction", "generator")
+    #: slider steps from the original to the edit
+    path_steps: ClassVar[int] = 8
+
+    @abstractmethod
+    def _propose(self, ctx: SearchContext, seed: int, params: dict[str, Any], exp: Explanation) -> list[Proposal]:
+        """The method's search: proposals, best first (may be empty; ``exp.info`` takes its numbers)."""
+
+    def _explain(self, image: np.ndarray, target: str, seed: int, params: dict[str, Any]) -> Explanation:
+        b = self.bundle
+        exp = self.base(image, target)
+        if exp.score_before <= exp.threshold:
+            exp.counterfactuals = counterfactual_metrics(b, image, image[None], target, self.mask)
+            exp.info["message"] = "already normal: the counterfactual is the image itself (no edit)"
+            return exp
+        heat = E.detector_heat(b, image)
+        near, cinfo = E.normal_content(b, image, target, heat)
+        fills = {"nearest normal": near}
+        if b.detector_name == "vae":  # measured: the VAE rejects pasted texture seams, accepts its own recon
+            from cfx.explainers._util import reconstruction
+
+            fills["reconstruction"] = reconstruction(b, image)
+        base_edit = E.minimal_edit(b, image, target, heat, fills, None, margin_levels=0)
+        content = base_edit.content_image
+        region = np.clip(1.5 * E.gaussian_filter(base_edit.region, 2.0), 0, 1).astype(np.float32)
+        ctx = SearchContext(image, target, exp.threshold, heat, content, region)
+        proposals = self._propose(ctx, seed, params, exp)
+        if not proposals:
+            exp.info.setdefault("message", "no counterfactual found")
+            return exp
+        edits = []
+        for p in proposals:
+            cands = {**fills, "generator": np.clip(p.image, 0, 1).astype(np.float32)}
+            cands = {k: v for k, v in cands.items() if k in self.contents}
+            edits.append(E.minimal_edit(b, image, target, heat, cands, E.change_map(p.image, p.reference)))
+        lat = [p.latent for p in proposals]
+        cfs = counterfactual_metrics(b, image, np.stack([e.image for e in edits]), target, self.mask,
+                    proposals[0].latent0, None if any(z is None for z in lat) else np.stack(lat))
+        for c, e, p in zip(cfs, edits, proposals):
+            c.metrics["edit_share"] = e.share
+            c.path_images = self._path(image, e, p, int(params.get("path_steps", self.path_steps)))
+            c.path_scores = b.score_numpy(c.path_images, target)
+            c.content, c.region = e.content, e.region
+        order = sorted(range(len(cfs)), key=lambda i: (not cfs[i].valid, cfs[i].metrics["l1"]))
+        exp.counterfactuals = [cfs[i] for i in order]
+        exp.info.update({"content": [edits[i].content for i in order], "proposal_order": order, "edit_evaluations": base_edit.evaluations + sum(e.evaluations for e in edits),
+                         "search_region_share": base_edit.share,
+                         "normal_content": cinfo, "search_content": base_edit.content})
+        if not any(c.valid for c in cfs):
+            exp.info["message"] = ("no counterfactual found: even replacing the whole image with the nearest "
+                                   "normal training image does not make the target call it normal")
+        return exp
+
+    @staticmethod
+    def _path(x: np.ndarray, e: E.Edit, p: Proposal, steps: int) -> np.ndarray:
+        """The slider: the original morphing into the edit, inside its region only. With the
+        generator as content the morph follows the method's own path (when it has one)."""
+        steps = max(2, steps)
+        if e.content == "generator" and p.path is not None and len(p.path) > 1:
+            idx = np.unique(np.linspace(0, len(p.path) - 1, steps - 1).round().astype(int))
+            return np.concatenate([x[None], E.compose(x, np.asarray(p.path[idx], np.float32), e.region[None]
+                                                      .repeat(len(idx), 0))])
+        t = np.linspace(0.0, 1.0, steps)
+        return np.stack([E.compose(x, e.content_image, a * e.region) for a in t])

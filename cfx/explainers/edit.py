@@ -1,0 +1,286 @@
+"""Counterfactuals as local edits of the real image: where to edit, with what, and how it measures.
+
+Every counterfactual the user sees is ``x' = x * (1 - R) + C * R``: the original ``x`` outside a
+soft region ``R`` (H, W) in [0, 1], realistic content ``C`` inside it. The methods
+(:mod:`cfx.explainers.counterfactual`) decide *what* changes (their generator's image ``G``: an
+AE/VAE decoding, an inverse-PCA image, a concept edit); this module decides *where*, as little as
+possible, and checks validity on the selected detector:
+
+1. **Priority** (:func:`priority_map`): ``heat * (1 + change) / 2``, both scaled to [0, 1]: the
+   detector's own map (where it sees the anomaly), ordered within by the method's change
+   ``|G - G0|`` (smoothed), so an edit starts where both agree. (Measured on the demo: the
+   geometric mean of the two spread the edits over the AE's blur and lost locality.)
+2. **Regions** (:func:`level_regions`): the top ``share`` of the priority for the shares in
+   :data:`SHARES` (0.2% of the pixels up to the whole image), soft-edged.
+3. **Content** (:func:`normal_content`): the nearest train/good image to ``x`` outside the hot
+   region, among the :data:`NEAREST_K` nearest, each shifted by up to :data:`ALIGN_SHIFT` px to
+   match the original, the first that the detector itself calls normal (real texture, aligned);
+   and the method's own ``G``.
+   Measured on the demo (BENCHMARKS.md): PatchCore rejects every AE decoding, even blended into
+   the hot region only, and accepts the nearest-normal fill; the demo VAE accepts both.
+4. **Minimal edit** (:func:`minimal_edit`): every share x content in one batch; the smallest share
+   whose composition the detector calls normal wins (real content first on a tie), plus
+   :data:`MARGIN_LEVELS` level(s) so the edit's seam is not in the halo of what is left.
+
+Inside the searches the same composition gives a detector that a generator's image can cross
+(:class:`EditModel`): within the smallest region whose real-content fill the detector accepts
+(the minimal edit without a method, ``R*``), ``G`` sets how strongly it is filled by how much it
+changes there, ``x + a R* (C - x)`` with ``a = clip(mean_R* |G - G0| / (tau mean_R* |G_C - G0|), 0, 1)``
+where ``G_C`` is the generator's own image of the content (a move half as far as the one that
+takes the generator's image of the original to its image of the normal content fills it fully); so CLEAR's
+regression and DiCE's search see a boundary under a detector that rejects every decoding, and it
+lies where the method moves far enough where the detector looks.
+
+**Metrics** (:func:`edit_metrics`): ``locality`` (share of ``|x' - x|`` inside the defect mask
+dilated by :data:`LOCALITY_DILATION` px), ``edit_area`` (share of pixels changed by more than
+:data:`CHANGE_EPS`), ``realism`` (:func:`independent_realism`: PatchCore's nearest-normal-patch
+distance over the edited region relative to that of real normal images; about 1 = as normal as a
+good part; independent of every generator), plus ``l1`` and ``l2``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.ndimage import binary_dilation, gaussian_filter
+
+#: a pixel counts as changed when it moves by more than this (images in [0, 1])
+CHANGE_EPS = 0.05
+#: the defect mask is dilated by this many pixels for locality
+LOCALITY_DILATION = 4
+#: region sizes tried, as shares of the image's pixels
+SHARES = (0.002, 0.004, 0.006, 0.008, 0.012, 0.016, 0.024, 0.032, 0.045, 0.06, 0.09, 0.12, 0.18, 0.25, 0.5, 1.0)
+#: train images considered as content (the nearest ones outside the hot region)
+NEAREST_K = 8
+#: soft edge of the regions (Gaussian sigma, px at the working size)
+EDGE_SIGMA = 1.5
+#: inside a search, the generator fills the region fully when it changes there by this share of
+#: the change from its image of the original to its image of the normal content
+TAU = 0.5
+#: shifts (px) tried to align the normal content with the original
+ALIGN_SHIFT = 3
+#: levels added to the smallest valid one, so the edit is normal with a margin and its seam
+#: does not sit in the detector's halo of what is left (measured: realism)
+MARGIN_LEVELS = 1
+
+
+def scaled(a: np.ndarray) -> np.ndarray:
+    """``a`` moved and scaled to [0, 1] (zeros when constant)."""
+    a = np.asarray(a, np.float64)
+    lo, hi = float(a.min()), float(a.max())
+    return np.zeros_like(a) if hi - lo < 1e-12 else (a - lo) / (hi - lo)
+
+
+def change_map(g: np.ndarray, ref: np.ndarray, sigma: float = 2.0) -> np.ndarray:
+    """Smoothed mean absolute change over channels, (H, W)."""
+    return gaussian_filter(np.abs(np.asarray(g, np.float32) - ref).mean(0), sigma)
+
+
+def priority_map(heat: np.ndarray, change: np.ndarray | None) -> np.ndarray:
+    """Where to edit first: the detector's map, ordered within by the method's change
+    (``heat * (1 + change) / 2``, both scaled to [0, 1])."""
+    h = scaled(heat)
+    return h if change is None else h * (0.5 + 0.5 * scaled(change))
+
+
+def soft(region: np.ndarray, sigma: float = EDGE_SIGMA) -> np.ndarray:
+    """A binary region with a soft edge that still covers it fully."""
+    return np.clip(1.5 * gaussian_filter(region.astype(np.float32), sigma), 0, 1).astype(np.float32)
+
+
+def level_regions(priority: np.ndarray, shares: tuple[float, ...] = SHARES) -> np.ndarray:
+    """Soft regions (L, H, W): the top ``share`` of ``priority`` for each share (1.0: everything)."""
+    out = []
+    flat = np.sort(priority.ravel())[::-1]
+    for s in shares:
+        if s >= 1:
+            out.append(np.ones_like(priority, np.float32))
+            continue
+        k = max(1, int(round(s * flat.size)))
+        out.append(soft(priority >= flat[k - 1]))
+    return np.stack(out)
+
+
+def compose(x: np.ndarray, content: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """``x * (1 - R) + content * R`` for one region (H, W) or several (L, H, W)."""
+    r = region[:, None] if region.ndim == 3 else region[None]
+    return np.clip(x * (1 - r) + content * r, 0, 1).astype(np.float32)
+
+
+def normal_content(bundle, x: np.ndarray, target: str, heat: np.ndarray, k: int = NEAREST_K
+                   ) -> tuple[np.ndarray, dict[str, Any]]:
+    """Real normal content for ``x``: of the ``k`` train/good images nearest to ``x`` where the
+    detector's map is cool, the nearest one the target calls normal (else the lowest-scoring).
+
+    Returns:
+        (image (C, H, W), info: ``content_index`` into train/good, ``content_score``).
+    """
+    from cfx.explainers._util import train_images
+
+    normals = train_images(bundle)
+    w = (1.0 - scaled(heat)).astype(np.float32)
+    d = (((normals - x[None]) ** 2).mean(1) * w[None]).reshape(len(normals), -1).sum(1)
+    near = np.argsort(d)[: max(1, k)]
+    cands, shifts = zip(*(aligned(normals[i], x, w) for i in near))
+    s = bundle.score_numpy(np.stack(cands), target)
+    ok = s <= bundle.threshold_for(target)
+    j = int(np.argmax(ok)) if ok.any() else int(np.argmin(s))
+    return np.asarray(cands[j], np.float32), {"content_index": int(near[j]), "content_score": float(s[j]),
+                                              "content_shift": list(shifts[j])}
+
+
+def aligned(normal: np.ndarray, x: np.ndarray, w: np.ndarray, r: int = ALIGN_SHIFT) -> tuple[np.ndarray, tuple[int, int]]:
+    """``normal`` shifted by up to ``r`` px (edges replicated) to match ``x`` where ``w`` is high."""
+    pad = np.pad(normal, ((0, 0), (r, r), (r, r)), mode="edge")
+    h, wd = x.shape[1:]
+    best, arg = np.inf, (0, 0)
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            c = pad[:, r + dy:r + dy + h, r + dx:r + dx + wd]
+            e = float((((c - x) ** 2).mean(0) * w).sum())
+            if e < best:
+                best, arg = e, (dy, dx)
+    dy, dx = arg
+    return pad[:, r + dy:r + dy + h, r + dx:r + dx + wd].copy(), (int(dy), int(dx))
+
+
+def detector_heat(bundle, x: np.ndarray) -> np.ndarray:
+    """The selected detector's calibrated map of one image (H, W)."""
+    return bundle.analyse(x[None])["heatmap"][0]
+
+
+@dataclass
+class Edit:
+    """The smallest valid edit found by :func:`minimal_edit`."""
+
+    image: np.ndarray
+    region: np.ndarray
+    share: float
+    content: str  # "nearest normal" or "generator"
+    score: float
+    valid: bool
+    evaluations: int
+    content_image: np.ndarray = field(repr=False, default=None)  # type: ignore[assignment]
+
+
+def minimal_edit(bundle, x: np.ndarray, target: str, heat: np.ndarray, contents: dict[str, np.ndarray],
+                 change: np.ndarray | None, margin_levels: int = MARGIN_LEVELS) -> Edit:
+    """The smallest region (of :data:`SHARES`) and content whose composition the target calls normal.
+
+    Args:
+        bundle: the models; target: the explained target (normal = at most its threshold).
+        x: the original (C, H, W); heat: the detector's map (H, W).
+        contents: candidate contents by name, in order of preference on a tie.
+        change: the method's change map (H, W) or None.
+        margin_levels: levels added to the smallest valid one (while still valid).
+
+    Returns:
+        The :class:`Edit` (``valid`` False, whole image and the best-scoring content, when none is).
+    """
+    regions = level_regions(priority_map(heat, change))
+    names = list(contents)
+    batch = np.concatenate([compose(x, contents[n], regions) for n in names])
+    s = bundle.score_numpy(batch, target).reshape(len(names), len(regions))
+    ok = s <= bundle.threshold_for(target)
+    if ok.any():
+        lvl = int(np.argmax(ok.any(0)))
+        c = int(np.argmax(ok[:, lvl]))
+        for _ in range(margin_levels):
+            if lvl + 1 < len(regions) and ok[c, lvl + 1]:
+                lvl += 1
+    else:
+        lvl, c = len(regions) - 1, int(np.argmin(s[:, -1]))
+    return Edit(batch[c * len(regions) + lvl], regions[lvl], float(SHARES[lvl]), names[c], float(s[c, lvl]),
+                bool(ok[c, lvl]), int(batch.shape[0]), contents[names[c]])
+
+
+class EditModel:
+    """A generator's images turned into local edits of ``x`` for a search: ``G`` (N, C, H, W) ->
+    ``compose(x, content, a * region)``, ``a = clip(mean over region of |G - G0| / scale, 0, 1)``
+    with ``scale = tau * mean over region of |g_content - G0|`` (see the module docstring).
+
+    Args:
+        x: the original; g0: the generator's image of it; content: the real normal content;
+        region: ``R*``; g_content: the generator's image of ``content``.
+    """
+
+    def __init__(self, x: np.ndarray, g0: np.ndarray, content: np.ndarray, region: np.ndarray,
+                 g_content: np.ndarray, tau: float = TAU) -> None:
+        self.x, self.g0, self.content, self.region = x, g0, content, region
+        self.w = region / max(float(region.sum()), 1e-12)
+        self.tau = max(float(tau) * float((np.abs(g_content - g0).mean(0) * self.w).sum()), 1e-3)
+
+    def strength(self, g: np.ndarray) -> np.ndarray:
+        """``a`` of each image (N,)."""
+        d = np.abs(np.asarray(g, np.float32) - self.g0).mean(1)
+        return np.clip((d * self.w).sum((1, 2)) / self.tau, 0, 1)
+
+    def regions(self, g: np.ndarray) -> np.ndarray:
+        return (self.strength(g)[:, None, None] * self.region[None]).astype(np.float32)
+
+    def images(self, g: np.ndarray) -> np.ndarray:
+        return compose(self.x, self.content, self.regions(np.asarray(g, np.float32)))
+
+
+# ------------------------------------------------------------------ metrics
+def locality(x: np.ndarray, cf: np.ndarray, mask: np.ndarray | None) -> float:
+    """Share of ``|cf - x|`` inside the defect mask dilated by :data:`LOCALITY_DILATION` px (NaN
+    without a mask or without any change; 1.0 = the edit stays on the defect)."""
+    if mask is None:
+        return float("nan")
+    m = np.asarray(mask) > 0.5
+    if m.ndim == 3:
+        m = m.any(0)
+    if not m.any():
+        return float("nan")
+    d = np.abs(np.asarray(cf, np.float64) - x).mean(0)
+    tot = float(d.sum())
+    if tot <= 1e-12:
+        return float("nan")
+    return float(d[binary_dilation(m, iterations=LOCALITY_DILATION)].sum() / tot)
+
+
+def edit_area(x: np.ndarray, cf: np.ndarray) -> float:
+    """Share of pixels whose largest channel change exceeds :data:`CHANGE_EPS`."""
+    return float((np.abs(np.asarray(cf, np.float32) - x).max(0) > CHANGE_EPS).mean())
+
+
+@torch.inference_mode()
+def independent_realism(bundle, x: np.ndarray, images: np.ndarray) -> np.ndarray:
+    """PatchCore's nearest-normal-patch distance averaged over each image's edited pixels (all
+    pixels when nothing changed), over the mean distance of held-out real normal pixels.
+
+    About 1 = as normal as a real good part; it uses no generator, so a decoding is not realistic
+    by construction. NaN when the category has no fitted PatchCore.
+    """
+    pc = bundle.detectors.get("patchcore")
+    images = np.asarray(images, np.float32)
+    if pc is None:
+        return np.full(len(images), np.nan)
+    ref = float(pc.normal_distance) or float(pc.heat_floor) or 1.0
+    out = []
+    for i in range(0, len(images), 16):
+        m = pc.raw(bundle.to_tensor(images[i:i + 16]))[0].float().cpu().numpy()
+        out.append(m)
+    maps = np.concatenate(out)
+    res = []
+    for img, m in zip(images, maps):
+        w = (np.abs(img - x).max(0) > CHANGE_EPS)
+        w = binary_dilation(w, iterations=2) if w.any() else np.ones_like(w)
+        res.append(float(m[w].mean()) / ref)
+    return np.array(res)
+
+
+def edit_metrics(bundle, x: np.ndarray, images: np.ndarray, mask: np.ndarray | None = None) -> list[dict[str, float]]:
+    """``l1``, ``l2``, ``edit_area``, ``locality`` and ``realism`` of each image (N, C, H, W) as an
+    edit of ``x``."""
+    images = np.asarray(images, np.float32)
+    real = independent_realism(bundle, x, images)
+    out = []
+    for img, r in zip(images, real):
+        d = img - x
+        out.append({"l1": float(np.abs(d).mean()), "l2": float(np.sqrt((d ** 2).mean())),
+                    "edit_area": edit_area(x, img), "locality": locality(x, img, mask), "realism": float(r)})
+    return out

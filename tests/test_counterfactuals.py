@@ -1,0 +1,158 @@
+"""Counterfactuals as local edits of the real image (issue 12; cfx.explainers.edit and
+cfx.explainers.counterfactual).
+
+Validity on the real detector for >= 90% of flagged demo defects, per method and detector; an
+already-normal image is its own counterfactual; edits of a planted defect stay on it (locality);
+realism is measured without the generator (a blurred AE decoding is not realistic); the edit's
+geometry and metrics on toy arrays.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cfx.explainers import REGISTRY
+from cfx.explainers import edit as E
+
+CF_METHODS = ("clear", "dice", "gradient", "concepts")
+#: quick settings: validity and locality are properties of the edit, not of long searches
+QUICK = {"clear": {"n_samples": 150, "fidelity_dims": -1, "path_steps": 3},
+         "dice": {"max_iterations": 5, "total_cfs": 2}, "gradient": {"max_steps": 120}, "concepts": {"path_steps": 3}}
+PER_CATEGORY = 5  # brick + tablet: 10 flagged defects per method and detector
+
+@pytest.fixture(scope="module")
+def bundle(demo_bundle):
+    return demo_bundle
+
+
+def _test_split(b, demo_root, category):
+    from cfx.data.mvtec import MVTecDataset
+
+    return MVTecDataset(demo_root, category, "test", image_size=b.image_size, channels=b.channels).arrays()
+
+
+def flagged(b, demo_root, category, n):
+    """n flagged defects with masks, spread over the defect types: (images, masks (H, W))."""
+    arr = _test_split(b, demo_root, category)
+    a = b.analyse(arr.images)
+    idx = [i for i, s in enumerate(arr.samples) if s.defect != "good" and arr.has_mask[i] and a["anomalous"][i]]
+    idx = idx[::max(1, len(idx) // n)][:n]
+    masks = arr.masks[idx]
+    return arr.images[idx], (masks[:, 0] if masks.ndim == 4 else masks) > 0.5
+
+
+# ------------------------------------------------------------------ validity on the real detector
+@pytest.mark.parametrize("detector", ["patchcore", "vae"])
+@pytest.mark.parametrize("method", CF_METHODS)
+def test_valid_on_the_real_detector_for_90_percent(bundle, demo_root, method, detector):
+    valid = []
+    for category in ("brick", "tablet"):
+        b = bundle(category, detector)
+        images, masks = flagged(b, demo_root, category, PER_CATEGORY)
+        for img, m in zip(images, masks):
+            e = REGISTRY[method](b).attribute(img, "score", seed=0, mask=m, **QUICK[method])
+            assert e.ok, e.error
+            c = e.best
+            ok = c is not None and c.valid
+            if ok:  # the image the user sees really scores normal on the explained detector
+                assert float(b.score_numpy(c.image[None])[0]) <= b.threshold
+                outside = c.region is not None and np.abs(c.image - img).max(0)[c.region == 0].max() < 1e-6
+                assert outside, "the counterfactual changed pixels outside its edit region"
+                assert c.path_images is not None and np.array_equal(c.path_images[0], img)
+            valid.append(ok)
+    assert np.mean(valid) >= 0.9, f"{method} on {detector}: valid on {sum(valid)}/{len(valid)} flagged defects"
+
+
+# ------------------------------------------------------------------ already normal: no edit
+@pytest.mark.parametrize("detector", ["patchcore", "vae"])
+def test_a_normal_image_is_its_own_counterfactual(bundle, demo_root, detector):
+    b = bundle("brick", detector)
+    arr = _test_split(b, demo_root, "brick")
+    good = arr.images[[i for i, s in enumerate(arr.samples) if s.defect == "good"]]
+    img = good[int(np.argmin(b.score_numpy(good)))]
+    for method in CF_METHODS:
+        e = REGISTRY[method](b).attribute(img, "score", **QUICK[method])
+        assert e.ok and len(e.counterfactuals) == 1, (method, e.error)
+        c = e.best
+        assert c.valid and np.array_equal(c.image, img) and c.metrics["edit_area"] == 0 and c.metrics["l1"] == 0
+        assert "already normal" in e.info["message"]
+
+
+# ------------------------------------------------------------------ locality on a planted defect
+def _planted(b, demo_root, category):
+    """A normal test image with a dark 12x12 blot planted off-centre (the detector flags it)."""
+    arr = _test_split(b, demo_root, category)
+    good = arr.images[[i for i, s in enumerate(arr.samples) if s.defect == "good"]]
+    img = good[int(np.argmin(b.score_numpy(good)))].copy()
+    mask = np.zeros(img.shape[1:], bool)
+    mask[30:42, 70:82] = True
+    img[:, mask] = 0.05
+    assert b.score_numpy(img[None])[0] > b.threshold, "the planted blot is not flagged"
+    return img, mask
+
+
+@pytest.mark.parametrize("method", CF_METHODS)
+def test_edits_of_a_planted_defect_stay_on_it(bundle, demo_root, method):
+    b = bundle("tablet", "patchcore")
+    img, mask = _planted(b, demo_root, "tablet")
+    e = REGISTRY[method](b).attribute(img, "score", seed=0, mask=mask, **QUICK[method])
+    c = e.best
+    assert c is not None and c.valid, e.info.get("message")
+    assert c.metrics["locality"] >= 0.6, c.metrics
+    assert c.metrics["edit_area"] <= 3 * mask.mean(), c.metrics
+
+
+# ------------------------------------------------------------------ realism without the generator
+def test_realism_is_independent_of_the_generator(bundle, demo_root):
+    """Real good parts score about 1; the AE's own blurred decoding of them does not pass as real."""
+    import torch
+
+    b = bundle("tablet", "vae")
+    arr = _test_split(b, demo_root, "tablet")
+    good = arr.images[[i for i, s in enumerate(arr.samples) if s.defect == "good"]][:6]
+    real = [E.independent_realism(b, g, g[None])[0] for g in good]
+    with torch.inference_mode():
+        rec = b.ae(b.to_tensor(good)).float().cpu().numpy()
+    fake = [E.independent_realism(b, g, r[None])[0] for g, r in zip(good, rec)]
+    assert 0.6 < np.median(real) < 1.4, real
+    assert np.median(fake) > 1.5 * np.median(real), (real, fake)
+
+
+# ------------------------------------------------------------------ the edit on toy arrays
+class _Toy:
+    """A detector that scores the mean brightness of a 10x10 patch (anomalous above 0.5)."""
+
+    channels, image_size = 1, 32
+
+    def threshold_for(self, target):
+        return 0.5
+
+    def score_numpy(self, images, target="score", batch=None):
+        return np.asarray(images)[:, 0, 10:20, 10:20].mean((1, 2))
+
+
+def test_minimal_edit_is_the_smallest_valid_region():
+    x = np.zeros((1, 32, 32), np.float32)
+    x[0, 12:18, 12:18] = 1.0  # the "defect": bright, inside the scored patch
+    heat = np.zeros((32, 32), np.float32)
+    heat[12:18, 12:18] = 1.0
+    heat += np.linspace(0, 0.1, 32)[None]  # an order outside the defect
+    edit = E.minimal_edit(_Toy(), x, "score", heat, {"nearest normal": np.zeros_like(x)}, None, margin_levels=0)
+    assert edit.valid and edit.score <= 0.5
+    assert edit.share < 0.1  # far from the whole image
+    changed = np.abs(edit.image - x)[0] > 0
+    assert changed[12:18, 12:18].any() and not changed[:, 26:].any()
+
+
+def test_locality_and_edit_area():
+    x = np.zeros((3, 20, 20), np.float32)
+    cf = x.copy()
+    cf[:, 5:7, 5:7] = 0.5
+    mask = np.zeros((20, 20), bool)
+    mask[5:7, 5:7] = True
+    assert E.locality(x, cf, mask) == pytest.approx(1.0)
+    assert E.edit_area(x, cf) == pytest.approx(4 / 400)
+    far = x.copy()
+    far[:, 15:17, 15:17] = 0.5
+    assert E.locality(x, far, mask) == pytest.approx(0.0)
+    assert np.isnan(E.locality(x, cf, None)) and np.isnan(E.locality(x, x, mask))
