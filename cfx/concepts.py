@@ -536,8 +536,9 @@ def local_steps(bundle, path: ConceptPath, explanation, mask: np.ndarray | None 
     the ``concepts`` method's edit of that concept changed (:mod:`cfx.explainers.counterfactual`).
 
     Step ``alpha`` of concept ``k`` is ``x + R_k (render_k(alpha) - x)`` where the edit's content is
-    the generator, and ``x + (1 - alpha)(edit_k - x)`` where it is the nearest normal image. Scores
-    and validity are the selected detector's (``bundle``); ``info`` gets ``l1``, ``edit_area``,
+    the generator, and ``x + (1 - alpha)(edit_k - x)`` where it is real content. Scores, validity
+    and the targets (linear from the original's score at alpha 1 to the best edit's at alpha 0) are
+    the selected detector's (``bundle``); ``info`` gets ``l1``, ``edit_area``,
     ``locality`` and ``realism`` per step (:func:`cfx.explainers.edit.edit_metrics`).
 
     Args:
@@ -565,8 +566,11 @@ def local_steps(bundle, path: ConceptPath, explanation, mask: np.ndarray | None 
         m = edit_metrics(bundle, x, flat, mask)
     thr = bundle.threshold
     s0 = float(explanation.score_before)
-    out = ConceptPath(image=x, score=s0, threshold=thr, s_normal=path.s_normal, latent=path.latent,
-                      alphas=path.alphas, targets=path.targets, images=images, latents=path.latents,
+    # the selected detector's scale: from the original (alpha 1) to its best edit (alpha 0)
+    s_edit = float(scores[:, int(np.argmin(path.alphas))].min())
+    targets = s_edit + np.asarray(path.alphas, np.float64) * (s0 - s_edit)
+    out = ConceptPath(image=x, score=s0, threshold=thr, s_normal=s_edit, latent=path.latent,
+                      alphas=path.alphas, targets=targets, images=images, latents=path.latents,
                       scores=scores, valid=scores <= thr, seconds=path.seconds, info=dict(path.info))
     for key in ("l1", "edit_area", "locality", "realism"):
         out.info[key] = np.array([r[key] for r in m]).reshape(images.shape[:2])
