@@ -59,16 +59,17 @@ def run(dataset: str, root: Path, cat: str, det: str, per: int, methods) -> list
 
 def table(rows: list[dict]) -> str:
     out = ["| data | detector | method | n | validity | median locality | median edit area / mask | "
-           "median realism | median s | content (nearest / generator) |", "|---|---|---|---|---|---|---|---|---|---|"]
+           "median realism | median s | content (nearest normal / reconstruction / generator) |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     keys = sorted({(r["data"], r["detector"], r["method"]) for r in rows}, key=lambda k: (k[0], k[1], METHODS.index(k[2])))
     for d, det, m in keys:
         rs = [r for r in rows if (r["data"], r["detector"], r["method"]) == (d, det, m)]
         ok = [r for r in rs if r["valid"]]
         med = lambda k: float(np.nanmedian([r[k] for r in ok])) if ok else float("nan")  # noqa: E731
-        near = sum(r["content"] == "nearest normal" for r in ok)
+        kinds = [sum(r["content"] == c for r in ok) for c in ("nearest normal", "reconstruction", "generator")]
         out.append(f"| {d} | {det} | {m} | {len(rs)} | {len(ok) / max(1, len(rs)):.2f} | {med('locality'):.2f} | "
                    f"{med('area_ratio'):.2f} | {med('realism'):.2f} | "
-                   f"{float(np.median([r['seconds'] for r in rs])):.1f} | {near} / {len(ok) - near} |")
+                   f"{float(np.median([r['seconds'] for r in rs])):.1f} | {' / '.join(map(str, kinds))} |")
     return "\n".join(out)
 
 

@@ -134,11 +134,17 @@ class Dice(CounterfactualExplainer):
                          "normal_reference_rows": int((labels == desired).sum())})
         if (labels == desired).sum() < population:
             # dice-ml's genetic search would then draw random rows one model call at a time until
-            # enough are valid, which need never end: no counterfactual is a result
-            exp.info["message"] = (f"no counterfactual found: only {(labels == desired).sum()} of {len(labels)} "
-                                   f"reference rows are normal for the model")
+            # enough are valid, which need never end. The reference rows the model finds most
+            # normal are proposals still: their edits are checked like any other
+            p = model.predict_proba(table)[:, 1]
+            order = [i for i in np.argsort(p, kind="stable") if i < len(table) - 1][: int(params["total_cfs"])]
+            exp.info["search"] = (f"dice-ml's genetic search needs {population} normal reference rows and found "
+                                  f"{int((labels == desired).sum())}; the proposals are the {len(order)} reference "
+                                  f"rows the model finds most normal")
             exp.info["model_evaluations"] = model.evaluations
-            return []
+            rows = table[order]
+            return [Proposal(g, g0, r.astype(np.float32), p0[0].astype(np.float32))
+                    for g, r in zip(model.images(rows), rows)]
         df = pd.DataFrame(table, columns=cols).astype(np.float64)
         df[OUTCOME] = labels
         data = dice_ml.Data(dataframe=df, continuous_features=cols, outcome_name=OUTCOME)
