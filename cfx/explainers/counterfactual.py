@@ -121,7 +121,7 @@ class CounterfactualExplainer(Explainer):
             fills["reconstruction"] = reconstruction(b, image)
         base_edit = E.minimal_edit(b, image, target, heat, fills, None, margin_levels=0)
         content = base_edit.content_image
-        region = np.clip(1.5 * E.gaussian_filter(base_edit.region, 2.0), 0, 1).astype(np.float32)
+        region = E.soft(base_edit.region, 2.0)
         ctx = SearchContext(image, target, exp.threshold, heat, content, region)
         proposals = self._propose(ctx, seed, params, exp)
         if not proposals:
