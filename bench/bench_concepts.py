@@ -47,7 +47,7 @@ from cfx.data.demo import CATEGORIES, ensure_demo  # noqa: E402
 from cfx.data.mvtec import GOOD, MVTecDataset  # noqa: E402
 from cfx.data.synth import synthesize  # noqa: E402
 from cfx.errors import ModelMissingError  # noqa: E402
-from cfx.explainers.edit import independent_realism  # noqa: E402
+from cfx.metrics.edits import independent_realism  # noqa: E402
 
 
 def realism_scores(bundle, images: np.ndarray) -> np.ndarray:

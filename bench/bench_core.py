@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cfx.data.demo import ensure_demo  # noqa: E402
 from cfx.errors import ModelMissingError  # noqa: E402
-from cfx.evaluate import evaluate_category  # noqa: E402
+from cfx.metrics.detection import evaluate_category  # noqa: E402
 from cfx.models.bundle import dataset_name, load_bundle  # noqa: E402
 
 

@@ -30,7 +30,7 @@ import torch  # noqa: E402
 from cfx import config  # noqa: E402
 from cfx.data.demo import ensure_demo  # noqa: E402
 from cfx.data.mvtec import MVTecDataset  # noqa: E402
-from cfx.evaluate import evaluate_category  # noqa: E402
+from cfx.metrics.detection import evaluate_category  # noqa: E402
 from cfx.models.bundle import dataset_name, load_bundle, model_exists  # noqa: E402
 from cfx.training import fit_patchcore  # noqa: E402
 

@@ -1,12 +1,16 @@
-"""Atomic file writes: write to a temporary file beside the target, then rename."""
+"""Atomic file writes (write to a temporary file beside the target, then rename) and the plain
+JSON form of results (numpy values, paths; strict JSON without NaN)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+import numpy as np
 
 
 @contextmanager
@@ -39,12 +43,11 @@ def write_bytes(target: str | os.PathLike, data: bytes) -> Path:
 
 def write_json(target: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` as indented JSON to ``target`` atomically."""
-    return write_bytes(target, (json.dumps(obj, indent=2, sort_keys=True, default=_default) + "\n").encode())
+    return write_bytes(target, (json.dumps(obj, indent=2, sort_keys=True, default=json_default) + "\n").encode())
 
 
-def _default(o: Any) -> Any:
-    import numpy as np
-
+def json_default(o: Any) -> Any:
+    """``json.dumps``' ``default``: numpy scalars and arrays as plain values, paths as strings."""
     if isinstance(o, np.generic):
         return o.item()
     if isinstance(o, np.ndarray):
@@ -52,3 +55,21 @@ def _default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def clean_json(obj: Any) -> Any:
+    """``obj`` with numpy scalars/arrays made plain, paths made strings and NaN/inf made None
+    (strict JSON)."""
+    if isinstance(obj, dict):
+        return {str(k): clean_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [clean_json(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return clean_json(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj

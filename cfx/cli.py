@@ -69,7 +69,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from cfx.evaluate import evaluate_category
+    from cfx.metrics.detection import evaluate_category
     from cfx.models.bundle import dataset_name, load_bundle
     from cfx.resolve import categories_for, resolve_root
 

@@ -445,7 +445,7 @@ class ConceptPath:
 
     def diversity(self, step: int) -> float:
         """Mean pairwise L1 between the concepts' images at one step."""
-        from cfx.explainers.base import diversity
+        from cfx.metrics.edits import diversity
 
         return diversity(list(self.images[:, step]))
 

@@ -21,6 +21,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
+
+from cfx.metrics.detection import auroc_standard_error
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -60,13 +62,6 @@ VAL_FRACTION = 0.15
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
-
-
-def auroc_standard_error(auc: float, n_pos: int, n_neg: int) -> float:
-    """The standard error of an AUROC (Hanley & McNeil, 1982)."""
-    q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
-    var = (auc * (1 - auc) + (n_pos - 1) * (q1 - auc**2) + (n_neg - 1) * (q2 - auc**2)) / max(1, n_pos * n_neg)
-    return float(np.sqrt(max(var, 0.0)))
 
 
 def split_indices(n: int, seed: int, val_fraction: float = VAL_FRACTION) -> tuple[np.ndarray, np.ndarray]:

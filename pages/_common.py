@@ -39,11 +39,12 @@ import streamlit as st
 import torch  # noqa: F401
 
 from cfx import config
-from cfx import export as X
+from cfx import reports as X
+from cfx.reports.encode import file_stem as name_stem, pil_png, png_data_uri
 from cfx.data.imageio import image_to_array, open_image
 from cfx.data.mvtec import GOOD, Arrays, MVTecDataset, detect_channels, list_categories, validate_root
 from cfx.errors import CfxError, DataError, ModelMissingError
-from cfx.models.bundle import ModelBundle, available_models, dataset_name, load_bundle, model_exists
+from cfx.models.bundle import ModelBundle, available_models, dataset_name, load_bundle
 
 PROJECT = Path(__file__).resolve().parent.parent
 def target_labels(bundle: ModelBundle) -> dict[str, str]:
@@ -556,14 +557,9 @@ def _resize_map(a: np.ndarray, side: int) -> np.ndarray:
 
 
 def _png_uri(rgb: np.ndarray) -> str:
-    import base64
-    import io
-
     from PIL import Image
 
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG", compress_level=1)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return png_data_uri(pil_png(Image.fromarray(rgb), compress_level=1))
 
 
 def _hover_layer(values: np.ndarray, factor: float, template: str, customdata: np.ndarray | None = None) -> go.Heatmap:
@@ -640,8 +636,7 @@ def report_downloads(report: X.Report | Callable[[], X.Report], stem: str, key: 
 
 
 def file_stem(sel: Selection, what: str) -> str:
-    base = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{sel.dataset}_{sel.category}_{sel.name}".replace("/", "_"))
-    return f"cfx_{what}_{base.rsplit('.', 1)[0]}"
+    return f"cfx_{what}_{name_stem(f'{sel.dataset}_{sel.category}_{sel.name}')}"
 
 
 def verdict(sel: Selection) -> dict[str, Any]:

@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from cfx import export as X
-from pages._common import (target_labels, _bind, _sync, bound, current, effective_params, explain_one, file_stem, heat_figure,
+from cfx import reports as X
+from pages._common import (target_labels, _bind, _sync, bound, current, explain_one, file_stem, heat_figure,
                            image_figure, is_cached, is_heavy, param_inputs, plot, registry, report_downloads, require_models)
 
 NCOLS = 3

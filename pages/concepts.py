@@ -15,7 +15,6 @@ measured) with ``st.cache_data``; a slider step only looks the step up.
 """
 from __future__ import annotations
 
-import base64
 import io
 import time
 
@@ -27,6 +26,7 @@ import streamlit.components.v1 as components
 from cfx.concepts import (SLIDER_ALPHAS, ConceptPath, concept_path, load_concepts, local_steps, train_concepts,
                           train_hint)
 from cfx.data.imageio import array_to_pil
+from cfx.reports.encode import pil_png, png_data_uri
 from cfx.errors import CfxError, ModelMissingError
 from pages import _common as C
 
@@ -51,9 +51,7 @@ def _path(model_key: str, img_hash: str, gen_stamp: str, mask_hash: str, _bundle
 def _png_uri(image: np.ndarray, upscale: int = 3) -> str:
     pil = array_to_pil(image)
     pil = pil.resize((pil.width * upscale, pil.height * upscale), resample=0)
-    buf = io.BytesIO()
-    pil.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return png_data_uri(pil_png(pil))
 
 
 def comparison_html(before: np.ndarray, after: np.ndarray, labels: tuple[str, str] = ("original", "concept"),

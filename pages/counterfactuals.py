@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from cfx import export as X
-from cfx.explainers.base import diversity
+from cfx import reports as X
+from cfx.metrics.edits import diversity
 from pages._common import (target_labels, bound, current, explain_one, file_stem, heat_figure, image_figure,
                            is_cached, plot, registry, report_downloads, require_models)
 

@@ -9,7 +9,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from cfx import export as X
+from cfx import reports as X
+from cfx.metrics.detection import detector_evaluation
 from pages._common import analyse_split, current, require_models
 
 st.title("Detector")
@@ -23,7 +24,7 @@ arr, scores = analyse_split(b, sel.root, sel.category, "test")
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _evaluate(model_key: str, root: str, category: str, _labels, _scores, _defects) -> dict:
-    return X.detector_evaluation(b, _labels, _scores, _defects)
+    return detector_evaluation(b, _labels, _scores, _defects)
 
 
 @st.cache_data(show_spinner="Scoring the test split with every detector...", max_entries=16)
@@ -32,7 +33,7 @@ def _side_by_side(keys: tuple[str, ...], root: str, category: str) -> list[dict]
     for name in b.detectors:
         v = b.using(name)
         arr_v, sc = analyse_split(v, sel.root, category, "test")
-        e = X.detector_evaluation(v, arr_v.labels, sc)["scores"]["combined"]
+        e = detector_evaluation(v, arr_v.labels, sc)["scores"]["combined"]
         rule = v.card.get("detectors", {}).get(name, {}).get("threshold_rule") or v.card.get("threshold_rule", "")
         rows.append({"detector": name, "label": v.detector.label, "auroc": e["auroc"], "fpr": e["fpr"], "tpr": e["tpr"],
                      "threshold": e["threshold"], "fpr_good": e["fpr_good"], "tpr_defect": e["tpr_defect"],

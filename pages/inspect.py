@@ -6,7 +6,7 @@ import math
 import numpy as np
 import streamlit as st
 
-from cfx import export as X
+from cfx import reports as X
 from cfx.data.mvtec import GOOD
 from cfx.errors import DataError
 from pages._common import (DETECTOR_HEAT_SCALE, UPLOAD_TYPES, Selection, analyse_one, analyse_split, choose_image,

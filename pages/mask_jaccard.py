@@ -12,8 +12,6 @@ Keys of this page start with ``mj_``.
 """
 from __future__ import annotations
 
-import base64
-import io
 import json
 import time
 from pathlib import Path
@@ -23,9 +21,11 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from cfx.atomic import json_default
 from cfx.audit import (DEFAULT_CUTOFF, AuditJob, AuditResult, audit_category, detail_png, image_detail, overlay,
                        resolve_methods, with_cutoff)
 from cfx.data.imageio import array_to_pil
+from cfx.reports.encode import pil_png, png_data_uri
 from cfx.data.mvtec import MVTecDataset
 from pages._common import bound, target_labels, choose_image, param_inputs, show_model_missing, sidebar
 
@@ -42,9 +42,7 @@ def _thumbnails(root: str, category: str, channels: int, size: int) -> dict[str,
     arr = MVTecDataset(root, category, "test", image_size=size, channels=channels).arrays()
     out = {}
     for img, s in zip(arr.images, arr.samples):
-        buf = io.BytesIO()
-        array_to_pil(img).resize((56, 56)).save(buf, format="PNG")
-        out[s.name] = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+        out[s.name] = png_data_uri(pil_png(array_to_pil(img).resize((56, 56))))
     return out
 
 
@@ -63,7 +61,6 @@ def _select_row(r: AuditResult, row: int | None) -> None:
 
 
 def _controls(bundle) -> tuple[list[str], str, float, dict, int | None]:
-    from cfx.explainers import REGISTRY
 
     known = resolve_methods("all")
     default = [m for m in DEFAULT_METHODS if m in known] or known[:1]
@@ -323,7 +320,7 @@ def main() -> None:
     row = _table(shown, thumbs)
     _select_row(shown, row)
     d1, d2 = st.columns(2)
-    d1.download_button("Audit (JSON)", json.dumps(shown.to_json(), indent=2, default=float),
+    d1.download_button("Audit (JSON)", json.dumps(shown.to_json(), indent=2, default=json_default),
                        file_name=f"audit-{category}-{target}.json", mime="application/json", key="mj_dl_json")
     d2.download_button("Table (CSV)", pd.DataFrame(shown.rows()).to_csv(index=False),
                        file_name=f"audit-{category}-{target}.csv", mime="text/csv", key="mj_dl_csv")

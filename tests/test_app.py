@@ -434,7 +434,7 @@ def _check_png(data: bytes) -> Image.Image:
 
 
 def test_exports_are_valid(monkeypatch):
-    from cfx import export as X
+    from cfx import reports as X
 
     monkeypatch.setitem(REGISTRY, _ToyPath.name, _ToyPath)
     at = new_app("pages/inspect.py", detector="vae")  # Compare runs every method below

@@ -13,6 +13,7 @@ import pytest
 
 from cfx.explainers import REGISTRY
 from cfx.explainers import edit as E
+from cfx.metrics import edits as M
 
 CF_METHODS = ("clear", "dice", "gradient", "concepts")
 #: quick settings: validity and locality are properties of the edit, not of long searches
@@ -110,10 +111,10 @@ def test_realism_is_independent_of_the_generator(bundle, demo_root):
     b = bundle("tablet", "vae")
     arr = _test_split(b, demo_root, "tablet")
     good = arr.images[[i for i, s in enumerate(arr.samples) if s.defect == "good"]][:6]
-    real = [E.independent_realism(b, g, g[None])[0] for g in good]
+    real = [M.independent_realism(b, g, g[None])[0] for g in good]
     with torch.inference_mode():
         rec = b.ae(b.to_tensor(good)).float().cpu().numpy()
-    fake = [E.independent_realism(b, g, r[None])[0] for g, r in zip(good, rec)]
+    fake = [M.independent_realism(b, g, r[None])[0] for g, r in zip(good, rec)]
     assert 0.6 < np.median(real) < 1.4, real
     assert np.median(fake) > 1.5 * np.median(real), (real, fake)
 
@@ -150,9 +151,9 @@ def test_locality_and_edit_area():
     cf[:, 5:7, 5:7] = 0.5
     mask = np.zeros((20, 20), bool)
     mask[5:7, 5:7] = True
-    assert E.locality(x, cf, mask) == pytest.approx(1.0)
-    assert E.edit_area(x, cf) == pytest.approx(4 / 400)
+    assert M.locality(x, cf, mask) == pytest.approx(1.0)
+    assert M.edit_area(x, cf) == pytest.approx(4 / 400)
     far = x.copy()
     far[:, 15:17, 15:17] = 0.5
-    assert E.locality(x, far, mask) == pytest.approx(0.0)
-    assert np.isnan(E.locality(x, cf, None)) and np.isnan(E.locality(x, x, mask))
+    assert M.locality(x, far, mask) == pytest.approx(0.0)
+    assert np.isnan(M.locality(x, cf, None)) and np.isnan(M.locality(x, x, mask))

@@ -1,4 +1,4 @@
-"""cfx.export: the report formats are valid and complete, files are written atomically, the CLI
+"""cfx.reports: the report formats are valid and complete, files are written atomically, the CLI
 schema holds, and the shared colour scale puts colour where the map is."""
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cfx import export as X
+from cfx import reports as X
+from cfx.metrics.detection import detector_evaluation
 from cfx.explainers.base import Explanation
 from cfx.explainers.counterfactual import counterfactual_metrics
 from cfx.resolve import select_image
@@ -110,7 +111,7 @@ def test_failed_write_leaves_nothing(report, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(X, "png_bytes", boom)
+    monkeypatch.setattr(X.files, "png_bytes", boom)  # what render() calls
     with pytest.raises(RuntimeError):
         X.write_report(report, tmp_path / "r", ["json", "png"])
     assert old.read_bytes() == b"old"
@@ -200,7 +201,7 @@ def test_detector_evaluation(brick):
     y = np.r_[np.zeros(30), np.ones(20)].astype(int)
     s = np.r_[rng.normal(0, 1, 30), rng.normal(2, 1, 20)]
     analysis = {"score": s, "recon_score": s * 2, "mahalanobis_score": -s, "classifier": 1 / (1 + np.exp(-s))}
-    ev = X.detector_evaluation(brick, y, analysis, ["good"] * 30 + ["a"] * 10 + ["b"] * 10)
+    ev = detector_evaluation(brick, y, analysis, ["good"] * 30 + ["a"] * 10 + ["b"] * 10)
     from sklearn.metrics import roc_auc_score
 
     assert ev["scores"]["combined"]["auroc"] == pytest.approx(roc_auc_score(y, s))

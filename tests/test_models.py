@@ -95,7 +95,7 @@ def test_classifier_pools_the_top_location_logits():
 
 
 def test_auroc_standard_error_matches_hanley_mcneil():
-    from cfx.training import auroc_standard_error
+    from cfx.metrics.detection import auroc_standard_error
 
     # A = 0.9, 50 and 50 cases: Q1 = 0.818, Q2 = 0.853, var = (0.09 + 49 * 0.0082 + 49 * 0.0426) / 2500
     assert auroc_standard_error(0.9, 50, 50) == pytest.approx(0.0321, abs=0.0005)

@@ -13,6 +13,7 @@ import json
 import sys
 import threading
 
+from cfx.atomic import json_default
 from cfx.commands.explain import parse_params
 from cfx.errors import DataError
 
@@ -65,18 +66,10 @@ def run(args: argparse.Namespace) -> int:
     if show:
         print(file=sys.stderr)
     if args.json:
-        print(json.dumps(result.to_json(), indent=2, default=_default))
+        print(json.dumps(result.to_json(), indent=2, default=json_default))
         return 0
     _print_table(result)
     return 0
-
-
-def _default(o):
-    import numpy as np
-
-    if isinstance(o, np.generic):
-        return o.item()
-    raise TypeError(type(o).__name__)
 
 
 def _fmt(x, spec: str = ".3f") -> str:

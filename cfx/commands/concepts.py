@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from cfx.errors import DataError
+from cfx.reports.encode import file_stem
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -54,10 +54,6 @@ def parse_alphas(text: str) -> list[float]:
     return vals
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name.replace("/", "_")).rsplit(".", 1)[0]
-
-
 def _write_png(path: Path, image: np.ndarray) -> str:
     from cfx.atomic import atomic_path
     from cfx.data.imageio import array_to_pil
@@ -71,7 +67,7 @@ def concepts_json(bundle, name: str, path, out: Path | None = None, mask: np.nda
     """The command's JSON for a computed :class:`cfx.concepts.ConceptPath` (writes PNGs under ``out``)."""
     from cfx.explainers.counterfactual import counterfactual_metrics
 
-    stem = _safe(name)
+    stem = file_stem(name)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         _write_png(out / f"{stem}_original.png", path.image)

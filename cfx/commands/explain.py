@@ -65,7 +65,7 @@ def parse_params(text: str | None) -> dict:
 
 
 def _formats(text: str) -> tuple[str, ...]:
-    from cfx.export import FORMATS
+    from cfx.reports import FORMATS
 
     if text.strip() in ("", "none"):
         return ()
@@ -79,7 +79,7 @@ def _formats(text: str) -> tuple[str, ...]:
 def run(args: argparse.Namespace) -> int:
     """Explain the image; print the JSON (``--json``) or a short table. Exit 0 (1: every method failed)."""
     from cfx.explainers import explain, set_data_root
-    from cfx.export import Report, _safe, export_explanations
+    from cfx.reports import Report, export_explanations, safe_name
     from cfx.models.bundle import dataset_name, load_bundle
     from cfx.resolve import resolve_category, resolve_root, select_image
 
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     bundle = load_bundle(dataset_name(root), category, detector=args.detector)
     set_data_root(bundle, root)
     sel = select_image(root, category, args.image, bundle.channels, bundle.image_size)
-    out = Path(args.out) if args.out else Path("out") / "explain" / category / _safe(sel.name.replace("/", "_"))
+    out = Path(args.out) if args.out else Path("out") / "explain" / category / safe_name(sel.name.replace("/", "_"))
     results = explain(bundle, sel.image, methods, target=args.target, seed=args.seed, params=params, mask=sel.mask)
     report = Report.from_bundle(bundle, sel.image, sel.name, results, mask=sel.mask, target=args.target,
                                 params={"seed": args.seed}, with_detector_maps=False)

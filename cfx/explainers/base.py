@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Iterable
 import numpy as np
 import torch
 
+
 @dataclass
 class Counterfactual:
     """One counterfactual image and how it scores.
@@ -134,15 +135,6 @@ def check_target(bundle, target: str) -> str:
     """``target`` if the bundle offers it (ValueError naming the offered ones otherwise)."""
     bundle.target(target)
     return target
-
-
-def diversity(images: Iterable[np.ndarray]) -> float:
-    """Mean pairwise L1 distance between counterfactual images (0 for fewer than two)."""
-    ims = [np.asarray(i, np.float32) for i in images]
-    if len(ims) < 2:
-        return 0.0
-    d = [np.abs(a - b).mean() for i, a in enumerate(ims) for b in ims[i + 1:]]
-    return float(np.mean(d))
 
 
 class Explainer(ABC):

@@ -24,6 +24,7 @@ import numpy as np
 
 from cfx.explainers import edit as E
 from cfx.explainers.base import Counterfactual, Explainer, Explanation
+from cfx.metrics.edits import edit_metrics
 
 
 @dataclass
@@ -76,7 +77,7 @@ def counterfactual_metrics(bundle, original: np.ndarray, images: np.ndarray, tar
     tgt = t.read(a)
     clf = a.get("classifier")
     out = []
-    for k, m in enumerate(E.edit_metrics(bundle, original, images, mask)):
+    for k, m in enumerate(edit_metrics(bundle, original, images, mask)):
         if latents is not None and latent0 is not None:
             dz = np.asarray(latents[k], np.float64) - latent0
             m["latent_l1"] = float(np.abs(dz).sum())

@@ -28,7 +28,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from cfx.explainers._util import score_images, to_probability, train_images
-from cfx.explainers.base import Explanation, diversity, register
+from cfx.explainers.base import Explanation, register
+from cfx.metrics.edits import diversity
 from cfx.explainers.counterfactual import CounterfactualExplainer, Proposal, SearchContext
 
 N_COMPONENTS = 64

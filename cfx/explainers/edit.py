@@ -31,9 +31,9 @@ takes the generator's image of the original to its image of the normal content f
 regression and DiCE's search see a boundary under a detector that rejects every decoding, and it
 lies where the method moves far enough where the detector looks.
 
-**Metrics** (:func:`edit_metrics`): ``locality`` (share of ``|x' - x|`` inside the defect mask
-dilated by :data:`LOCALITY_DILATION` px), ``edit_area`` (share of pixels changed by more than
-:data:`CHANGE_EPS`), ``realism`` (:func:`independent_realism`: PatchCore's nearest-normal-patch
+**Metrics** (:func:`cfx.metrics.edits.edit_metrics`): ``locality`` (share of ``|x' - x|`` inside the defect mask
+dilated by :data:`~cfx.metrics.edits.LOCALITY_DILATION` px), ``edit_area`` (share of pixels changed by more than
+:data:`~cfx.metrics.edits.CHANGE_EPS`), ``realism`` (:func:`~cfx.metrics.edits.independent_realism`: PatchCore's nearest-normal-patch
 distance over the edited region relative to that of real normal images; about 1 = as normal as a
 good part; independent of every generator), plus ``l1`` and ``l2``.
 """
@@ -43,13 +43,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
-from scipy.ndimage import binary_dilation, gaussian_filter
+from scipy.ndimage import gaussian_filter
 
-#: a pixel counts as changed when it moves by more than this (images in [0, 1])
-CHANGE_EPS = 0.05
-#: the defect mask is dilated by this many pixels for locality
-LOCALITY_DILATION = 4
+
 #: region sizes tried, as shares of the image's pixels
 SHARES = (0.002, 0.004, 0.006, 0.008, 0.012, 0.016, 0.024, 0.032, 0.045, 0.06, 0.09, 0.12, 0.18, 0.25, 0.5, 1.0)
 #: train images considered as content (the nearest ones outside the hot region)
@@ -222,65 +218,3 @@ class EditModel:
 
     def images(self, g: np.ndarray) -> np.ndarray:
         return compose(self.x, self.content, self.regions(np.asarray(g, np.float32)))
-
-
-# ------------------------------------------------------------------ metrics
-def locality(x: np.ndarray, cf: np.ndarray, mask: np.ndarray | None) -> float:
-    """Share of ``|cf - x|`` inside the defect mask dilated by :data:`LOCALITY_DILATION` px (NaN
-    without a mask or without any change; 1.0 = the edit stays on the defect)."""
-    if mask is None:
-        return float("nan")
-    m = np.asarray(mask) > 0.5
-    if m.ndim == 3:
-        m = m.any(0)
-    if not m.any():
-        return float("nan")
-    d = np.abs(np.asarray(cf, np.float64) - x).mean(0)
-    tot = float(d.sum())
-    if tot <= 1e-12:
-        return float("nan")
-    return float(d[binary_dilation(m, iterations=LOCALITY_DILATION)].sum() / tot)
-
-
-def edit_area(x: np.ndarray, cf: np.ndarray) -> float:
-    """Share of pixels whose largest channel change exceeds :data:`CHANGE_EPS`."""
-    return float((np.abs(np.asarray(cf, np.float32) - x).max(0) > CHANGE_EPS).mean())
-
-
-@torch.inference_mode()
-def independent_realism(bundle, x: np.ndarray, images: np.ndarray) -> np.ndarray:
-    """PatchCore's nearest-normal-patch distance averaged over each image's edited pixels (all
-    pixels when nothing changed), over the mean distance of held-out real normal pixels.
-
-    About 1 = as normal as a real good part; it uses no generator, so a decoding is not realistic
-    by construction. NaN when the category has no fitted PatchCore.
-    """
-    pc = bundle.detectors.get("patchcore")
-    images = np.asarray(images, np.float32)
-    if pc is None:
-        return np.full(len(images), np.nan)
-    ref = float(pc.normal_distance) or float(pc.heat_floor) or 1.0
-    out = []
-    for i in range(0, len(images), 16):
-        m = pc.raw(bundle.to_tensor(images[i:i + 16]))[0].float().cpu().numpy()
-        out.append(m)
-    maps = np.concatenate(out)
-    res = []
-    for img, m in zip(images, maps):
-        w = (np.abs(img - x).max(0) > CHANGE_EPS)
-        w = binary_dilation(w, iterations=2) if w.any() else np.ones_like(w)
-        res.append(float(m[w].mean()) / ref)
-    return np.array(res)
-
-
-def edit_metrics(bundle, x: np.ndarray, images: np.ndarray, mask: np.ndarray | None = None) -> list[dict[str, float]]:
-    """``l1``, ``l2``, ``edit_area``, ``locality`` and ``realism`` of each image (N, C, H, W) as an
-    edit of ``x``."""
-    images = np.asarray(images, np.float32)
-    real = independent_realism(bundle, x, images)
-    out = []
-    for img, r in zip(images, real):
-        d = img - x
-        out.append({"l1": float(np.abs(d).mean()), "l2": float(np.sqrt((d ** 2).mean())),
-                    "edit_area": edit_area(x, img), "locality": locality(x, img, mask), "realism": float(r)})
-    return out

@@ -32,7 +32,6 @@ import numpy as np
 #: attributions below this share of the map's largest value count as none (see the module docstring)
 NEGLIGIBLE = 0.01
 
-__all__ = ["NEGLIGIBLE", "JaccardCurve", "optimal_jaccard", "jaccard", "explanation_map", "pixel_auroc", "best_mask"]
 
 
 @dataclass

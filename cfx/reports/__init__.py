@@ -1,0 +1,30 @@
+"""Reports of explanations: one code path for the app's downloads and ``python -m cfx explain --out``.
+
+A :class:`Report` gathers one image, its mask, the detector's verdict and any number of
+:class:`~cfx.explainers.base.Explanation` results. From it:
+
+* :func:`figure` / :func:`png_bytes`: a report figure (the image, its mask, every heatmap and
+  counterfactual with its difference map, scores, thresholds, parameters, model hash, date);
+* :func:`pdf_bytes`: the same figure as a one-page PDF;
+* :func:`html_text`: a self-contained HTML report (every image base64-embedded);
+* :func:`report_dict` / :func:`json_bytes`: the numbers as JSON;
+* :func:`write_report`: any of them written atomically;
+* :func:`export_explanations`: what the CLI writes under ``--out`` (per-method PNGs, the report
+  files) and the JSON object it prints.
+
+Modules: :mod:`~cfx.reports.report` (the data and its JSON), :mod:`~cfx.reports.colours` (the one
+colour map), :mod:`~cfx.reports.figures` (Matplotlib figures and PNG/PDF), :mod:`~cfx.reports.html_page`,
+:mod:`~cfx.reports.files` (rendering and atomic files), :mod:`~cfx.reports.encode` (PNG bytes,
+data URIs, file names).
+
+Nothing here imports Streamlit; Matplotlib is used through its object API (no pyplot state), so
+reports can be built from several threads at once.
+"""
+from cfx.reports.colours import (ALPHA_FLOOR, HEAT_CMAP, heat_alpha, heat_rgb, heat_rgba, heat_scale,  # noqa: F401
+                                 image_hwc, max_abs, normalise, plotly_colorscale)
+from cfx.reports.encode import file_stem, pil_png, png_data_uri, safe_name  # noqa: F401
+from cfx.reports.report import FORMATS, MIME, Report, clean_json, detector_summary, json_bytes, report_dict  # noqa: F401
+from cfx.reports.figures import (PANEL_MIN_PX, REPORT_DPI, Panel, detector_figure, detector_png, figure,  # noqa: F401
+                                 mask_outline, panel_png, panels, pdf_bytes, png_bytes)
+from cfx.reports.html_page import html_text  # noqa: F401
+from cfx.reports.files import export_explanations, render, write_report  # noqa: F401

@@ -1,0 +1,280 @@
+"""The report figure (Matplotlib object API, no pyplot state), its PNG/PDF bytes, single panels and the detector's evaluation figure.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from cfx.reports.colours import (
+    _cmap,
+    heat_alpha,
+    heat_rgb,
+    heat_rgba,
+    heat_scale,
+    image_hwc,
+    max_abs,
+    normalise,
+)
+from cfx.reports.encode import pil_png
+from cfx.reports.report import Report
+
+
+# ------------------------------------------------------------------ the figure
+@dataclass
+class Panel:
+    """One image of the report figure: an image (C,H,W) and/or a map on [-1, 1]."""
+
+    title: str
+    image: np.ndarray | None = None
+    heat: np.ndarray | None = None
+    caption: str = ""
+
+
+def panels(report: Report) -> list[Panel]:
+    """The panels of the report figure, in order: image, mask, detector maps, then per method its
+    heatmap or its counterfactuals with their difference maps."""
+    out = [Panel("image", report.image, caption=_verdict_line(report))]
+    if report.mask is not None:
+        out.append(Panel("ground-truth mask", np.asarray(report.mask, np.float32)[None], caption=f"{report.mask.mean():.1%} of pixels"))
+    if report.reconstruction is not None:
+        out.append(Panel("reconstruction (VAE)", report.reconstruction))
+    if report.detector_heatmap is not None:
+        out.append(Panel("detector heat (1 = normal p99.9)", report.image,
+                         normalise(report.detector_heatmap, 2.0), caption="scale 0..2"))
+    for name, exp in report.explanations.items():
+        if not exp.ok:
+            out.append(Panel(f"{name}: failed", None, caption=_wrap(exp.error or "", 38)))
+            continue
+        if exp.heatmap is not None:
+            s = heat_scale(exp)
+            out.append(Panel(f"{name} ({exp.target})", report.image, normalise(exp.heatmap, s),
+                             caption=f"{exp.seconds:.2f} s, scale {s:.3g}"))
+        for k, cf in enumerate(exp.counterfactuals):
+            tag = f"{name} CF{k + 1}" if len(exp.counterfactuals) > 1 else f"{name} CF"
+            out.append(Panel(tag, cf.image, caption=f"{exp.target} {cf.score_after:.3g} "
+                             f"({'valid' if cf.valid else 'not valid'})"))
+            d = (cf.image - report.image).mean(0)
+            out.append(Panel(f"{tag} - original", report.image, normalise(d, max_abs(d)),
+                             caption=f"L1 {cf.metrics.get('l1', float('nan')):.3f}, "
+                                     f"edit area {cf.metrics.get('edit_area', float('nan')):.3f}, "
+                                     f"locality {cf.metrics.get('locality', float('nan')):.2f}"))
+        if exp.heatmap is None and not exp.counterfactuals:
+            out.append(Panel(f"{name}: no result", None, caption=str(exp.info.get("message", "no counterfactual found"))))
+    return out
+
+
+def _verdict_line(report: Report) -> str:
+    d = report.detector
+    if "score" not in d:
+        return ""
+    return (f"score {d['score']:.3f} / thr {d['threshold']:.3f}: "
+            f"{'ANOMALOUS' if d.get('anomalous') else 'normal'}")
+
+
+def _wrap(text: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width)[:6])
+
+
+def _summary_lines(report: Report) -> list[str]:
+    d = report.detector
+    lines = [report.heading]
+    lines.append(f"model {report.model_key or '?'}   target {report.target}   created {report.created}")
+    if d:
+        lines.append(
+            f"{d.get('detector', 'detector')} score {d.get('score', float('nan')):.3f} (threshold "
+            f"{d.get('threshold', float('nan')):.3f}, {'anomalous' if d.get('anomalous') else 'normal'}"
+            + (f"; recon {d['recon_score']:.2f}, Mahalanobis {d['mahalanobis_score']:.2f}" if "recon_score" in d else "")
+            + ")" + (f";  classifier P(anomalous) {d['classifier_prob']:.3f} (threshold "
+                     f"{d['classifier_threshold']:.3f})" if "classifier_prob" in d else ""))
+    for name, exp in report.explanations.items():
+        if not exp.ok:
+            lines.append(f"{name}: ERROR {exp.error}")
+            continue
+        s = f"{name}: {exp.seconds:.2f} s, {exp.target} {exp.score_before:.3f}"
+        if exp.counterfactuals:
+            best = exp.counterfactuals[0]
+            s += (f" -> {best.score_after:.3f} (threshold {exp.threshold:.3f}, "
+                  f"{sum(c.valid for c in exp.counterfactuals)}/{len(exp.counterfactuals)} valid, "
+                  f"L1 {best.metrics.get('l1', float('nan')):.3f}, realism {best.metrics.get('realism', float('nan')):.2f})")
+        params = ", ".join(f"{k}={_short(v)}" for k, v in sorted(exp.params.items()))
+        s += f"; seed {exp.seed}; {params}" if params else f"; seed {exp.seed}"
+        lines.append(s)
+    if report.params:
+        lines.append("parameters: " + ", ".join(f"{k}={_short(v)}" for k, v in sorted(report.params.items())))
+    return lines
+
+
+def _short(v: Any) -> str:
+    s = f"{v:.4g}" if isinstance(v, float) else str(v)
+    return s if len(s) <= 24 else s[:21] + "..."
+
+
+def figure(report: Report, ncols: int = 4, panel_inches: float = 2.3):
+    """The report figure as a Matplotlib :class:`~matplotlib.figure.Figure` (Agg, no pyplot).
+
+    Args:
+        report: what to show.
+        ncols: panels per row.
+        panel_inches: the side of one panel.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    ps = panels(report)
+    ncols = max(1, min(ncols, len(ps)))
+    nrows = math.ceil(len(ps) / ncols)
+    lines = _summary_lines(report)
+    wrapped = [ln for line in lines for ln in (_wrap(line, int(ncols * panel_inches * 14.5)).splitlines() or [""])]
+    text_h = 0.13 * len(wrapped) + 0.25
+    width = ncols * panel_inches
+    height = nrows * (panel_inches + 0.45) + text_h + 0.1
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    top = 1 - text_h / height
+    fig.text(0.01, 1 - 0.1 / height, "\n".join(wrapped), va="top", ha="left", fontsize=7.5, family="monospace")
+    gs = fig.add_gridspec(nrows, ncols, left=0.01, right=0.99, bottom=0.05 / height, top=top, hspace=0.3, wspace=0.06)
+    cm = _cmap()
+    mappable = None
+    for i, p in enumerate(ps):
+        ax = fig.add_subplot(gs[i // ncols, i % ncols])
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(p.title, fontsize=8)
+        if p.image is None and p.heat is None:
+            ax.text(0.5, 0.5, p.caption, ha="center", va="center", fontsize=6.5, wrap=True, transform=ax.transAxes)
+            ax.set_facecolor("#f6e9e9")
+            continue
+        if p.image is not None:
+            im = image_hwc(p.image)
+            ax.imshow(im, cmap="gray" if im.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+        if p.heat is not None:
+            if p.image is not None:
+                ax.imshow(heat_rgba(p.heat), interpolation="nearest")
+            else:
+                ax.imshow(p.heat, cmap=cm, vmin=-1, vmax=1, interpolation="nearest")
+            if mappable is None:
+                from matplotlib.cm import ScalarMappable
+                from matplotlib.colors import Normalize
+
+                mappable = ScalarMappable(norm=Normalize(-1, 1), cmap=cm)
+        if report.mask is not None and report.mask.any():
+            ax.contour(report.mask.astype(float), levels=[0.5], colors=["#00e000"], linewidths=0.8)
+        if p.caption:
+            ax.set_xlabel(p.caption, fontsize=6.5)
+    if mappable is not None:
+        cax = fig.add_axes([0.80, 1 - 0.16 / height, 0.18, 0.05 / height])
+        cb = fig.colorbar(mappable, cax=cax, orientation="horizontal")
+        cb.ax.set_title("map / its scale", fontsize=5.5, pad=1)
+        cb.ax.tick_params(labelsize=5)
+        cb.set_ticks([-1, 0, 1])
+    return fig
+
+
+def _fig_bytes(fig, fmt: str, dpi: int) -> bytes:
+    buf = io.BytesIO()
+    meta = {"pdf": {"Creator": "cfx"}, "png": {"Software": "cfx"}}.get(fmt)
+    fig.savefig(buf, format=fmt, dpi=dpi, metadata=meta)
+    return buf.getvalue()
+
+
+#: The PNG report's resolution: each 2.3-inch panel is drawn at least :data:`PANEL_MIN_PX` wide.
+REPORT_DPI = 224
+
+
+def png_bytes(report: Report, dpi: int = REPORT_DPI) -> bytes:
+    """The report figure as PNG bytes."""
+    return _fig_bytes(figure(report), "png", dpi)
+
+
+def pdf_bytes(report: Report) -> bytes:
+    """The report figure as a one-page PDF."""
+    return _fig_bytes(figure(report), "pdf", 110)
+
+
+def panel_png(report: Report, p: Panel, upscale: int = 2) -> bytes:
+    """One panel as a PNG: the image, blended with its heat map, with the mask outline."""
+    from PIL import Image
+
+    base = image_hwc(p.image) if p.image is not None else None
+    if base is None and p.heat is None:
+        raise ValueError("empty panel")
+    if base is not None and base.ndim == 2:
+        base = np.repeat(base[..., None], 3, axis=2)
+    rgb = base if base is not None else np.zeros(p.heat.shape + (3,), np.float32)
+    if p.heat is not None:
+        heat = heat_rgb(p.heat).astype(np.float32) / 255
+        if base is None:
+            rgb = heat
+        else:
+            a = heat_alpha(p.heat)[..., None].astype(np.float32)
+            rgb = (1 - a) * rgb + a * heat
+    rgb = np.clip(rgb, 0, 1)
+    if report.mask is not None and report.mask.any():
+        rgb = rgb.copy()
+        rgb[mask_outline(report.mask)] = (0.0, 0.88, 0.0)
+    img = Image.fromarray((rgb * 255 + 0.5).astype(np.uint8))
+    upscale = max(int(upscale), -(-PANEL_MIN_PX // max(1, img.width)))  # a defect can cover 0.4% of a part
+    if upscale > 1:
+        img = img.resize((img.width * upscale, img.height * upscale), Image.Resampling.NEAREST)
+    return pil_png(img)
+
+
+#: Panel PNGs (HTML report, ``explain --out``) are at least this wide.
+PANEL_MIN_PX = 512
+
+
+def mask_outline(mask: np.ndarray) -> np.ndarray:
+    """The one-pixel inner boundary of a bool mask."""
+    m = np.asarray(mask, bool)
+    inner = m.copy()
+    inner[1:, :] &= m[:-1, :]
+    inner[:-1, :] &= m[1:, :]
+    inner[:, 1:] &= m[:, :-1]
+    inner[:, :-1] &= m[:, 1:]
+    return m & ~inner
+
+
+def detector_figure(ev: Mapping[str, Any]):
+    """ROC curves, the combined score's histogram with its threshold and the confusion matrix."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 3.6), dpi=100)
+    FigureCanvasAgg(fig)
+    ax1, ax2, ax3 = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1, 1.3, 0.8]})
+    for name, e in ev["scores"].items():
+        if e["fpr"]:
+            ax1.plot(e["fpr"], e["tpr"], label=f"{name} ({e['auroc']:.3f})")
+    ax1.plot([0, 1], [0, 1], ":", color="gray")
+    ax1.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (AUROC)")
+    ax1.legend(fontsize=7, loc="lower right")
+    c = ev["scores"]["combined"]
+    ax2.hist(c["normal"], bins=30, alpha=0.6, label="good", color="#1f77b4")
+    ax2.hist(c["defective"], bins=30, alpha=0.6, label="defective", color="#d62728")
+    ax2.axvline(c["threshold"], color="k", ls="--", label=f"threshold {c['threshold']:.3f}")
+    ax2.set(xlabel=f"{ev.get('detector_label') or 'detector'} score", ylabel="images", title="scores")
+    ax2.legend(fontsize=7)
+    cm = np.asarray(c["confusion"])
+    ax3.imshow(cm, cmap="Blues")
+    for (i, j), v in np.ndenumerate(cm):
+        ax3.text(j, i, str(v), ha="center", va="center", fontsize=12,
+                 color="white" if v > cm.max() / 2 else "black")
+    ax3.set_xticks([0, 1], ["normal", "anomalous"])
+    ax3.set_yticks([0, 1], ["good", "defective"])
+    ax3.set(xlabel="detector says", ylabel="truth", title="confusion at the threshold")
+    fig.suptitle(f"{ev.get('dataset', '')}/{ev.get('category', '')} · {ev.get('model', '')} · "
+                 f"{_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def detector_png(ev: Mapping[str, Any]) -> bytes:
+    """:func:`detector_figure` as PNG bytes."""
+    return _fig_bytes(detector_figure(ev), "png", 100)
