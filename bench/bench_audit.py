@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cfx import config  # noqa: E402
-from cfx.audit import DEFAULT_CUTOFF, audit_category, resolve_methods  # noqa: E402
+from cfx.audit import DEFAULT_CUTOFF, audit_category  # noqa: E402
+from cfx.explainers import resolve_methods  # noqa: E402
 from cfx.data.mvtec import list_categories  # noqa: E402
 from cfx.models.bundle import load_bundle, model_exists  # noqa: E402
 

@@ -16,18 +16,20 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
 from cfx.atomic import json_default
-from cfx.audit import (DEFAULT_CUTOFF, AuditJob, AuditResult, audit_category, detail_png, image_detail, overlay,
-                       resolve_methods, with_cutoff)
+from cfx.audit import DEFAULT_CUTOFF, AuditJob, AuditResult, audit_category, image_detail, with_cutoff
+from cfx.explainers import resolve_methods
+from cfx.reports.figures import detail_png, overlay
 from cfx.data.imageio import array_to_pil
 from cfx.reports.encode import pil_png, png_data_uri
 from cfx.data.mvtec import MVTecDataset
-from pages._common import bound, target_labels, choose_image, param_inputs, show_model_missing, sidebar
+from cfx.reports.colours import max_abs
+from pages._common import (bound, choose_image, heat_figure, param_inputs, plot, show_model_missing, sidebar,
+                           target_labels)
 
 PROJECT = Path(__file__).resolve().parent.parent
 COMPARE_PAGE = "pages/compare.py"
@@ -238,13 +240,9 @@ def _detail(root, bundle, category, r: AuditResult, row_index: int) -> None:
     a.image(overlay(d.image, d.best_mask, (1.0, 0.6, 0.0)), width="stretch", clamp=True,
             caption=f"{method}: best selection ({d.curve.best_selected:.1%} of pixels)")
     b.image(overlay(d.image, d.mask, (0.1, 0.9, 0.2)), caption="ground truth", width="stretch", clamp=True)
-    m = d.map
-    lo, hi = float(np.nanmin(m)), float(np.nanmax(m))
-    heat = go.Figure(go.Heatmap(z=m[::-1], colorscale="Inferno", zmin=lo, zmax=hi if hi > lo else lo + 1,
-                                hovertemplate="%{z:.4g}<extra></extra>"))
-    heat.update_layout(height=260, margin=dict(l=0, r=0, t=20, b=0), xaxis_visible=False, yaxis_visible=False,
-                       yaxis_scaleanchor="x", title=dict(text=f"{method} map", font=dict(size=12)))
-    c.plotly_chart(heat, width="stretch", key="mj_heat")
+    with c:  # the shared colour scale of every map (cfx.reports.colours)
+        plot(heat_figure(d.image, d.map, max_abs(d.map), mask=d.mask, title=f"{method} map", height=260,
+                         showscale=False), key="mj_heat")
     st.plotly_chart(_curve_figure(d, method), width="stretch", key="mj_curve")
     st.download_button("Figure (PNG)", detail_png(d, method, f"{r.dataset}/{category} {x.image} · target {r.target} · "
                                                    f"model {r.model}"),

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 import cfx.explainers  # noqa: F401  (registers the methods)
-from cfx.audit import AuditJob, audit_category, image_detail, resolve_methods, with_cutoff
+from cfx.audit import AuditJob, audit_category, image_detail, with_cutoff
+from cfx.explainers import resolve_methods
 from cfx.cli import main
 from cfx.errors import DataError
 from cfx.explainers import REGISTRY, Explainer

@@ -40,7 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the audit; exit 0 (2 on bad input, through cfx.cli)."""
-    from cfx.audit import audit_category, resolve_methods
+    from cfx.audit import audit_category
+    from cfx.explainers import resolve_methods
     from cfx.models.bundle import dataset_name, load_bundle
     from cfx.resolve import resolve_category, resolve_root
 

@@ -20,11 +20,40 @@ data URIs, file names).
 Nothing here imports Streamlit; Matplotlib is used through its object API (no pyplot state), so
 reports can be built from several threads at once.
 """
-from cfx.reports.colours import (ALPHA_FLOOR, HEAT_CMAP, heat_alpha, heat_rgb, heat_rgba, heat_scale,  # noqa: F401
-                                 image_hwc, max_abs, normalise, plotly_colorscale)
+from cfx.reports.colours import (  # noqa: F401
+                                 ALPHA_FLOOR,
+                                 HEAT_CMAP,
+                                 heat_alpha,
+                                 heat_rgb,
+                                 heat_rgba,
+                                 heat_scale,
+                                 image_hwc,
+                                 max_abs,
+                                 normalise,
+                                 plotly_colorscale,
+)
 from cfx.reports.encode import file_stem, pil_png, png_data_uri, safe_name  # noqa: F401
-from cfx.reports.report import FORMATS, MIME, Report, clean_json, detector_summary, json_bytes, report_dict  # noqa: F401
-from cfx.reports.figures import (PANEL_MIN_PX, REPORT_DPI, Panel, detector_figure, detector_png, figure,  # noqa: F401
-                                 mask_outline, panel_png, panels, pdf_bytes, png_bytes)
-from cfx.reports.html_page import html_text  # noqa: F401
+from cfx.reports.figures import (  # noqa: F401
+                                 PANEL_MIN_PX,
+                                 REPORT_DPI,
+                                 Panel,
+                                 detector_figure,
+                                 detector_png,
+                                 figure,
+                                 mask_outline,
+                                 panel_png,
+                                 panels,
+                                 pdf_bytes,
+                                 png_bytes,
+)
 from cfx.reports.files import export_explanations, render, write_report  # noqa: F401
+from cfx.reports.html_page import html_text  # noqa: F401
+from cfx.reports.report import (  # noqa: F401
+                                 FORMATS,
+                                 MIME,
+                                 Report,
+                                 clean_json,
+                                 detector_summary,
+                                 json_bytes,
+                                 report_dict,
+)

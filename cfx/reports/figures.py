@@ -6,7 +6,7 @@ import datetime as _dt
 import io
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from cfx.reports.colours import (
 )
 from cfx.reports.encode import pil_png
 from cfx.reports.report import Report
+
+if TYPE_CHECKING:
+    from cfx.audit.run import ImageDetail
 
 
 # ------------------------------------------------------------------ the figure
@@ -278,3 +281,54 @@ def detector_figure(ev: Mapping[str, Any]):
 def detector_png(ev: Mapping[str, Any]) -> bytes:
     """:func:`detector_figure` as PNG bytes."""
     return _fig_bytes(detector_figure(ev), "png", 100)
+
+
+# ------------------------------------------------------------------ the audit's detail
+def overlay(image: np.ndarray, mask: np.ndarray, colour: tuple[float, float, float] = (1.0, 0.15, 0.1),
+            alpha: float = 0.45) -> np.ndarray:
+    """An image (C, H, W) in [0, 1] as RGB (H, W, 3) with ``mask`` tinted in ``colour``."""
+    img = np.asarray(image, np.float32)
+    rgb = np.repeat(img, 3, 0) if img.shape[0] == 1 else img[:3]
+    rgb = rgb.transpose(1, 2, 0).copy()
+    m = np.asarray(mask, bool)
+    rgb[m] = (1 - alpha) * rgb[m] + alpha * np.asarray(colour, np.float32)
+    return np.clip(rgb, 0, 1)
+
+
+def detail_png(detail: ImageDetail, method: str, title: str = "", dpi: int = 110) -> bytes:
+    """A report figure of one audited image and method (:func:`cfx.audit.image_detail`): the
+    image with the best-threshold selection, with the truth, the map in the shared colour scale, and the J* curve (PNG bytes; Matplotlib's object API,
+    safe from several threads)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 2.9))
+    axes = fig.subplots(1, 4)
+    img = overlay(detail.image, np.zeros(detail.mask.shape, bool))
+    axes[0].imshow(overlay(detail.image, detail.best_mask, (1.0, 0.6, 0.0)))
+    j = detail.curve.jaccard if detail.curve is not None else float("nan")
+    axes[0].set_title(f"{method}: best selection (J* {j:.3f})", fontsize=8)
+    axes[1].imshow(overlay(detail.image, detail.mask, (0.1, 0.9, 0.2)))
+    axes[1].set_title("ground truth", fontsize=8)
+    if detail.map is not None:
+        axes[2].imshow(img)
+        axes[2].imshow(heat_rgba(normalise(detail.map, max_abs(detail.map))), interpolation="nearest")
+        axes[2].set_title(f"{method} map", fontsize=8)
+    else:
+        axes[2].text(0.5, 0.5, detail.error or "no map", ha="center", va="center", wrap=True, fontsize=7)
+    for ax in axes[:3]:
+        ax.set_axis_off()
+    if detail.curve is not None and len(detail.curve.curve):
+        _, c, s = detail.curve.downsampled(600)
+        axes[3].plot(s, c, lw=1.2)
+        axes[3].plot([detail.curve.best_selected], [j], "o", color="C3")
+        axes[3].set_xscale("log")
+        axes[3].set_xlabel("share of pixels selected", fontsize=8)
+        axes[3].set_ylabel("Jaccard", fontsize=8)
+        axes[3].tick_params(labelsize=7)
+    else:
+        axes[3].set_axis_off()
+    fig.suptitle(title or detail.name, fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()

@@ -1,0 +1,273 @@
+"""Running an audit: :func:`audit_category` (blocking, with a progress callback and a stop
+flag), :class:`AuditJob` (the same in a background thread, for the app) and :func:`image_detail`
+(one image and method, for the page's detail view)."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from cfx.audit.results import (
+    DEFAULT_CUTOFF,
+    AuditResult,
+    ImageAudit,
+    MethodResult,
+    ProgressFn,
+    _score,
+)
+from cfx.audit.store import _cache_file, _read_cache, _write_cache, cache_root
+from cfx.data.mvtec import MVTecDataset
+from cfx.errors import DataError
+from cfx.metrics import JaccardCurve, explanation_map, optimal_jaccard, pixel_auroc
+
+log = logging.getLogger(__name__)
+
+
+# -------------------------------------------------------------------- methods
+def _run_unit(bundle, name: str, image: np.ndarray, method: str, target: str, params: dict[str, Any] | None,
+              seed: int, root: Path | None, compute: bool = True) -> tuple[np.ndarray | None, str | None, float, bool, bool]:
+    """One method on one image: (map, error, seconds, cached, done). ``done`` is False only when
+    ``compute`` is False and nothing is cached. ``heatmap``: the detector's heatmap of the image
+    when already computed (used by the ``recon`` stand-in)."""
+    path = _cache_file(root, bundle.key(), name, image, method, target, params, seed) if root else None
+    if path is not None:
+        hit = _read_cache(path)
+        if hit is not None:
+            return hit[0], hit[1], hit[2], True, True
+    if not compute:
+        return None, None, 0.0, False, False
+    from cfx.explainers import REGISTRY, explain
+
+    t0 = time.perf_counter()
+    error: str | None = None
+    failed = False
+    heat: np.ndarray | None = None
+    with bundle.lock:
+        if method in REGISTRY:
+            exp = explain(bundle, image, [method], target, seed, {method: params or {}})[method]
+            heat = explanation_map(exp)
+            if exp.error:
+                error, failed = exp.error, True
+            elif heat is None:
+                error = "no map: the method found neither a heatmap nor a counterfactual"
+        else:
+            error, failed = f"unknown method {method!r}", True
+    seconds = time.perf_counter() - t0
+    # a failure is not cached (the next run retries it); "no map" from a method that ran is a result
+    if path is not None and not failed:
+        _write_cache(path, heat, error, seconds, {"image": name, "method": method, "target": target})
+    return heat, error, seconds, False, True
+
+
+# -------------------------------------------------------------------- running
+@dataclass
+class _Anomalies:
+    names: list[str]
+    defects: list[str]
+    indices: list[int]
+    images: np.ndarray
+    masks: np.ndarray
+    total: int
+
+
+def _anomalies(bundle, root: str | Path, category: str, images: Sequence[str] | None, limit: int | None) -> _Anomalies:
+    ds = MVTecDataset(root, category, "test", image_size=bundle.image_size, channels=bundle.channels)
+    arr = ds.arrays()
+    sel = [i for i in range(len(arr)) if arr.labels[i] == 1 and arr.has_mask[i] and arr.masks[i].any()]
+    total = len(sel)
+    if images is not None:
+        wanted = list(images)
+        by_name = {arr.samples[i].name: i for i in sel}
+        missing = [n for n in wanted if n not in by_name]
+        if missing:
+            raise DataError(f"not a test anomaly with a mask in {category}: {', '.join(missing[:3])}")
+        sel = [by_name[n] for n in wanted]
+    if limit is not None and 0 <= limit < len(sel):
+        # evenly spread over the list, so that every defect type is represented
+        picks = np.unique(np.linspace(0, len(sel) - 1, limit).round().astype(int)) if limit else []
+        sel = [sel[int(k)] for k in picks]
+    return _Anomalies([arr.samples[i].name for i in sel], [arr.samples[i].defect for i in sel], sel,
+                      arr.images[sel] if sel else arr.images[:0], arr.masks[sel] if sel else arr.masks[:0], total)
+
+
+def audit_category(bundle, root: str | Path, category: str, methods: str | Sequence[str] | None = "all",
+                   target: str = "score", cutoff: float = DEFAULT_CUTOFF,
+                   params: dict[str, dict[str, Any]] | None = None, seed: int = 0,
+                   images: Sequence[str] | None = None, limit: int | None = None,
+                   progress: ProgressFn | None = None, stop: threading.Event | None = None,
+                   cache: str | Path | bool = True, compute: bool = True) -> AuditResult:
+    """Audit every test anomaly of a category that has a ground-truth mask.
+
+    Args:
+        bundle: the category's models (:func:`cfx.models.bundle.load_bundle`).
+        root: the data root.
+        category: the category.
+        methods: ``"all"``, a comma-separated string or a list of registered methods.
+        target: ``score`` (the detector) or ``classifier`` (also ``recon``, ``mahalanobis``):
+            what the methods explain and whose decision counts as "detected".
+        cutoff: J* below which a detected anomaly is flagged (detected for the wrong reason).
+        params: per-method parameters, e.g. ``{"lime": {"num_samples": 300}}``.
+        seed: the methods' random seed.
+        images: only these test images (``<defect>/<file>`` names).
+        limit: at most this many anomalies, spread evenly over the (defect-sorted) list.
+        progress: called as ``progress(done, total, message)`` after each (image, method) unit.
+        stop: when set, the run ends after the current unit; the result has ``stopped`` True and
+            ``pending`` entries, and a later run resumes from the cache.
+        cache: True (``cache_dir()/audit``), a folder, or False (no disk cache).
+        compute: False to assemble only what is cached (the rest stays ``pending``).
+
+    Returns:
+        An :class:`AuditResult`.
+
+    Raises:
+        DataError: unknown methods or images.
+    """
+    from cfx.explainers.base import check_target, resolve_methods
+
+    check_target(bundle, target)
+    t0 = time.perf_counter()
+    methods = resolve_methods(methods)
+    params = {m: dict((params or {}).get(m, {})) for m in methods}
+    root_cache = cache_root() if cache is True else (Path(cache) if cache else None)
+    an = _anomalies(bundle, root, category, images, limit)
+    a = bundle.analyse(an.images) if len(an.names) else None
+    thr = bundle.threshold_for(target)
+    if a is not None:
+        tscore = bundle.target(target).read(a)
+        nan = np.full(len(tscore), np.nan)
+        clf_p, clf_a = a.get("classifier", nan), a.get("classifier_anomalous", np.zeros(len(tscore), bool))
+    rows: list[ImageAudit] = []
+    maps: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {m: [] for m in methods}
+    total, done, stopped = len(an.names) * len(methods), 0, False
+    for i, name in enumerate(an.names):
+        row = ImageAudit(
+            image=name, defect=an.defects[i], index=an.indices[i], score=float(tscore[i]), threshold=thr,
+            anomalous=bool(tscore[i] > thr), detector_score=float(a["score"][i]),
+            detector_anomalous=bool(a["anomalous"][i]), classifier_prob=float(clf_p[i]),
+            classifier_anomalous=bool(clf_a[i]), mask_fraction=float(an.masks[i].mean()),
+            methods={m: MethodResult() for m in methods})
+        rows.append(row)
+        for m in methods:
+            if stop is not None and stop.is_set():
+                stopped = True
+                break
+            heat, error, secs, cached, ok = _run_unit(bundle, name, an.images[i], m, target, params[m], seed,
+                                                      root_cache, compute=compute)
+            done += 1
+            if ok:
+                row.methods[m] = _score(heat, an.masks[i], error, secs, cached, row.anomalous, cutoff)
+                if heat is not None:
+                    maps[m].append((heat, an.masks[i]))
+            if progress is not None:
+                progress(done, total, f"{name} · {m}" + (" (cached)" if cached else ""))
+        if stopped:
+            break
+    if stopped:
+        rows = [r for r in rows if r.complete] + [r for r in rows if not r.complete and any(
+            x.status != "pending" for x in r.methods.values())]
+        rows.sort(key=lambda r: r.index)
+    aurocs = {m: pixel_auroc([h for h, _ in maps[m]], [k for _, k in maps[m]]) for m in methods}
+    return AuditResult(category=category, dataset=bundle.dataset, model=bundle.key(), target=target,
+                       cutoff=float(cutoff), methods=methods, params=params, seed=seed, images=rows,
+                       pixel_auroc=aurocs, total=an.total, stopped=stopped, seconds=time.perf_counter() - t0)
+
+
+# -------------------------------------------------------------------- one image in detail
+@dataclass
+class ImageDetail:
+    """One method on one audited image, for plots: the image, its mask, the method's map and the
+    Jaccard curve (None map with ``error`` when the method failed)."""
+
+    name: str
+    image: np.ndarray
+    mask: np.ndarray
+    map: np.ndarray | None
+    curve: JaccardCurve | None
+    error: str | None
+    cached: bool
+
+    @property
+    def best_mask(self) -> np.ndarray:
+        """The selection at the optimal threshold (all False without a map)."""
+        from cfx.metrics import best_mask
+
+        if self.map is None or self.curve is None:
+            return np.zeros(self.mask.shape, bool)
+        return best_mask(self.map, self.curve.threshold)
+
+
+def image_detail(bundle, root: str | Path, category: str, image: str, method: str, target: str = "score",
+                 params: dict[str, Any] | None = None, seed: int = 0, cache: str | Path | bool = True,
+                 compute: bool = True) -> ImageDetail | None:
+    """The map and J* curve of one method on one test anomaly, from the audit's cache (computed
+    and cached when absent and ``compute``; None when absent and not ``compute``).
+
+    Raises:
+        DataError: when ``image`` is not a test anomaly with a mask.
+    """
+    an = _anomalies(bundle, root, category, [image], None)
+    root_cache = cache_root() if cache is True else (Path(cache) if cache else None)
+    heat, error, _, cached, ok = _run_unit(bundle, image, an.images[0], method, target, params, seed, root_cache,
+                                           compute=compute)
+    if not ok:
+        return None
+    curve = optimal_jaccard(heat, an.masks[0]) if heat is not None else None
+    return ImageDetail(image, an.images[0], an.masks[0], heat, curve, error, cached)
+
+
+# -------------------------------------------------------------------- background job
+class AuditJob:
+    """:func:`audit_category` in a daemon thread, with progress to poll and a stop flag.
+
+    Args:
+        **kwargs: the arguments of :func:`audit_category` (``progress`` and ``stop`` are set by the job).
+
+    Attributes:
+        done, total, message: the latest progress.
+        result: the :class:`AuditResult` once finished (also after a stop).
+        error: a one-line error if the run failed.
+    """
+
+    def __init__(self, bundle, root, category, **kwargs: Any) -> None:
+        self.stop_event = threading.Event()
+        self.done, self.total, self.message = 0, 0, "starting"
+        self.result: AuditResult | None = None
+        self.error: str | None = None
+        self.started = time.time()
+        self._args = (bundle, root, category)
+        self._kwargs = kwargs
+        self._thread = threading.Thread(target=self._run, name=f"cfx-audit-{category}", daemon=True)
+
+    def start(self) -> "AuditJob":
+        self._thread.start()
+        return self
+
+    def _progress(self, done: int, total: int, message: str) -> None:
+        self.done, self.total, self.message = done, total, message
+
+    def _run(self) -> None:
+        try:
+            self.result = audit_category(*self._args, progress=self._progress, stop=self.stop_event, **self._kwargs)
+        except Exception as exc:  # noqa: BLE001 - shown by the caller
+            log.exception("audit failed")
+            self.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+    def stop(self) -> None:
+        """Ask the run to end after its current unit."""
+        self.stop_event.set()
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    @property
+    def fraction(self) -> float:
+        return self.done / self.total if self.total else 0.0
