@@ -3,8 +3,8 @@ look normal? Run with ``streamlit run app.py``.
 
 Pages live in pages/ (pages/_common.py holds the shared helpers and is not a page). The sidebar
 (data root, category, split, image) is the same on every page and the selection persists in
-st.session_state (``pages._common.current()`` returns it; ``st.session_state["selection"]``
-holds it too). It is drawn here before every page but Home; Home draws it after its static
+st.session_state: ``pages._common.current()`` draws it once per run and stores it in
+``st.session_state["selection"]`` (app.py numbers its runs in ``st.session_state["_cfx_run"]``). It is drawn here before every page but Home; Home draws it after its static
 text, so that the first page shows at once while torch and the models load.
 """
 from __future__ import annotations
@@ -28,6 +28,9 @@ PAGES = [
     ("pages/detector.py", "Detector", ":material/monitoring:"),
 ]
 
+RUN_KEY, DRAWN_KEY = "_cfx_run", "_cfx_selection_run"  # as in pages/_common.py (not imported yet on Home)
+st.session_state[RUN_KEY] = st.session_state.get(RUN_KEY, 0) + 1  # this run's number
+
 nav = st.navigation([st.Page(f, title=t, icon=i, default=(f == "pages/home.py"))
                      for f, t, i in PAGES if (HERE / f).is_file()])
 if nav.title != "Home":
@@ -37,7 +40,7 @@ if nav.title != "Home":
 
 
 def _sidebar_if_missing() -> None:
-    if "_cfx_selection" not in globals():
+    if st.session_state.get(DRAWN_KEY) != st.session_state[RUN_KEY]:
         from pages._common import current
 
         current()

@@ -42,7 +42,8 @@ import torch  # noqa: E402
 
 from cfx import config  # noqa: E402
 from cfx.concepts import (SLIDER_ALPHAS, concept_path, concept_step, concepts_path, edit, load_concepts,  # noqa: E402
-                          prepare_for, train_concepts)
+                          prepare_for)
+from cfx.training.concepts import train_concepts  # noqa: E402
 from cfx.data.demo import CATEGORIES, ensure_demo  # noqa: E402
 from cfx.data.mvtec import GOOD, MVTecDataset  # noqa: E402
 from cfx.data.synth import synthesize  # noqa: E402
@@ -79,8 +80,8 @@ def alpha0(gen, bundle, prep, k: int, batch: int = 64) -> tuple[np.ndarray, np.n
 
 def heldout_synthetic(bundle, root: Path, category: str, gen) -> np.ndarray:
     """The held-out synthetic anomalies of training (same seed, split and marker)."""
-    from cfx.concepts import _marker_for
-    from cfx.training import split_indices
+    from cfx.training.concepts import _marker_for
+    from cfx.training.common import split_indices
 
     arr = MVTecDataset(root, category, "train", image_size=bundle.image_size, channels=bundle.channels).arrays()
     seed = int(getattr(gen, "info", {}).get("seed", 0))

@@ -47,7 +47,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from cfx.errors import DataError
     from cfx.models.bundle import dataset_name
     from cfx.resolve import categories_for, resolve_root
-    from cfx.training import fit_patchcore, train_category, train_explainer_models
+    from cfx.training import train
 
     if args.epochs < 1:
         raise DataError(f"--epochs must be at least 1 (got {args.epochs})")
@@ -56,15 +56,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     root = resolve_root(args.data_root)
     ds = dataset_name(root)
     for cat in categories_for(root, args.category):
-        if args.detector in ("patchcore", "all"):
-            fit_patchcore(root, cat, ds, seed=args.seed, input_size=args.input_size)
-        if args.detector not in ("vae", "all"):
-            continue
-        train_category(root, cat, ds, epochs=args.epochs, seed=args.seed, progress=not args.quiet, alpha=args.alpha)
-        if args.base_only:
-            continue
-        train_explainer_models(root, cat, ds, seed=args.seed, progress=not args.quiet)
-        print(f"{ds}/{cat}: latent ensemble and concept generator written")
+        train(root, cat, ds, detector=args.detector, epochs=args.epochs, seed=args.seed, input_size=args.input_size,
+              alpha=args.alpha, base_only=args.base_only, progress=not args.quiet)
     return 0
 
 

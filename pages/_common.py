@@ -8,6 +8,8 @@ Session state (plain keys, readable and writable by every page; widgets bind to 
     ``source``: "dataset" or "upload"; ``upload``: the uploaded image (dict) or None.
     ``target``: the explained target (score, recon, mahalanobis, classifier).
     ``detector``: the explained detector (``patchcore`` or ``vae``; default the first fitted).
+    ``selection``: the sidebar's :class:`Selection` of this run (:func:`current`).
+    ``shown``: what each page displays, by page (:func:`show`).
 
 Caches: models with ``st.cache_resource`` keyed by (dataset, category, models dir); arrays of a
 split with ``st.cache_resource`` (read-only, shared); detector outputs and explanations with
@@ -94,6 +96,18 @@ def bound(widget: Callable, label: str, key: str, options: Sequence[Any] | None 
     return st.session_state[key]
 
 
+def show(page: str, **values: Any) -> None:
+    """Record what ``page`` displays in this session (``st.session_state["shown"][page]``): its
+    verdict, results, slider positions and the builder of its report. The page's report reads it
+    back (:func:`shown`); tests reach the app's state through it and ``selection`` only."""
+    st.session_state.setdefault("shown", {}).setdefault(page, {}).update(values)
+
+
+def shown(page: str) -> dict[str, Any]:
+    """What :func:`show` recorded for ``page`` ({} before it drew anything)."""
+    return st.session_state.get("shown", {}).get(page, {})
+
+
 # ====================================================================== cached resources
 @st.cache_resource(show_spinner=False)
 def _root(data_root: str | None) -> Path:
@@ -117,13 +131,9 @@ def bundle_for(dataset: str, category: str, root: Path | None = None) -> ModelBu
     card = category_dir(dataset, category) / "card.json"
     stamp = card.stat().st_mtime if card.exists() else 0.0
     b = _bundle(dataset, category, str(config.models_dir()), stamp)
-    if root is not None and b.extras.get("data_root") != Path(root):
-        try:
-            from cfx.explainers._util import set_data_root
-        except ImportError:  # pragma: no cover - older explainers
-            b.extras["data_root"] = Path(root)
-        else:
-            set_data_root(b, root)
+    if root is not None:
+        with b.lock:
+            b.loaded.set_data_root(root)
     return b
 
 
@@ -296,11 +306,6 @@ def show_model_missing(message: str) -> None:
     m = re.search(r"run (python -m cfx train .+)$", message)
     if m:
         st.code(m.group(1), language="bash")
-
-
-def sidebar() -> Selection | None:
-    """The sidebar's selection of this run (drawn once per run; same as :func:`current`)."""
-    return current()
 
 
 def _draw_sidebar() -> Selection | None:
@@ -645,43 +650,32 @@ def verdict(sel: Selection) -> dict[str, Any]:
     return X.detector_summary(sel.bundle, {k: np.asarray([v]) for k, v in a.items()})
 
 
-APP_FILE = str(PROJECT / "app.py")
+#: Session-state keys of the run bookkeeping: app.py numbers every run it starts (``RUN_KEY``);
+#: the sidebar's selection is stored with the number of the run that drew it (``DRAWN_KEY``).
+RUN_KEY, DRAWN_KEY = "_cfx_run", "_cfx_selection_run"
 
 
-def _app_globals() -> dict | None:
-    """The globals of app.py's run that called this page (None: the page runs on its own)."""
-    f = sys._getframe(1)
-    while f is not None:
-        name = f.f_code.co_filename
-        if name.endswith("app.py") and (name == APP_FILE or str(Path(name).resolve()) == APP_FILE):
-            return f.f_globals
-        f = f.f_back
-    return None
-
-
-def entry_guard() -> dict:
-    """app.py's globals of this run; reruns through app.py when a page was run on its own.
+def entry_guard() -> None:
+    """Rerun through app.py when a page was run on its own (the one Streamlit workaround).
 
     Until some session has called ``st.navigation``, a Streamlit server whose app has a
     ``pages/`` folder runs the legacy multipage mode: a first request for ``/inspect`` runs
     pages/inspect.py alone, without app.py. Switch the legacy mode off (as ``st.navigation``
     does) and rerun, so that app.py runs.
     """
-    g = _app_globals()
-    if g is not None:
-        return g
     from streamlit.runtime.pages_manager import PagesManager
 
-    PagesManager.uses_pages_directory = False
-    st.rerun()
-    raise AssertionError("unreachable")
+    if PagesManager.uses_pages_directory or RUN_KEY not in st.session_state:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
 
 
 def current() -> Selection | None:
-    """The selection of this run: draws the sidebar on the first call of a run (app.py calls it
-    before every page but Home, which calls it after its static text)."""
-    g = entry_guard()
-    if "_cfx_selection" not in g:  # app.py's globals are new on every run: once per run
-        g["_cfx_selection"] = _draw_sidebar()
-        st.session_state["selection"] = g["_cfx_selection"]
-    return g["_cfx_selection"]
+    """The selection of this run (``st.session_state["selection"]``): draws the sidebar on the
+    first call of a run (app.py calls it before every page but Home, which calls it after its
+    static text)."""
+    entry_guard()
+    if st.session_state.get(DRAWN_KEY) != st.session_state[RUN_KEY]:
+        st.session_state["selection"] = _draw_sidebar()
+        st.session_state[DRAWN_KEY] = st.session_state[RUN_KEY]
+    return st.session_state["selection"]

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from cfx import reports as X
-from pages._common import (target_labels, _bind, _sync, bound, current, explain_one, file_stem, heat_figure,
+from pages._common import (show, target_labels, _bind, _sync, bound, current, explain_one, file_stem, heat_figure,
                            image_figure, is_cached, is_heavy, param_inputs, plot, registry, report_downloads, require_models)
 
 NCOLS = 3
@@ -65,8 +65,7 @@ for m in methods:
         results[m] = explain_one(b, image, m, target, params.get(m), seed, sel.mask)
 pending = [m for m in methods if m not in results]
 results = {m: results[m] for m in methods if m in results}
-st.session_state["compare_results"] = results
-st.session_state["compare_pending"] = pending
+show("compare", results=results, pending=pending)
 
 # ------------------------------------------------------------------ grid
 st.caption(f"**{sel.name}** · target: {labels[target]} · threshold {b.threshold_for(target):.3f}. "
@@ -150,6 +149,6 @@ if results:
                                     params={"seed": seed, **{f"{m}.{k}": v for m in results
                                                              for k, v in params.get(m, {}).items()}})
 
-    st.session_state["compare_report"] = _report
+    show("compare", report=_report)
     st.markdown("**Report of the shown results**")
     report_downloads(_report, file_stem(sel, "compare"), "compare", ("png", "json", "pdf", "html"))

@@ -7,10 +7,10 @@ step of one concept against the original in an image-comparison (wipe) view, and
 every concept along alpha. See :mod:`cfx.concepts` for the generator and the alpha mapping.
 
 Session state read: ``selection`` (the sidebar's :class:`pages._common.Selection`, set by app.py
-on every run; drawn here with ``sidebar()`` when absent). Keys of this page start with ``cc_``:
+on every run; read with ``current()``). Keys of this page start with ``cc_``:
 ``cc_alpha_<k>`` (each concept's slider), ``cc_compare`` (the concept shown in the comparison).
 Caches: the models with ``st.cache_resource`` (pages._common.bundle_for; the concept generator
-lives in ``bundle.extras``), the per-image concept path (every concept at 21 alphas, scored and
+lives in ``bundle.loaded``), the per-image concept path (every concept at 21 alphas, scored and
 measured) with ``st.cache_data``; a slider step only looks the step up.
 """
 from __future__ import annotations
@@ -23,8 +23,8 @@ import plotly.graph_objects as go
 import streamlit as st
 import streamlit.components.v1 as components
 
-from cfx.concepts import (SLIDER_ALPHAS, ConceptPath, concept_path, load_concepts, local_steps, train_concepts,
-                          train_hint)
+from cfx.concepts import SLIDER_ALPHAS, ConceptPath, concept_path, load_concepts, local_steps, train_hint
+from cfx.training.concepts import train_concepts
 from cfx.data.imageio import array_to_pil
 from cfx.reports.encode import pil_png, png_data_uri
 from cfx.errors import CfxError, ModelMissingError
@@ -122,7 +122,7 @@ def _missing(sel, message: str) -> None:
         with st.spinner("Training the concept generator..."):
             try:
                 with bundle.lock:
-                    bundle.extras.pop("concepts", None)
+                    bundle.loaded.concepts = None
                 _, info = train_concepts(bundle, sel.root, bundle.category)
             except CfxError as exc:
                 st.error(str(exc))
@@ -166,9 +166,7 @@ def main() -> None:
     st.caption("Each concept is a distinct way, learned by a generator in the detector's VAE latent, in which this "
                "image could become normal. Move a slider from the image's own score (alpha = 1) to clearly normal "
                "(alpha = 0): every image shown is re-scored by the real detector.")
-    sel = st.session_state.get("selection")
-    if sel is None:
-        sel = C.sidebar()
+    sel = C.current()
     if not C.require_models(sel):
         return
     bundle = sel.bundle

@@ -7,7 +7,7 @@ import streamlit as st
 
 from cfx import reports as X
 from cfx.metrics.edits import diversity
-from pages._common import (target_labels, bound, current, explain_one, file_stem, heat_figure, image_figure,
+from pages._common import (show, shown, target_labels, bound, current, explain_one, file_stem, heat_figure, image_figure,
                            is_cached, plot, registry, report_downloads, require_models)
 
 st.title("Counterfactuals")
@@ -38,7 +38,7 @@ if not is_cached(b, image, method, target, None, seed):
         st.stop()
 with st.spinner(f"Running {method}..."):
     exp = explain_one(b, image, method, target, None, seed, sel.mask)
-st.session_state["cf_result"] = exp
+show("counterfactuals", result=exp)
 if not exp.ok:
     st.error(f"{method} failed: {exp.error}")
     st.stop()
@@ -89,7 +89,7 @@ def compare_view(cf) -> None:
     c = st.columns([1, 2, 1])
     c[1].image(np.kron(shown, np.ones((3, 3, 1), np.uint8)), width="stretch",
                caption=f"{'left: counterfactual, right: original' if mode == 'wipe' else 'blend'} at {pos}%")
-    st.session_state["cf_shown"] = {**st.session_state.get("cf_shown", {}), "mode": mode, "position": pos}
+    show("counterfactuals", mode=mode, position=pos)
 
 
 @st.fragment
@@ -118,7 +118,7 @@ def path_view(cf, k: int) -> None:
                                         "showarrow": False, "xanchor": "right", "yanchor": "bottom"}]}}
         with pc[1]:
             st.plotly_chart(f, key="cf_path_plot", config={"displayModeBar": False})
-    st.session_state["cf_step_shown"] = (k, step, float(scores[step]) if scores is not None else None)
+    show("counterfactuals", step=(k, step, float(scores[step]) if scores is not None else None))
 
 
 @st.fragment
@@ -129,7 +129,7 @@ def view() -> None:
         k = st.select_slider("Counterfactual (closest valid first)", options=list(range(K)), value=0,
                              format_func=lambda i: f"{i + 1} of {K}", key="cf_k")
     cf = exp.counterfactuals[k]
-    st.session_state["cf_shown"] = {**st.session_state.get("cf_shown", {}), "k": k}
+    show("counterfactuals", k=k)
     d = (cf.image - image).mean(0)
     cols = st.columns(3)
     with cols[0]:
@@ -167,7 +167,7 @@ def view() -> None:
 view()
 
 
-shown = dict(st.session_state.get("cf_shown", {}))
+shown = shown("counterfactuals")
 
 
 def _report() -> X.Report:
@@ -175,6 +175,6 @@ def _report() -> X.Report:
                                 params={"seed": seed, "shown_counterfactual": shown.get("k", 0) + 1})
 
 
-st.session_state["cf_report"] = _report
+show("counterfactuals", report=_report)
 st.markdown("**Report**")
 report_downloads(_report, file_stem(sel, f"cf_{method}"), "cf")

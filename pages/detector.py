@@ -11,7 +11,7 @@ import streamlit as st
 
 from cfx import reports as X
 from cfx.metrics.detection import detector_evaluation
-from pages._common import analyse_split, current, require_models
+from pages._common import show, analyse_split, current, require_models
 
 st.title("Detector")
 sel = current()
@@ -42,7 +42,7 @@ def _side_by_side(keys: tuple[str, ...], root: str, category: str) -> list[dict]
 
 
 ev = _evaluate(b.key(), str(sel.root), sel.category, arr.labels, scores, [s.defect for s in arr.samples])
-st.session_state["detector_eval"] = ev
+show("detector", evaluation=ev)
 st.caption(f"{sel.dataset}/{sel.category}: {ev['n']} test images, {ev['n_defective']} defective · model `{b.key()}`")
 
 if len(b.detectors) > 1:

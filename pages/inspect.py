@@ -9,7 +9,7 @@ import streamlit as st
 from cfx import reports as X
 from cfx.data.mvtec import GOOD
 from cfx.errors import DataError
-from pages._common import (DETECTOR_HEAT_SCALE, UPLOAD_TYPES, Selection, analyse_one, analyse_split, choose_image,
+from pages._common import (show, DETECTOR_HEAT_SCALE, UPLOAD_TYPES, Selection, analyse_one, analyse_split, choose_image,
                            current, file_stem, heat_figure, image_figure, plot, read_upload, report_downloads,
                            require_models, upload_limit_bytes)
 
@@ -49,13 +49,13 @@ def verdict(sel: Selection) -> None:
         what = "reconstruction error" if b.detector_name == "vae" else f"{b.detector_name} anomaly map"
         plot(heat_figure(sel.image, a["heatmap"], DETECTOR_HEAT_SCALE, sel.mask,
                          f"{what} (1 = 99.9th pct of normal)", label="heat", display=sel.display), "insp_heat")
-    st.session_state["inspect_verdict"] = {"name": sel.name, "score": score, "anomalous": bool(a["anomalous"])}
+    show("inspect", verdict={"name": sel.name, "score": score, "anomalous": bool(a["anomalous"])})
 
     def _report() -> X.Report:
         return X.Report.from_bundle(b, sel.image, sel.name, {}, mask=sel.mask, with_detector_maps=True,
                                     params={"split": sel.split, "source": sel.source})
 
-    st.session_state["inspect_report"] = _report
+    show("inspect", report=_report)
     report_downloads(_report, file_stem(sel, "inspect"), "inspect")
 
 

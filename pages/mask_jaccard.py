@@ -21,15 +21,30 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from cfx.atomic import json_default
-from cfx.audit import DEFAULT_CUTOFF, AuditJob, AuditResult, audit_category, image_detail, with_cutoff
-from cfx.explainers import resolve_methods
-from cfx.reports.figures import detail_png, overlay
+from cfx.audit import (
+    DEFAULT_CUTOFF,
+    AuditJob,
+    AuditResult,
+    audit_category,
+    image_detail,
+    with_cutoff,
+)
 from cfx.data.imageio import array_to_pil
-from cfx.reports.encode import pil_png, png_data_uri
 from cfx.data.mvtec import MVTecDataset
+from cfx.explainers import resolve_methods
 from cfx.reports.colours import max_abs
-from pages._common import (bound, choose_image, heat_figure, param_inputs, plot, show_model_missing, sidebar,
-                           target_labels)
+from cfx.reports.encode import pil_png, png_data_uri
+from cfx.reports.figures import detail_png, overlay
+from pages._common import (
+    bound,
+    choose_image,
+    current,
+    heat_figure,
+    param_inputs,
+    plot,
+    show_model_missing,
+    target_labels,
+)
 
 PROJECT = Path(__file__).resolve().parent.parent
 COMPARE_PAGE = "pages/compare.py"
@@ -258,7 +273,7 @@ def main() -> None:
                 "best overlap over all thresholds of the map (attributions under 1 % of the map's peak count as "
                 "none). A detected anomaly with J\\* below the cutoff is flagged: the model found something, but "
                 "not the defect.")
-    sel = st.session_state.get("selection") if "selection" in st.session_state else sidebar()
+    sel = current()
     if sel is None:
         st.info("Choose a valid data root in the sidebar.")
         return

@@ -66,6 +66,11 @@ def new_app(page: str | None = None, detector: str | None = None) -> AppTest:
     return at
 
 
+def shown(at: AppTest, page: str) -> dict:
+    """What ``page`` displayed in the last run (the app's one record of it, ``pages._common.show``)."""
+    return at.session_state["shown"][page]
+
+
 def ok(at: AppTest) -> AppTest:
     assert not at.exception, [e.value for e in at.exception]
     return at
@@ -158,18 +163,18 @@ def test_home_says_device_and_demo():
 # ---------------------------------------------------------------- selection
 def test_choosing_another_image_changes_what_is_shown():
     at = new_app("pages/inspect.py")
-    first = at.session_state["inspect_verdict"]
+    first = shown(at, "inspect")["verdict"]
     assert first["name"].split("/")[0] != "good"  # the default is the first defective image
     assert at.subheader[0].value == first["name"]
     pick_image(at, "good/003.png")
-    second = at.session_state["inspect_verdict"]
+    second = shown(at, "inspect")["verdict"]
     assert second["name"] == "good/003.png" and at.subheader[0].value == "good/003.png"
     assert second["score"] != first["score"]
     assert next(m for m in at.metric if m.label == "Anomaly score").value == f"{second['score']:.3f}"
     # a thumbnail's Open button selects its image too
     at.button(key="thumb_10").click().run()
     ok(at)
-    third = at.session_state["inspect_verdict"]
+    third = shown(at, "inspect")["verdict"]
     assert third["name"] == at.session_state["image_name"] != "good/003.png"
     assert third["score"] != second["score"]
 
@@ -182,7 +187,7 @@ def test_selection_persists_across_pages():
         at.switch_page(page).run()
         ok(at)
         assert at.selectbox(key="w_image").value == "hole/004.png"
-    assert at.session_state["inspect_verdict"]["name"] == "hole/004.png"
+    assert shown(at, "inspect")["verdict"]["name"] == "hole/004.png"
 
 
 def test_sidebar_chooses_the_detector(brick):
@@ -190,11 +195,11 @@ def test_sidebar_chooses_the_detector(brick):
     assert at.selectbox(key="w_detector").value == "patchcore"  # the default where PatchCore is fitted
     sel = at.session_state["selection"]
     pc = float(brick.using("patchcore").score_numpy(sel.image[None])[0])
-    assert at.session_state["inspect_verdict"]["score"] == pytest.approx(pc, abs=1e-4)
+    assert shown(at, "inspect")["verdict"]["score"] == pytest.approx(pc, abs=1e-4)
     at.selectbox(key="w_detector").select("vae").run()
     ok(at)
     vae = float(brick.using("vae").score_numpy(sel.image[None])[0])
-    assert at.session_state["inspect_verdict"]["score"] == pytest.approx(vae, abs=1e-4)
+    assert shown(at, "inspect")["verdict"]["score"] == pytest.approx(vae, abs=1e-4)
     at.switch_page("pages/detector.py").run()  # both detectors side by side; the choice persists
     ok(at)
     assert at.session_state["detector"] == "vae"
@@ -207,7 +212,7 @@ def test_category_change_and_rgb_models(tablet):
     ok(at)
     sel = at.session_state["selection"]
     assert sel.category == "tablet" and sel.image.shape == (3, 128, 128)
-    assert at.session_state["inspect_verdict"]["name"] == sel.name
+    assert shown(at, "inspect")["verdict"]["name"] == sel.name
     assert not at.error
 
 
@@ -285,14 +290,14 @@ def _upload(at: AppTest, name: str, data: bytes) -> AppTest:
 def test_bad_upload_shows_error_and_app_goes_on(case):
     name, data, why = REFUSED[case]
     at = new_app("pages/inspect.py")
-    before = at.session_state["inspect_verdict"]
+    before = shown(at, "inspect")["verdict"]
     _upload(at, name, data)
     errors = [e.value for e in at.error]
     assert any("Cannot use this upload" in e and why in e for e in errors), errors
     assert at.session_state["source"] == "dataset"
-    assert at.session_state["inspect_verdict"] == before  # the previous image stays
+    assert shown(at, "inspect")["verdict"] == before  # the previous image stays
     pick_image(at, "good/001.png")  # and the app goes on
-    assert at.session_state["inspect_verdict"]["name"] == "good/001.png"
+    assert shown(at, "inspect")["verdict"]["name"] == "good/001.png"
     at.switch_page("pages/compare.py").run()
     ok(at)
 
@@ -308,13 +313,13 @@ def test_unusual_upload_is_converted_with_a_notice(case, brick):
     _upload(at, name, data)
     assert not at.error, [e.value for e in at.error]
     assert any(note in w.value for w in at.warning), [w.value for w in at.warning]
-    v = at.session_state["inspect_verdict"]
+    v = shown(at, "inspect")["verdict"]
     assert v["name"] == name and at.session_state["source"] == "upload"
     sel = at.session_state["selection"]
     assert sel.image.shape == (1, 128, 128)
-    shown = brick.using(at.session_state["detector"])  # the detector the sidebar explains (PatchCore here)
-    assert shown.detector_name == "patchcore"
-    assert v["score"] == pytest.approx(float(shown.score_numpy(sel.image[None])[0]), abs=1e-4)
+    explained = brick.using(at.session_state["detector"])  # the detector the sidebar explains (PatchCore here)
+    assert explained.detector_name == "patchcore"
+    assert v["score"] == pytest.approx(float(explained.score_numpy(sel.image[None])[0]), abs=1e-4)
     # the upload is the selection on the other pages too, and a dataset image can be chosen again
     at.switch_page("pages/compare.py").run()
     ok(at)
@@ -338,24 +343,24 @@ def test_compare_yields_every_method():
     assert REGISTRY, "no explanation method registered"
     at = new_app("pages/compare.py", detector="vae")
     run_all(at)
-    results = at.session_state["compare_results"]
-    assert set(results) == set(REGISTRY) and not at.session_state["compare_pending"]
+    results = shown(at, "compare")["results"]
+    assert set(results) == set(REGISTRY) and not shown(at, "compare")["pending"]
     failed = {m: e.error for m, e in results.items() if not e.ok}
     assert not failed, failed
-    shown = texts(at)
+    words = texts(at)
     for m, e in results.items():
-        assert f"✔ {m} done" in shown
+        assert f"✔ {m} done" in words
         assert e.heatmap is not None or e.counterfactuals or "message" in e.info
         assert e.target == "score"
 
 
 def test_compare_target_and_cache(monkeypatch):
     at = new_app("pages/compare.py")
-    light = [m for m, e in at.session_state["compare_results"].items()]
+    light = [m for m, e in shown(at, "compare")["results"].items()]
     assert light, "no light method ran automatically"
     at.radio(key="w_target").set_value("classifier").run()
     ok(at)
-    res = at.session_state["compare_results"]
+    res = shown(at, "compare")["results"]
     assert res and all(e.target == "classifier" for e in res.values())
     # a rerun on the same settings reads the cache: no method runs again
     import cfx.explainers as ex
@@ -372,7 +377,7 @@ def test_failing_method_shows_its_error_and_others_render(monkeypatch):
     monkeypatch.setitem(REGISTRY, _Boom.name, _Boom)
     at = new_app("pages/compare.py", detector="vae")  # runs every method
     run_all(at)
-    res = at.session_state["compare_results"]
+    res = shown(at, "compare")["results"]
     assert res[_Boom.name].error == "RuntimeError: this method always fails"
     assert any("zz_boom failed: RuntimeError: this method always fails" in e.value for e in at.error)
     others = [m for m in res if m != _Boom.name]
@@ -383,12 +388,12 @@ def test_heavy_methods_wait_for_run(monkeypatch):
     monkeypatch.setitem(REGISTRY, _ToyPath.name, _ToyPath)
     at = new_app("pages/compare.py", detector="vae")
     at.selectbox(key="w_image").select("scratch/007.png").run()  # an image nobody explained yet
-    assert _ToyPath.name in at.session_state["compare_pending"]
-    assert _ToyPath.name not in at.session_state["compare_results"]
+    assert _ToyPath.name in shown(at, "compare")["pending"]
+    assert _ToyPath.name not in shown(at, "compare")["results"]
     at.button(key="cmp_run").click().run()
     ok(at)
-    assert at.session_state["compare_results"][_ToyPath.name].ok
-    assert not at.session_state["compare_pending"]
+    assert shown(at, "compare")["results"][_ToyPath.name].ok
+    assert not shown(at, "compare")["pending"]
 
 
 # ---------------------------------------------------------------- counterfactuals
@@ -397,21 +402,21 @@ def test_counterfactual_page_step_slider(monkeypatch, brick):
     at = new_app("pages/counterfactuals.py")
     at.selectbox(key="w_cf_method").select(_ToyPath.name).run()
     cf_run(at)
-    exp = at.session_state["cf_result"]
+    exp = shown(at, "counterfactuals")["result"]
     assert exp.method == _ToyPath.name
     path = exp.counterfactuals[0].path_scores
-    k, step, score = at.session_state["cf_step_shown"]
+    k, step, score = shown(at, "counterfactuals")["step"]
     assert (k, step) == (0, len(path) - 1) and score == pytest.approx(path[-1])
     at.slider(key="cf_step_0").set_value(2).run()
     ok(at)
-    assert at.session_state["cf_step_shown"] == (0, 2, pytest.approx(path[2]))
+    assert shown(at, "counterfactuals")["step"] == (0, 2, pytest.approx(path[2]))
     at.slider(key="cf_wipe").set_value(80).run()
     ok(at)
-    assert at.session_state["cf_shown"]["position"] == 80
+    assert shown(at, "counterfactuals")["position"] == 80
     assert at.select_slider(key="cf_k").value == 0
     at.select_slider(key="cf_k").set_value(1).run()
     ok(at)
-    assert at.session_state["cf_shown"]["k"] == 1
+    assert shown(at, "counterfactuals")["k"] == 1
 
 
 def test_counterfactual_page_without_run_does_not_compute(monkeypatch):
@@ -440,33 +445,33 @@ def test_exports_are_valid(monkeypatch):
     at = new_app("pages/inspect.py", detector="vae")  # Compare runs every method below
     labels = {b.label for b in at.get("download_button")}
     assert {"PNG report", "JSON numbers"} <= labels
-    rep = at.session_state["inspect_report"]()
+    rep = shown(at, "inspect")["report"]()
     _check_png(X.png_bytes(rep))
     d = json.loads(X.json_bytes(rep))
     assert d["image"] == at.session_state["image_name"] and d["detector"]["score"] == pytest.approx(
-        at.session_state["inspect_verdict"]["score"])
+        shown(at, "inspect")["verdict"]["score"])
 
     at.switch_page("pages/compare.py").run()
     run_all(at)
     labels = {b.label for b in at.get("download_button")}
     assert {"PNG report", "JSON numbers", "PDF (one page)", "HTML report"} <= labels
-    rep = at.session_state["compare_report"]()
+    rep = shown(at, "compare")["report"]()
     _check_png(X.png_bytes(rep))
     d = json.loads(X.json_bytes(rep))
-    assert set(d["methods"]) == set(at.session_state["compare_results"]) and d["methods"]
+    assert set(d["methods"]) == set(shown(at, "compare")["results"]) and d["methods"]
     assert X.pdf_bytes(rep).startswith(b"%PDF-")
     assert "data:image/png;base64," in X.html_text(rep)
 
     at.switch_page("pages/counterfactuals.py").run()
     at.selectbox(key="w_cf_method").select(_ToyPath.name).run()
     cf_run(at)
-    rep = at.session_state["cf_report"]()
+    rep = shown(at, "counterfactuals")["report"]()
     _check_png(X.png_bytes(rep))
     assert json.loads(X.json_bytes(rep))["methods"][_ToyPath.name]["counterfactuals"]
 
     at.switch_page("pages/detector.py").run()
     ok(at)
-    ev = at.session_state["detector_eval"]
+    ev = shown(at, "detector")["evaluation"]
     _check_png(X.detector_png(ev))
     assert ev["scores"]["combined"]["auroc"] is not None
 

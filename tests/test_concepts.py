@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from cfx.cli import main
-from cfx.concepts import (ConceptGenerator, concepts_path, edit, fade_mask, load_concepts, prepare_for, target_score,
-                          train_concepts)
+from cfx.concepts import ConceptGenerator, concepts_path, edit, fade_mask, load_concepts, prepare_for, target_score
+from cfx.training.concepts import train_concepts
 from cfx.data.mvtec import GOOD, MVTecDataset
 from cfx.errors import ModelMissingError
 from cfx.models.bundle import load_bundle, model_exists, save_module

@@ -40,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train", action="store_true",
                    help="(re)train the category's concept generator first and save concepts.pt")
     p.add_argument("--seed", type=int, default=0, help="seed of --train (default 0)")
-    p.add_argument("--steps", type=int, help="optimiser steps of --train (default: cfx.concepts.DEFAULT_STEPS)")
+    p.add_argument("--steps", type=int, help="optimiser steps of --train (default: cfx.training.concepts.DEFAULT_STEPS)")
 
 
 def parse_alphas(text: str) -> list[float]:
@@ -97,7 +97,8 @@ def concepts_json(bundle, name: str, path, out: Path | None = None, mask: np.nda
 
 def run(args: argparse.Namespace) -> int:
     """Compute (and optionally train) concept counterfactuals; exit 0 (2 on bad input)."""
-    from cfx.concepts import DEFAULT_STEPS, concept_path, load_concepts, train_concepts
+    from cfx.concepts import concept_path, load_concepts
+    from cfx.training.concepts import DEFAULT_STEPS, train_concepts
     from cfx.models.bundle import dataset_name, load_bundle
     from cfx.resolve import resolve_category, resolve_root, select_image
 

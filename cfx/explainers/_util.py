@@ -79,11 +79,11 @@ def fill_image(bundle, image: np.ndarray, fill: str) -> np.ndarray:
 def set_data_root(bundle, root: str | Path) -> None:
     """Tell the bundle where its training data lives (DiCE's PCA and the latent ensemble read
     train/good from it). The CLI and the app call this after loading a bundle."""
-    bundle.extras["data_root"] = Path(root)
+    bundle.loaded.set_data_root(root)
 
 
 def _data_root(bundle) -> Path:
-    root = bundle.extras.get("data_root")
+    root = bundle.loaded.data_root
     if root is not None and Path(root).is_dir():
         return Path(root)
     card_root = bundle.card.get("data_root")
@@ -100,10 +100,9 @@ def _data_root(bundle) -> Path:
 
 
 def train_images(bundle) -> np.ndarray:
-    """The category's train/good images at the bundle's size and channels (cached in extras)."""
-    key = "train_good_images"
+    """The category's train/good images at the bundle's size and channels (read once per bundle)."""
     with bundle.lock:
-        if key not in bundle.extras:
+        if bundle.loaded.train_images is None:
             from cfx.data.mvtec import MVTecDataset
 
             ds = MVTecDataset(_data_root(bundle), bundle.category, "train", image_size=bundle.image_size,
@@ -111,5 +110,5 @@ def train_images(bundle) -> np.ndarray:
             arr = ds.arrays()
             if len(arr.images) == 0:
                 raise DataError(f"no train/good images for {bundle.category}")
-            bundle.extras[key] = arr.images
-        return bundle.extras[key]
+            bundle.loaded.train_images = arr.images
+        return bundle.loaded.train_images

@@ -1,7 +1,7 @@
 """DiCE (dice-ml) on PCA features.
 
 A PCA with 64 components, fitted on the category's train/good images (scikit-learn; cached per
-bundle in ``bundle.extras``), turns images into a 64-column table; dice-ml's genetic method
+bundle in ``bundle.loaded``), turns images into a 64-column table; dice-ml's genetic method
 generates ``total_cfs`` diverse counterfactuals of the query's row for the model wrapped to return
 probabilities on PCA features: P(anomalous) of the image ``inverse_pca(row)`` as a local edit of
 the original (:class:`~cfx.explainers.edit.EditModel`: the row's change from the query's
@@ -37,16 +37,15 @@ OUTCOME = "anomalous"
 
 
 def get_pca(bundle, n_components: int = N_COMPONENTS):
-    """The PCA of the category's train/good images (fitted once per bundle, cached in extras)."""
-    key = f"pca{n_components}"
+    """The PCA of the category's train/good images (fitted once per bundle)."""
     with bundle.lock:
-        if key not in bundle.extras:
+        if n_components not in bundle.loaded.pca:
             from sklearn.decomposition import PCA
 
             x = train_images(bundle).reshape(len(train_images(bundle)), -1)
             k = min(n_components, len(x) - 1, x.shape[1])
-            bundle.extras[key] = PCA(k, svd_solver="randomized", random_state=0).fit(x)
-        return bundle.extras[key]
+            bundle.loaded.pca[n_components] = PCA(k, svd_solver="randomized", random_state=0).fit(x)
+        return bundle.loaded.pca[n_components]
 
 
 #: the train rows nearest to the query in dice-ml's reference table, and the rows between them
@@ -200,11 +199,11 @@ class Dice(CounterfactualExplainer):
         query), and the query itself (so the feature ranges contain it)."""
         b = self.bundle
         with b.lock:
-            key = "dice_train_rows"
-            if key not in b.extras:
+            k = int(pca.n_components_)
+            if k not in b.loaded.pca_rows:
                 x = train_images(b)
-                b.extras[key] = pca.transform(x.reshape(len(x), -1).astype(np.float64))
-            train = b.extras[key]
+                b.loaded.pca_rows[k] = pca.transform(x.reshape(len(x), -1).astype(np.float64))
+            train = b.loaded.pca_rows[k]
         order = np.argsort(((train - p0) ** 2).sum(1))
         near = train[order[:NEAR_ROWS]]
         parts = [train[order[:TABLE_TRAIN_ROWS]]] + [p0 + a * (near - p0) for a in BETWEEN] + [p0]

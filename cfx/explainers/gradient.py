@@ -15,14 +15,13 @@ The trajectory is checked with the real model: the proposal is the first step (e
 valid edit (:mod:`cfx.explainers.counterfactual`).
 
 The ensemble lives in ``<models>/<dataset>/<category>/ensemble.pt`` (written by
-``python -m cfx train``, through :func:`cfx.training.train_explainer_models`); it is loaded lazily and cached in ``bundle.extras``. Explaining never trains: if the file is
-missing or belongs to other weights, :class:`~cfx.errors.ModelMissingError` names the command
-(``python -m cfx train`` writes it too).
+``python -m cfx train``, through :func:`cfx.training.ensemble.train_latent_ensemble`); it is loaded
+once per bundle (``bundle.loaded``). Explaining never trains: if the file is missing or belongs to
+other weights, :class:`~cfx.errors.ModelMissingError` names the command.
 """
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -30,17 +29,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from cfx.errors import DataError, ModelMissingError
-from cfx.explainers._util import train_images
+from cfx.errors import ModelMissingError
 from cfx.explainers.base import Explanation, register
 from cfx.explainers.counterfactual import CounterfactualExplainer, Proposal, SearchContext
 
 log = logging.getLogger(__name__)
 
 ENSEMBLE_FILE = "ensemble.pt"
-EXTRAS_KEY = "latent_ensemble"
-#: train on the fly (when the file is missing) only up to this many train images
-ON_THE_FLY_MAX_IMAGES = 600
 
 
 class LatentEnsemble(nn.Module):
@@ -75,119 +70,42 @@ class LatentEnsemble(nn.Module):
 
 
 @torch.inference_mode()
-def _encode(bundle, images: np.ndarray, batch: int = 128) -> torch.Tensor:
-    out = [bundle.vae.encode(bundle.to_tensor(images[i:i + batch])).float().cpu() for i in range(0, len(images), batch)]
-    return torch.cat(out)
-
-
-def train_latent_ensemble(bundle, normal_images: np.ndarray, seed: int = 0, members: int = 5, hidden: int = 64,
-                          per_image: int = 2, epochs: int = 300, lr: float = 3e-3) -> LatentEnsemble:
-    """Train the ensemble on VAE latents of normal images vs synthetic anomalies made from them.
-
-    Args:
-        bundle: the category's models (its VAE encodes).
-        normal_images: float32 (N, C, H, W) normal images (train/good).
-        seed: makes the anomalies, bootstraps and initialisations deterministic.
-        members, hidden: ensemble size and width; per_image: synthetic anomalies per normal image.
-        epochs, lr: full-batch Adam steps per member.
-
-    Returns:
-        The trained ensemble (eval mode, CPU, no gradients on its weights), with
-        ``train_accuracy`` set on it.
-    """
-    from cfx.data.synth import synthesize
-
-    normal_images = np.asarray(normal_images, np.float32)
-    if len(normal_images) < 4:
-        raise DataError(f"need at least 4 normal images to train the latent ensemble, got {len(normal_images)}")
-    rng = np.random.default_rng(seed)
-    anomalies, _, _ = synthesize(normal_images, rng, per_image=per_image)
-    zn, za = _encode(bundle, normal_images), _encode(bundle, anomalies)
-    z = torch.cat([zn, za])
-    y = torch.cat([torch.zeros(len(zn)), torch.ones(len(za))])
-    ens = LatentEnsemble(z.shape[1], members, hidden)
-    ens.mean.copy_(zn.mean(0))
-    ens.std.copy_(zn.std(0).clamp_min(1e-6))
-    pos_weight = torch.tensor(len(zn) / max(1, len(za)))
-    g = torch.Generator().manual_seed(seed)
-    with torch.inference_mode(False), torch.enable_grad():
-        for k, member in enumerate(ens.members):
-            torch.manual_seed(seed * 1000 + k)
-            for layer in member:
-                if isinstance(layer, nn.Linear):
-                    layer.reset_parameters()
-            idx = torch.randint(len(z), (len(z),), generator=g)  # bootstrap
-            zb, yb = ((z[idx] - ens.mean) / ens.std), y[idx]
-            opt = torch.optim.Adam(member.parameters(), lr=lr, weight_decay=1e-4)
-            for _ in range(epochs):
-                loss = nn.functional.binary_cross_entropy_with_logits(member(zb).squeeze(-1), yb, pos_weight=pos_weight)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-    ens.eval().requires_grad_(False)
-    with torch.no_grad():
-        acc = float(((ens(z) > 0.5).float() == y).float().mean())
-    ens.train_accuracy = acc  # type: ignore[attr-defined]
-    return ens
-
-
 def ensemble_path(bundle) -> Path:
     from cfx.models.bundle import category_dir
 
     return category_dir(bundle.dataset, bundle.category) / ENSEMBLE_FILE
 
 
-def save_latent_ensemble(bundle, ens: LatentEnsemble, seed: int = 0, path: Path | None = None) -> Path:
-    """Write ``ensemble.pt`` (atomically, weights_only-loadable) beside the bundle's checkpoints."""
-    from cfx.models.bundle import save_module
-
-    path = path or ensemble_path(bundle)
-    cfg = {"net": ens.config(), "content_hash": str(bundle.card.get("content_hash", "")), "seed": int(seed),
-           "train_accuracy": float(getattr(ens, "train_accuracy", float("nan")))}
-    save_module(path, ens, cfg)
-    return path
-
-
-def load_latent_ensemble(bundle, train_if_missing: bool = True, path: Path | None = None) -> LatentEnsemble:
-    """The bundle's latent ensemble: from ``bundle.extras``, else ``ensemble.pt`` (or ``path``), else
-    trained on the fly (when cheap), cached in ``bundle.extras``.
+def load_latent_ensemble(bundle, path: Path | None = None) -> LatentEnsemble:
+    """The bundle's latent ensemble: ``ensemble.pt`` (or ``path``), loaded once per bundle.
 
     Raises:
-        ModelMissingError: no usable file and training on the fly is not possible or not cheap.
+        ModelMissingError: no such file, or one trained for other weights (the message names the
+            command that trains it).
     """
-    with bundle.lock:
-        ens = bundle.extras.get(EXTRAS_KEY)
-        if ens is not None:
-            return ens
-        path = path or ensemble_path(bundle)
-        want_hash = str(bundle.card.get("content_hash", ""))
-        reason = f"no latent ensemble at {path}"
-        if path.exists():
-            from cfx.models.bundle import load_checkpoint
+    from cfx.models.bundle import load_checkpoint
 
-            ck = load_checkpoint(path)
+    with bundle.lock:
+        if path is None and bundle.loaded.latent_ensemble is not None:
+            return bundle.loaded.latent_ensemble
+        file = path or ensemble_path(bundle)
+        want_hash = str(bundle.card.get("content_hash", ""))
+        reason = f"no latent ensemble at {file}"
+        ens = None
+        if file.exists():
+            ck = load_checkpoint(file)
             if not want_hash or ck["config"].get("content_hash") == want_hash:
                 ens = LatentEnsemble(**ck["config"]["net"])
                 ens.load_state_dict(ck["state_dict"])
                 ens.eval().requires_grad_(False)
             else:
-                reason = f"the latent ensemble at {path} belongs to other weights"
+                reason = f"the latent ensemble at {file} belongs to other weights"
         if ens is None:
-            hint = (f"{reason}: run python -m cfx train --detector vae --category {bundle.category}"
-                    + ("" if bundle.dataset == "demo" else " --data-root <its data root>"))
-            if not train_if_missing:
-                raise ModelMissingError(hint)
-            try:
-                normals = train_images(bundle)
-            except DataError as exc:
-                raise ModelMissingError(f"{hint} ({exc})") from None
-            if len(normals) > ON_THE_FLY_MAX_IMAGES:
-                raise ModelMissingError(hint)
-            t0 = time.perf_counter()
-            ens = train_latent_ensemble(bundle, normals, seed=0)
-            log.info("trained a latent ensemble for %s on the fly in %.1f s", bundle.key(), time.perf_counter() - t0)
+            raise ModelMissingError(f"{reason}: run python -m cfx train --detector vae --category {bundle.category}"
+                                    + ("" if bundle.dataset == "demo" else " --data-root <its data root>"))
         ens = ens.to(bundle.device)
-        bundle.extras[EXTRAS_KEY] = ens
+        if path is None:
+            bundle.loaded.latent_ensemble = ens
         return ens
 
 
@@ -204,7 +122,7 @@ class LatentGradient(CounterfactualExplainer):
 
     def _propose(self, ctx: SearchContext, seed: int, params: dict[str, Any], exp: Explanation) -> list[Proposal]:
         b = self.bundle
-        ens = load_latent_ensemble(b, train_if_missing=False)
+        ens = load_latent_ensemble(b)
         with torch.inference_mode():
             z0, zc = b.vae.encode(b.to_tensor(np.stack([ctx.image, ctx.content]))).float()
         g0, gc = self._decode(torch.stack([z0, zc]))

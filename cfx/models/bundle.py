@@ -23,6 +23,7 @@ from cfx import config
 from cfx.detectors import DETECTORS, Detector, MultiScoreDetector, load_detector, read_checkpoint, write_checkpoint
 from cfx.errors import ModelMissingError
 from cfx.models.nets import VAE, Classifier, ConvAutoencoder
+from cfx.models.parts import LoadedParts
 
 HALF_PREFIXES = ("enc.", "dec.", "to_latent.", "from_latent.", "to_logvar.", "body.", "features.", "head.",
                  "vae.enc.", "vae.dec.", "vae.to_latent.", "vae.from_latent.", "vae.to_logvar.")
@@ -97,7 +98,8 @@ class ModelBundle:
         ae_latent_mean, ae_latent_std: statistics of the AE latents of train/good.
         classifier_threshold: P(anomalous) above which the classifier calls an image anomalous.
         card: the model card (JSON).
-        extras: models and tables of later features (latent ensemble, concept generator), by name.
+        loaded: the parts loaded or computed on first use (:class:`~cfx.models.parts.LoadedParts`:
+            data root, train images, DiCE's PCA, latent ensemble, concept generator), shared by the views.
     """
 
     dataset: str
@@ -110,7 +112,7 @@ class ModelBundle:
     classifier_threshold: float | None
     card: dict[str, Any]
     device: torch.device
-    extras: dict[str, Any] = field(default_factory=dict)
+    loaded: LoadedParts = field(default_factory=LoadedParts)
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     # ------------------------------------------------------------------ parts

@@ -1,19 +1,16 @@
-"""Fitting a category's models: the PatchCore detector (no training), and the autoencoder, the
-VAE multi-score detector and the classifier.
+"""Training the autoencoder (CLEAR's latent space), the VAE multi-score detector and the classifier
+of a category (:func:`train_category`).
 
-Only train/good images are used: 85% fit the models, 15% (the held-out split, the same for every
-model of a category) normalise the detectors' scores and choose every detector's threshold on
-these *real* normal images (:func:`cfx.detectors.threshold_on_normals`); synthetic anomalies made
-from them are only a secondary check (their TPR at the threshold is recorded in the card), and
-choose the classifier's threshold and the VAE's alpha and KL weight. The classifier learns
-normal vs synthetic anomalies made from train/good, never test images.
-"""
+Only train/good images are used: 85% fit the models, 15% (the held-out split) normalise the VAE
+detector's scores and choose its threshold on these real normal images; synthetic anomalies made
+from them are only a secondary check, and choose the classifier's threshold and the VAE's alpha and
+KL weight. The classifier learns normal vs synthetic anomalies made from train/good, never test
+images."""
 from __future__ import annotations
 
 import datetime as _dt
 import hashlib
 import json
-import platform
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -21,20 +18,31 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
-
-from cfx.metrics.detection import auroc_standard_error
 from torch import nn
 from tqdm.auto import tqdm
 
 from cfx import config
-from cfx.atomic import write_json
 from cfx.data.mvtec import MVTecDataset
 from cfx.data.synth import synthesize
-from cfx.detectors import (THRESHOLD_RULE, MultiScoreDetector, PatchCore, choose_threshold, rates_at,
-                           threshold_on_normals)
-from cfx.errors import DataError
+from cfx.detectors import (
+    THRESHOLD_RULE,
+    MultiScoreDetector,
+    choose_threshold,
+    threshold_on_normals,
+)
+from cfx.metrics.detection import auroc_standard_error
 from cfx.models.bundle import category_dir, round_to_half, save_module
 from cfx.models.nets import VAE, Classifier, ConvAutoencoder
+from cfx.training.common import (
+    VAL_FRACTION,
+    _batched,
+    _StateHolder,
+    _versions,
+    merge_card,
+    seed_everything,
+    split_indices,
+    synthetic_check,
+)
 
 DEFAULT_EPOCHS = 40
 #: Weights of reconstruction in the combined score; ties go to the one nearest 0.6 (the default).
@@ -56,19 +64,6 @@ CLF_EPOCH_FACTOR = 0.75
 CLF_PER_IMAGE = 2
 LR = 1e-3
 BATCH = 16
-VAL_FRACTION = 0.15
-
-
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-
-
-def split_indices(n: int, seed: int, val_fraction: float = VAL_FRACTION) -> tuple[np.ndarray, np.ndarray]:
-    """Train and validation indices of ``n`` normal images (deterministic)."""
-    perm = np.random.default_rng(seed).permutation(n)
-    n_val = max(2, int(round(n * val_fraction))) if n >= 6 else max(1, n // 3)
-    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
 def _augment(x: torch.Tensor, g: torch.Generator, flips: bool) -> torch.Tensor:
@@ -151,23 +146,6 @@ def train_classifier(normals: torch.Tensor, anomalies: torch.Tensor, channels: i
         bar.set_postfix(loss=f"{tot / len(x):.4f}")
     model.eval()
     return round_to_half(model)
-
-
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for p in ("torch", "numpy", "scikit-learn", "scikit-image", "pillow"):
-        try:
-            out[p] = md.version(p)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
-
-@torch.no_grad()
-def _batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, bs: int = 128) -> torch.Tensor:
-    return torch.cat([fn(x[i:i + bs]) for i in range(0, len(x), bs)])
 
 
 def train_category(root: str | Path, category: str, dataset: str, epochs: int = DEFAULT_EPOCHS, seed: int = 0,
@@ -294,120 +272,3 @@ def train_category(root: str | Path, category: str, dataset: str, epochs: int = 
     log(f"{dataset}/{category}: done in {card['train_seconds']} s, threshold {thr:.3f}, "
         f"val AUROC (synthetic) {val_metrics['val_auroc_synthetic']:.3f}")
     return card
-
-
-def merge_card(d: Path, card: dict[str, Any], detector: str, info: dict[str, Any],
-               overwrite: bool = True) -> dict[str, Any]:
-    """Write ``card`` to ``d/card.json`` atomically, keeping the other detectors' records of the
-    card already there; ``info`` becomes ``card["detectors"][detector]``. With ``overwrite``
-    False, top-level keys already in the card keep their values. Returns the card written."""
-    old: dict[str, Any] = {}
-    path = d / "card.json"
-    if path.exists():
-        try:
-            old = json.loads(path.read_text())
-        except (OSError, ValueError):
-            old = {}
-        if not isinstance(old, dict):
-            old = {}
-    same_data = old.get("channels") == card.get("channels") and old.get("image_size") == card.get("image_size")
-    dets = dict(old.get("detectors", {})) if same_data else {}
-    dets[detector] = info
-    kept = old if same_data else {}
-    merged = {**kept, **card} if overwrite else {**card, **kept}
-    merged["detectors"] = dets
-    merged["files"] = {**(old.get("files", {}) if same_data else {}), **card.get("files", {})}
-    write_json(path, merged)
-    return merged
-
-
-#: train/good images below which a category's detector is flagged as fitted on too little data.
-MIN_TRAIN_IMAGES = 30
-
-
-def synthetic_check(threshold: float, normal_scores: np.ndarray, synthetic_scores: np.ndarray) -> dict[str, Any]:
-    """The card's secondary check of a threshold: FPR on held-out normals, TPR and AUROC on
-    synthetic anomalies made from them."""
-    y = np.r_[np.zeros(len(normal_scores)), np.ones(len(synthetic_scores))]
-    return {**rates_at(threshold, normal_scores, synthetic_scores),
-            "auroc": float(roc_auc_score(y, np.r_[normal_scores, synthetic_scores]))}
-
-
-def fit_patchcore(root: str | Path, category: str, dataset: str, seed: int = 0, out_dir: Path | None = None,
-                  log: Callable[[str], None] = print, **kwargs: Any) -> dict[str, Any]:
-    """Fit the PatchCore detector of a category (seconds to a minute on a CPU; no training).
-
-    The memory bank comes from the same 85% of train/good that trains the other models; the
-    held-out 15% normalise the score and choose the threshold (:data:`THRESHOLD_RULE`); synthetic
-    anomalies made from the held-out images are a secondary check recorded in the card.
-
-    Args:
-        kwargs: :class:`~cfx.detectors.PatchCore` arguments (``input_size``, ``coreset_fraction``...).
-
-    Returns:
-        The model card (with ``detectors["patchcore"]``).
-    """
-    t0 = time.perf_counter()
-    seed_everything(seed)
-    ds = MVTecDataset(root, category, "train")
-    arr = ds.arrays()
-    if len(arr.images) < 3:
-        raise DataError(f"{category} has {len(arr.images)} train/good image(s); PatchCore needs at least 3")
-    x_all = torch.from_numpy(arr.images)
-    tr, va = split_indices(len(x_all), seed)
-    det = PatchCore(**kwargs).to(config.device())
-    det.fit(x_all[tr], x_all[va], seed=seed)
-    det.eval()
-    s_n = _batched(det.score, x_all[va].to(det.memory_bank.device), 16).cpu().numpy()
-    thr = threshold_on_normals(s_n)
-    det.threshold.fill_(thr)
-    syn, _, _ = synthesize(arr.images[va], np.random.default_rng(seed + 7), per_image=3)
-    s_a = _batched(det.score, torch.from_numpy(syn).to(det.memory_bank.device), 16).cpu().numpy()
-    d = category_dir(dataset, category, out_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    sha = det.save(d / det.filename)
-    warnings = []
-    if len(arr.images) < MIN_TRAIN_IMAGES:
-        warnings.append(f"only {len(arr.images)} train/good images (< {MIN_TRAIN_IMAGES}): the threshold rests on "
-                        f"{len(va)} held-out images and the detector may not hold on new good parts")
-    info = {"file": det.filename, "sha256": sha, "threshold": thr, "threshold_rule": THRESHOLD_RULE,
-            "heldout_normals": len(va), "train_images": len(tr), "config": det.config(),
-            "memory_bank": list(det.memory_bank.shape), "fit_seconds": round(time.perf_counter() - t0, 1),
-            "synthetic_check": synthetic_check(thr, s_n, s_a),
-            "warnings": warnings, "fitted_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "device": str(config.device()), "versions": _versions()}
-    card = {"dataset": dataset, "category": category, "data_root": str(Path(root)), "channels": ds.channels,
-            "image_size": int(x_all.shape[-1]), "seed": seed,
-            "split": {"train": len(tr), "validation": len(va), "source": "train/good", "val_fraction": VAL_FRACTION},
-            "files": {det.filename: sha}}
-    card = merge_card(d, card, "patchcore", info, overwrite=False)
-    log(f"{dataset}/{category}: PatchCore fitted in {info['fit_seconds']} s (bank {info['memory_bank'][0]} x "
-        f"{info['memory_bank'][1]}), threshold {thr:.3f}; synthetic check TPR {info['synthetic_check']['tpr']:.2f}")
-    for w in warnings:
-        log(f"{dataset}/{category}: warning: {w}")
-    return card
-
-
-class _StateHolder(nn.Module):
-    """Wraps a plain state dict so that :func:`save_module` can write it."""
-
-    def __init__(self, sd: dict[str, torch.Tensor]) -> None:
-        super().__init__()
-        self._sd = sd
-
-    def state_dict(self, *a, **k):  # type: ignore[override]
-        return dict(self._sd)
-
-
-def train_explainer_models(root, category: str, dataset: str, seed: int = 0, progress: bool = True) -> None:
-    """The explainers' own models of a category whose VAE is trained: the gradient method's latent
-    classifier ensemble and the concept generator (explaining never trains them)."""
-    from cfx.concepts import train_concepts
-    from cfx.explainers._util import set_data_root, train_images
-    from cfx.explainers.gradient import save_latent_ensemble, train_latent_ensemble
-    from cfx.models.bundle import load_bundle
-
-    bundle = load_bundle(dataset, category, detector="vae")
-    set_data_root(bundle, root)
-    save_latent_ensemble(bundle, train_latent_ensemble(bundle, train_images(bundle), seed=seed), seed=seed)
-    train_concepts(bundle, root, category, seed=seed, progress=progress)

@@ -1,0 +1,44 @@
+"""One training pipeline for ``python -m cfx train`` and the app: the detectors, the base models
+and the explainers' own models of each category, in that order (explaining never trains)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from cfx.training.base import DEFAULT_EPOCHS, train_category
+from cfx.training.patchcore import fit_patchcore
+
+
+def train_explainer_models(root, category: str, dataset: str, seed: int = 0, progress: bool = True) -> None:
+    """The explainers' own models of a category whose VAE is trained: the gradient method's latent
+    classifier ensemble and the concept generator (explaining never trains them)."""
+    from cfx.explainers._util import set_data_root, train_images
+    from cfx.models.bundle import load_bundle
+    from cfx.training.concepts import train_concepts
+    from cfx.training.ensemble import save_latent_ensemble, train_latent_ensemble
+
+    bundle = load_bundle(dataset, category, detector="vae")
+    set_data_root(bundle, root)
+    save_latent_ensemble(bundle, train_latent_ensemble(bundle, train_images(bundle), seed=seed), seed=seed)
+    train_concepts(bundle, root, category, seed=seed, progress=progress)
+
+
+def train(root: str | Path, category: str, dataset: str, detector: str = "all", epochs: int = DEFAULT_EPOCHS,
+          seed: int = 0, input_size: int = 224, alpha: float | None = None, base_only: bool = False,
+          progress: bool = True, log: Callable[[str], None] = print) -> None:
+    """Fit what a category needs: PatchCore (``detector`` patchcore or all), then the AE, VAE
+    detector and classifier (vae or all), then the latent ensemble and the concept generator
+    (unless ``base_only``).
+
+    Raises:
+        DataError: bad data or arguments (one line).
+    """
+    if detector in ("patchcore", "all"):
+        fit_patchcore(root, category, dataset, seed=seed, input_size=input_size)
+    if detector not in ("vae", "all"):
+        return
+    train_category(root, category, dataset, epochs=epochs, seed=seed, progress=progress, alpha=alpha)
+    if base_only:
+        return
+    train_explainer_models(root, category, dataset, seed=seed, progress=progress)
+    log(f"{dataset}/{category}: latent ensemble and concept generator written")
