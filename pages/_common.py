@@ -11,18 +11,12 @@ Session state (plain keys, readable and writable by every page; widgets bind to 
     ``selection``: the sidebar's :class:`Selection` of this run (:func:`current`).
     ``shown``: what each page displays, by page (:func:`show`).
 
-Caches: models with ``st.cache_resource`` keyed by (dataset, category, models dir); arrays of a
-split with ``st.cache_resource`` (read-only, shared); detector outputs and explanations with
-``st.cache_data`` keyed by (model key, image hash, method, target, parameters, seed). Every model
-computation holds ``bundle.lock``, so sessions never see each other's hooks or state.
+Caches and results live in :mod:`pages._results`, figures and downloads in :mod:`pages._figures`;
+this module re-exports them, so that a page imports everything from here.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import re
-import sys
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -35,27 +29,24 @@ import matplotlib.backends.backend_agg  # noqa: F401  (reports: no pyplot)
 import matplotlib.figure  # noqa: F401
 import numpy as np
 import pandas  # noqa: F401
-import plotly.graph_objects as go
+import plotly.graph_objects as go  # noqa: F401
 import sklearn.metrics  # noqa: F401
 import streamlit as st
 import torch  # noqa: F401
 
 from cfx import config
-from cfx import reports as X
-from cfx.reports.encode import file_stem as name_stem, pil_png, png_data_uri
+from cfx.reports.encode import file_stem as name_stem
 from cfx.data.imageio import image_to_array, open_image
-from cfx.data.mvtec import GOOD, Arrays, MVTecDataset, detect_channels, list_categories, validate_root
+from cfx.data.mvtec import GOOD, Arrays, list_categories, validate_root
 from cfx.errors import CfxError, DataError, ModelMissingError
-from cfx.models.bundle import ModelBundle, available_models, dataset_name, load_bundle
+from cfx.models.bundle import ModelBundle, available_models, dataset_name
+from pages._figures import (DETECTOR_HEAT_SCALE, DISPLAY_MAX, DISPLAY_MIN, add_contour, display_size,  # noqa: F401
+                            heat_figure, image_figure, plot, report_downloads)
+from pages._results import (_arrays, _channels, _display_image, _root, analyse_one, analyse_split,  # noqa: F401
+                            bundle_for, effective_params, explain_key, explain_one, image_hash, is_cached, is_heavy,
+                            load_bundle, param_inputs, registry, target_labels, verdict)
 
 PROJECT = Path(__file__).resolve().parent.parent
-def target_labels(bundle: ModelBundle) -> dict[str, str]:
-    """The targets the selected detector and models offer, with their labels (``bundle.targets()``)."""
-    return {name: t.label for name, t in bundle.targets().items()}
-
-
-#: The detector heatmap is calibrated (1.0 = 99.9th percentile of normal pixels): shown on 0..2.
-DETECTOR_HEAT_SCALE = 2.0
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "tif", "tiff", "bmp"]
 UPLOAD_OPTION = "(uploaded image)"
 DEFAULTS: dict[str, Any] = {"data_root": None, "category": None, "split": "test", "image_name": None,
@@ -106,169 +97,6 @@ def show(page: str, **values: Any) -> None:
 def shown(page: str) -> dict[str, Any]:
     """What :func:`show` recorded for ``page`` ({} before it drew anything)."""
     return st.session_state.get("shown", {}).get(page, {})
-
-
-# ====================================================================== cached resources
-@st.cache_resource(show_spinner=False)
-def _root(data_root: str | None) -> Path:
-    from cfx.resolve import resolve_root
-
-    return resolve_root(data_root)
-
-
-@st.cache_resource(show_spinner="Loading the models...", max_entries=16)
-def _bundle(dataset: str, category: str, models_dir: str, stamp: float) -> ModelBundle:
-    b = load_bundle(dataset, category)
-    print(f"cfx: loaded models {b.key()} from {models_dir}", file=sys.stderr, flush=True)
-    return b
-
-
-def bundle_for(dataset: str, category: str, root: Path | None = None) -> ModelBundle:
-    """The category's models, loaded once per process (raises ModelMissingError with the train
-    command). ``root``: the data root, which methods that read the train images need."""
-    from cfx.models.bundle import category_dir
-
-    card = category_dir(dataset, category) / "card.json"
-    stamp = card.stat().st_mtime if card.exists() else 0.0
-    b = _bundle(dataset, category, str(config.models_dir()), stamp)
-    if root is not None:
-        with b.lock:
-            b.loaded.set_data_root(root)
-    return b
-
-
-@st.cache_resource(show_spinner="Reading images...", max_entries=24)
-def _arrays(root: str, category: str, split: str, size: int, channels: int) -> Arrays:
-    return MVTecDataset(root, category, split, image_size=size, channels=channels).arrays()
-
-
-@st.cache_resource(show_spinner=False, max_entries=8)
-def _display_image(path: str, channels: int) -> np.ndarray | None:
-    """The selected image at its file's resolution (clamped to DISPLAY_MIN..DISPLAY_MAX), for drawing."""
-    from cfx.data.imageio import load_image
-
-    try:
-        with open_image(path) as img:
-            side = display_size((max(img.size),))
-        return load_image(path, side, channels)
-    except (OSError, CfxError, ValueError):
-        return None
-
-
-@st.cache_resource(show_spinner=False, max_entries=64)
-def _channels(root: str, category: str) -> int:
-    return detect_channels(root, category)
-
-
-@st.cache_resource(show_spinner=False)
-def _done_keys() -> set[str]:
-    """Keys of explanations computed in this process (to tell cached from pending methods)."""
-    return set()
-
-
-_DONE_LOCK = threading.Lock()
-
-
-def image_hash(image: np.ndarray) -> str:
-    a = np.ascontiguousarray(np.asarray(image, np.float32))
-    return hashlib.sha1(a.tobytes() + str(a.shape).encode()).hexdigest()[:16]
-
-
-@st.cache_data(show_spinner=False, max_entries=256)
-def _analyse_one(model_key: str, img_hash: str, _bundle: ModelBundle, _image: np.ndarray) -> dict[str, np.ndarray]:
-    with _bundle.lock:
-        a = _bundle.analyse(_image[None])
-    return {k: v[0] for k, v in a.items() if k != "z"}
-
-
-def analyse_one(bundle: ModelBundle, image: np.ndarray) -> dict[str, np.ndarray]:
-    """The detector's and classifier's outputs for one image (cached)."""
-    return _analyse_one(bundle.key(), image_hash(image), bundle, image)
-
-
-@st.cache_data(show_spinner="Scoring the split...", max_entries=32)
-def _analyse_split(model_key: str, root: str, category: str, split: str, _bundle: ModelBundle,
-                   _images: np.ndarray) -> dict[str, np.ndarray]:
-    with _bundle.lock:
-        a = _bundle.analyse(_images)
-    keep = ("score", "recon_score", "mahalanobis_score", "classifier", "anomalous", "classifier_anomalous")
-    return {k: a[k] for k in keep if k in a}
-
-
-def analyse_split(bundle: ModelBundle, root: Path, category: str, split: str = "test") -> tuple[Arrays, dict]:
-    """(arrays, scores) of a split: every image scored by the detector and the classifier (cached)."""
-    arr = _arrays(str(root), category, split, bundle.image_size, bundle.channels)
-    return arr, _analyse_split(bundle.key(), str(root), category, split, bundle, arr.images)
-
-
-@st.cache_data(show_spinner=False, max_entries=160)
-def _explain(model_key: str, img_hash: str, method: str, target: str, params_json: str, seed: int,
-             mask_hash: str, _bundle: ModelBundle, _image: np.ndarray, _mask: np.ndarray | None):
-    from cfx.explainers import explain
-
-    params = json.loads(params_json)
-    with _bundle.lock:  # one computation per model at a time: hooks and RNG state stay private
-        return explain(_bundle, _image, [method], target, seed, {method: params}, mask=_mask)[method]
-
-
-def registry() -> dict[str, type]:
-    """The registered explanation methods, in display order (:func:`cfx.explainers.methods`)."""
-    from cfx.explainers import methods
-
-    return methods()
-
-
-def param_inputs(methods: Sequence[str], key_prefix: str) -> dict[str, dict[str, Any]]:
-    """Number inputs for the numeric defaults of each method; returns only the changed values."""
-    reg = registry()
-    params: dict[str, dict[str, Any]] = {}
-    for m in methods:
-        if m not in reg:
-            continue
-        numeric = {k: v for k, v in reg[m].defaults.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        if not numeric:
-            continue
-        cols = st.columns(min(4, len(numeric)))
-        for i, (k, v) in enumerate(numeric.items()):
-            val = cols[i % len(cols)].number_input(f"{m}: {k}", value=v, key=f"{key_prefix}_{m}_{k}")
-            if val != v:
-                params.setdefault(m, {})[k] = type(v)(val)
-    return params
-
-
-def effective_params(method: str, params: dict[str, Any] | None) -> dict[str, Any]:
-    cls = registry().get(method)
-    return {**(cls.defaults if cls else {}), **(params or {})}
-
-
-def explain_key(bundle: ModelBundle, image: np.ndarray, method: str, target: str, params: dict | None,
-                seed: int) -> str:
-    pj = json.dumps(effective_params(method, params), sort_keys=True, default=str)
-    return json.dumps([bundle.key(), image_hash(image), method, target, pj, seed])
-
-
-def is_cached(bundle: ModelBundle, image: np.ndarray, method: str, target: str, params: dict | None,
-              seed: int = 0) -> bool:
-    with _DONE_LOCK:
-        return explain_key(bundle, image, method, target, params, seed) in _done_keys()
-
-
-def explain_one(bundle: ModelBundle, image: np.ndarray, method: str, target: str = "score",
-                params: dict | None = None, seed: int = 0, mask: np.ndarray | None = None):
-    """One method's :class:`~cfx.explainers.base.Explanation` (cached per model, image, method,
-    target, parameters, seed and mask; a failing method returns its error in the result). The
-    mask, when known, gives the counterfactuals' locality."""
-    pj = json.dumps(effective_params(method, params), sort_keys=True, default=str)
-    mh = "" if mask is None else image_hash(np.asarray(mask, np.float32))
-    exp = _explain(bundle.key(), image_hash(image), method, target, pj, int(seed), mh, bundle, image, mask)
-    with _DONE_LOCK:
-        _done_keys().add(explain_key(bundle, image, method, target, params, seed))
-    return exp
-
-
-def is_heavy(cls: type) -> bool:
-    """Whether a method runs only on demand (its ``heavy`` class attribute)."""
-    return bool(getattr(cls, "heavy", True))
 
 
 # ====================================================================== selection
@@ -485,169 +313,8 @@ def upload_limit_bytes() -> int:
     return mb * 2**20
 
 
-# ====================================================================== figures
-#: Images and maps are drawn at least this many pixels wide (the models work at 128 px; a defect
-#: can cover 0.4% of a part), at the file's own resolution when the shown image is the selected
-#: dataset image (up to :data:`DISPLAY_MAX`). Zoom with the mouse wheel or a drag; double-click resets.
-DISPLAY_MIN = 512
-DISPLAY_MAX = 1024
-
-
-def _axes(fig: go.Figure, title: str, height: int) -> go.Figure:
-    fig.update_layout(
-        title={"text": title, "font": {"size": 13}, "x": 0.0, "xanchor": "left"} if title else None,
-        margin={"l": 0, "r": 0, "t": 28 if title else 0, "b": 0}, height=height,
-        showlegend=False, dragmode="zoom", hovermode="closest",
-    )
-    fig.update_xaxes(visible=False, constrain="domain")
-    fig.update_yaxes(visible=False, autorange="reversed", scaleanchor="x", constrain="domain")
-    return fig
-
-
-def _rgb_uint8(image: np.ndarray) -> np.ndarray:
-    a = X.image_hwc(image)
-    if a.ndim == 2:
-        a = np.repeat(a[..., None], 3, axis=2)
-    return (a * 255 + 0.5).astype(np.uint8)
-
-
-@st.cache_data(show_spinner=False, max_entries=256)
-def _contours(mask_bytes: bytes, shape: tuple[int, int]) -> tuple[list[float | None], list[float | None]]:
-    from skimage.measure import find_contours
-
-    mask = np.frombuffer(mask_bytes, dtype=bool).reshape(shape)
-    xs: list[float | None] = []
-    ys: list[float | None] = []
-    for c in find_contours(np.pad(mask.astype(float), 1), 0.5):
-        ys.extend((c[:, 0] - 1).tolist() + [None])
-        xs.extend((c[:, 1] - 1).tolist() + [None])
-    return xs, ys
-
-
-def add_contour(fig: go.Figure, mask: np.ndarray | None, factor: float = 1.0) -> None:
-    """The ground-truth mask's outline (skimage.measure.find_contours) over a figure, its
-    coordinates scaled by ``factor`` (display pixels per mask pixel)."""
-    if mask is None or not np.any(mask):
-        return
-    m = np.ascontiguousarray(np.asarray(mask, bool))
-    xs, ys = _contours(m.tobytes(), m.shape)
-    f = float(factor)
-    sx = [None if v is None else (v + 0.5) * f - 0.5 for v in xs]
-    sy = [None if v is None else (v + 0.5) * f - 0.5 for v in ys]
-    fig.add_trace(go.Scatter(x=sx, y=sy, mode="lines", line={"color": "#00e000", "width": 1.6},
-                             hoverinfo="skip", name="mask"))
-
-
-def display_size(shape: tuple[int, ...], native: int | None = None) -> int:
-    """The side an image is drawn at: its file's resolution (``native``) or the array's, at
-    least :data:`DISPLAY_MIN`, at most :data:`DISPLAY_MAX`."""
-    return int(min(DISPLAY_MAX, max(DISPLAY_MIN, native or 0, shape[-1])))
-
-
-def _resize_rgb(rgb: np.ndarray, side: int) -> np.ndarray:
-    from PIL import Image
-
-    if rgb.shape[0] == side and rgb.shape[1] == side:
-        return rgb
-    return np.asarray(Image.fromarray(rgb).resize((side, side), Image.Resampling.BICUBIC))
-
-
-def _resize_map(a: np.ndarray, side: int) -> np.ndarray:
-    from PIL import Image
-
-    a = np.asarray(a, np.float32)
-    if a.shape == (side, side):
-        return a
-    return np.asarray(Image.fromarray(a, mode="F").resize((side, side), Image.Resampling.BILINEAR))
-
-
-def _png_uri(rgb: np.ndarray) -> str:
-    from PIL import Image
-
-    return png_data_uri(pil_png(Image.fromarray(rgb), compress_level=1))
-
-
-def _hover_layer(values: np.ndarray, factor: float, template: str, customdata: np.ndarray | None = None) -> go.Heatmap:
-    """An invisible heatmap at the array's resolution, stretched over the display, for hover values."""
-    return go.Heatmap(z=values, customdata=customdata, x0=(factor - 1) / 2, dx=factor, y0=(factor - 1) / 2,
-                      dy=factor, opacity=0, showscale=False, hovertemplate=template)
-
-
-def image_figure(image: np.ndarray, mask: np.ndarray | None = None, title: str = "", height: int = 300,
-                 display: np.ndarray | None = None) -> go.Figure:
-    """An image (C,H,W in [0,1]) drawn at :func:`display_size` (``display``: the same image at its
-    file's resolution), pixel values of the model's input on hover, the mask outline."""
-    base = display if display is not None else image
-    side = display_size(np.shape(image), np.shape(base)[-1])
-    rgb = _resize_rgb(_rgb_uint8(base), side)
-    factor = side / np.shape(image)[-1]
-    fig = go.Figure(go.Image(source=_png_uri(rgb), x0=0, y0=0, dx=1, dy=1, hoverinfo="skip"))
-    fig.add_trace(_hover_layer(_rgb_uint8(image)[..., 0].astype(np.float32), factor,
-                               "x %{x:.0f}, y %{y:.0f}<br>value %{z:.0f}<extra></extra>"))
-    add_contour(fig, mask, factor)
-    return _axes(fig, title, height)
-
-
-def heat_figure(image: np.ndarray | None, heat: np.ndarray, scale: float, mask: np.ndarray | None = None,
-                title: str = "", height: int = 300, showscale: bool = True, label: str = "value",
-                display: np.ndarray | None = None) -> go.Figure:
-    """A map over a faint copy of the image, in the shared colour scale (map / scale on [-1, 1]),
-    drawn at :func:`display_size` with the map upsampled bilinearly (``display``: the image at its
-    file's resolution); raw values on hover, the mask outline."""
-    heat = np.asarray(heat, np.float32)
-    base = display if display is not None else image
-    side = display_size(heat.shape, None if base is None else np.shape(base)[-1])
-    factor = side / heat.shape[-1]
-    norm = X.normalise(_resize_map(heat, side), scale)
-    colour = X.heat_rgb(norm).astype(np.float32)
-    if base is not None:
-        under = _resize_rgb(_rgb_uint8(base), side).astype(np.float32)
-        a = X.heat_alpha(norm)[..., None].astype(np.float32)
-        colour = (1 - a) * under + a * colour
-    rgb = np.clip(colour + 0.5, 0, 255).astype(np.uint8)
-    fig = go.Figure(go.Image(source=_png_uri(rgb), x0=0, y0=0, dx=1, dy=1, hoverinfo="skip"))
-    fig.add_trace(_hover_layer(X.normalise(heat, scale), factor,
-                               f"x %{{x:.0f}}, y %{{y:.0f}}<br>{label} %{{customdata:.4g}}<br>scaled %{{z:.2f}}<extra></extra>",
-                               customdata=heat))
-    if showscale:  # the colour bar of the shared scale
-        fig.add_trace(go.Heatmap(z=[[-1, 1]], x=[-10, -10], y=[-10, -10], colorscale=X.plotly_colorscale(),
-                                 zmin=-1, zmax=1, showscale=True, hoverinfo="skip", opacity=0,
-                                 colorbar={"thickness": 8, "len": 0.8, "tickvals": [-1, 0, 1],
-                                           "title": {"text": "÷ scale", "side": "right"}}))
-    add_contour(fig, mask, factor)
-    return _axes(fig, title, height)
-
-
-def plot(fig: go.Figure, key: str) -> None:
-    st.plotly_chart(fig, key=key, config={"displayModeBar": "hover", "scrollZoom": True, "displaylogo": False})
-
-
-# ====================================================================== exports
-def report_downloads(report: X.Report | Callable[[], X.Report], stem: str, key: str,
-                     formats: Sequence[str] = ("png", "json")) -> None:
-    """Download buttons for a report; the files are made only when clicked (deferred)."""
-    labels = {"png": "PNG report", "json": "JSON numbers", "pdf": "PDF (one page)", "html": "HTML report"}
-    cols = st.columns(len(formats))
-
-    def make(fmt: str) -> Callable[[], bytes]:
-        def _go() -> bytes:
-            r = report() if callable(report) else report
-            return X.render(r, fmt)
-        return _go
-
-    for c, fmt in zip(cols, formats):
-        c.download_button(labels[fmt], data=make(fmt), file_name=f"{stem}.{fmt}", mime=X.MIME[fmt],
-                          key=f"dl_{key}_{fmt}", on_click="ignore", icon=":material/download:")
-
-
 def file_stem(sel: Selection, what: str) -> str:
     return f"cfx_{what}_{name_stem(f'{sel.dataset}_{sel.category}_{sel.name}')}"
-
-
-def verdict(sel: Selection) -> dict[str, Any]:
-    """The detector's numbers for the selected image."""
-    a = analyse_one(sel.bundle, sel.image)
-    return X.detector_summary(sel.bundle, {k: np.asarray([v]) for k, v in a.items()})
 
 
 #: Session-state keys of the run bookkeeping: app.py numbers every run it starts (``RUN_KEY``);

@@ -48,7 +48,6 @@ from pages._common import (
 
 PROJECT = Path(__file__).resolve().parent.parent
 COMPARE_PAGE = "pages/compare.py"
-DEFAULT_METHODS = ("recon", "gradcam", "lime", "shap")
 OUTCOME_COLOURS = {"detected": "#d62728", "missed": "#1f77b4"}
 
 
@@ -78,9 +77,10 @@ def _select_row(r: AuditResult, row: int | None) -> None:
 
 
 def _controls(bundle) -> tuple[list[str], str, float, dict, int | None]:
+    from cfx.explainers import REGISTRY
 
     known = resolve_methods("all")
-    default = [m for m in DEFAULT_METHODS if m in known] or known[:1]
+    default = [m for m in known if REGISTRY[m].kind == "heatmap"] or known[:1]  # the maps; counterfactuals on demand
     c1, c2, c3 = st.columns([3, 1.3, 1.7])
     methods = c1.multiselect("Methods", known, default=default, key="mj_methods",
                              help="heatmap methods are judged by their map, counterfactual methods by the "

@@ -20,7 +20,7 @@ from cfx.explainers.counterfactual import counterfactual_metrics  # noqa: E402
 
 import cfx.explainers  # noqa: E402,F401  (registers the methods, as the app does)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 APP = str(ROOT / "app.py")
 PAGES = ["pages/home.py", "pages/inspect.py", "pages/compare.py", "pages/counterfactuals.py", "pages/detector.py"]
 OPTIONAL = ["pages/concepts.py", "pages/mask_jaccard.py"]  # other issues' pages, when they exist
@@ -480,12 +480,12 @@ def test_exports_are_valid(monkeypatch):
 def test_page_switch_never_reloads_models(monkeypatch):
     import streamlit as st
 
-    import pages._common as common
+    import pages._results as results  # where the models are loaded (cached)
 
     st.cache_resource.clear()
     calls = []
-    real = common.load_bundle
-    monkeypatch.setattr(common, "load_bundle", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = results.load_bundle
+    monkeypatch.setattr(results, "load_bundle", lambda *a, **k: calls.append(a) or real(*a, **k))
     at = new_app()
     for page in PAGES * 2:
         at.switch_page(page).run()

@@ -27,7 +27,7 @@ from pages._common import is_heavy  # noqa: E402
 
 import cfx.explainers  # noqa: E402,F401  (registers the methods, as the app does)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "docs" / "screenshots"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 CATEGORY, IMAGE = "tablet", "crack/003.png"

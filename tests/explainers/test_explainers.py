@@ -3,7 +3,7 @@
 The matrix runs every method x target x (gray brick, RGB tablet) with small sample counts (shapes,
 types, consistency with the real models). Behaviour tests use the demo's defect images: heat
 inside the ground-truth mask more often than chance, counterfactuals of detected anomalies valid
-on >= 90% (tests/test_counterfactuals.py), determinism under a seed, CLEAR's step on a linear toy model, Grad-CAM under two
+on >= 90% (tests/explainers/test_counterfactuals.py), determinism under a seed, CLEAR's step on a linear toy model, Grad-CAM under two
 threads, a failing method isolated from the others.
 
 Models: the demo's (``models/demo`` or ``$CFX_MODELS_DIR``); tests that need them skip with the
