@@ -9,15 +9,13 @@ text, so that the first page shows at once while torch and the models load.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import streamlit as st
 
-HERE = Path(__file__).resolve().parent
 
 st.set_page_config(page_title="cfx: why is it anomalous?", page_icon=":material/troubleshoot:", layout="wide")
 
-#: (file, title, icon). Concepts and Mask Jaccard join when their files exist.
+#: (file, title, icon), in the navigation's order.
 PAGES = [
     ("pages/home.py", "Home", ":material/home:"),
     ("pages/inspect.py", "Inspect", ":material/search:"),
@@ -32,7 +30,7 @@ RUN_KEY, DRAWN_KEY = "_cfx_run", "_cfx_selection_run"  # as in pages/_common.py 
 st.session_state[RUN_KEY] = st.session_state.get(RUN_KEY, 0) + 1  # this run's number
 
 nav = st.navigation([st.Page(f, title=t, icon=i, default=(f == "pages/home.py"))
-                     for f, t, i in PAGES if (HERE / f).is_file()])
+                     for f, t, i in PAGES])
 if nav.title != "Home":
     from pages._common import current
 

@@ -46,7 +46,6 @@ from pages._results import (_arrays, _channels, _display_image, _root, analyse_o
                             bundle_for, effective_params, explain_key, explain_one, image_hash, is_cached, is_heavy,
                             load_bundle, param_inputs, registry, target_labels, verdict)
 
-PROJECT = Path(__file__).resolve().parent.parent
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "tif", "tiff", "bmp"]
 UPLOAD_OPTION = "(uploaded image)"
 DEFAULTS: dict[str, Any] = {"data_root": None, "category": None, "split": "test", "image_name": None,
@@ -122,10 +121,6 @@ class Selection:
     @property
     def image_hash(self) -> str:
         return image_hash(self.image) if self.image is not None else ""
-
-    @property
-    def ready(self) -> bool:
-        return self.bundle is not None and self.image is not None
 
 
 def show_model_missing(message: str) -> None:

@@ -29,6 +29,8 @@ from pages._figures import display_size
 
 if TYPE_CHECKING:
     from pages._common import Selection
+
+
 def target_labels(bundle: ModelBundle) -> dict[str, str]:
     """The targets the selected detector and models offer, with their labels (``bundle.targets()``)."""
     return {name: t.label for name, t in bundle.targets().items()}

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -46,7 +45,6 @@ from pages._common import (
     target_labels,
 )
 
-PROJECT = Path(__file__).resolve().parent.parent
 COMPARE_PAGE = "pages/compare.py"
 OUTCOME_COLOURS = {"detected": "#d62728", "missed": "#1f77b4"}
 
@@ -239,8 +237,7 @@ def _detail(root, bundle, category, r: AuditResult, row_index: int) -> None:
     method = c1.radio("Method", ok, horizontal=True, key="mj_detail_method",
                       format_func=lambda m: f"{m} (J* {x.methods[m].optimal_jaccard:.3f})"
                       if x.methods[m].optimal_jaccard is not None else f"{m} (error)")
-    if c2.button("Open in Compare", key="mj_open", type="primary", help="explain this image with every method",
-                 disabled=not (PROJECT / COMPARE_PAGE).exists()):
+    if c2.button("Open in Compare", key="mj_open", type="primary", help="explain this image with every method"):
         st.session_state["split"] = "test"
         choose_image(x.image, x.index)
         st.switch_page(COMPARE_PAGE)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from cfx.errors import DataError
 
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The command's options (beside --data-root and --category)."""
     from cfx.cli import add_data_args, add_detector_arg

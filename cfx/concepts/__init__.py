@@ -72,7 +72,7 @@ from cfx.concepts.model import (  # noqa: F401
                                 edit,
                                 fade_mask,
                                 fit_fade,
-                                has_concepts,
+                               
                                 load_concepts,
                                 prepare,
                                 prepare_for,

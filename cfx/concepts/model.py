@@ -308,6 +308,3 @@ def load_concepts(bundle, path: str | Path | None = None) -> ConceptGenerator:
     return gen.eval().requires_grad_(False).to(bundle.device)
 
 
-def has_concepts(bundle) -> bool:
-    """Whether the category has a ``concepts.pt``."""
-    return bundle.loaded.concepts is not None or concepts_path(bundle).exists()

@@ -69,10 +69,6 @@ class ConceptPath:
         """Signed change counterfactual - original, averaged over channels (H, W)."""
         return (self.images[k, step] - self.image).mean(0)
 
-    def l1(self) -> np.ndarray:
-        """(K, S) mean absolute change of each step."""
-        return np.abs(self.images - self.image[None, None]).mean(axis=(2, 3, 4))
-
     def diversity(self, step: int) -> float:
         """Mean pairwise L1 between the concepts' images at one step."""
         from cfx.metrics.edits import diversity

@@ -10,7 +10,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -178,11 +178,6 @@ class Arrays:
     @property
     def defects(self) -> list[str]:
         return [s.defect for s in self.samples]
-
-    def subset(self, idx: Sequence[int] | np.ndarray) -> "Arrays":
-        idx = np.asarray(idx, dtype=int)
-        return Arrays(self.images[idx], self.masks[idx], self.has_mask[idx], self.labels[idx],
-                      [self.samples[i] for i in idx], list(self.skipped))
 
 
 class MVTecDataset(torch.utils.data.Dataset):

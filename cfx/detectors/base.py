@@ -29,6 +29,7 @@ from torch import nn
 from cfx.atomic import write_bytes
 from cfx.errors import ModelMissingError
 
+
 def gaussian_kernel(sigma: float) -> torch.Tensor:
     radius = max(1, int(math.ceil(3 * sigma)))
     x = torch.arange(-radius, radius + 1, dtype=torch.float32)

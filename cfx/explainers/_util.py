@@ -12,6 +12,7 @@ import torch
 
 from cfx.errors import DataError
 
+
 def score_images(bundle, images: np.ndarray, target: str, batch: int | None = None) -> np.ndarray:
     """Target scores (float64, (N,)) of float images (N, C, H, W), batched (default: the device's
     :attr:`ModelBundle.forward_batch`), no autograd."""

@@ -33,7 +33,6 @@ import numpy as np
 NEGLIGIBLE = 0.01
 
 
-
 @dataclass
 class JaccardCurve:
     """The optimal Jaccard of one map against one mask.

@@ -256,35 +256,3 @@ def evaluate_heldout(gen: ConceptGenerator, bundle, prep: Prepared, batch: int =
             "val_concept_accuracy": correct / max(total, 1)}
 
 
-def train_category_concepts(root: str | Path, category: str, dataset: str, seed: int = 0,
-                            out_dir: Path | None = None, progress: bool = False,
-                            log: Callable[[str], None] | None = None, **kwargs: Any) -> dict[str, Any]:
-    """Train and save ``concepts.pt`` for a category whose other models were just written (the hook
-    of :func:`cfx.training.train_category`).
-
-    Args:
-        root, category, dataset: as for ``train_category``; out_dir: its models root (default
-            :func:`cfx.config.models_dir`).
-        **kwargs: passed to :func:`train_concepts` (k, steps, batch, ...).
-
-    Returns:
-        The training summary (``info`` of :func:`train_concepts`).
-    """
-    import os
-
-    from cfx.models.bundle import load_bundle
-
-    if out_dir is None:
-        bundle = load_bundle(dataset, category, detector="vae")
-    else:  # load from the given models root
-        old = os.environ.get("CFX_MODELS_DIR")
-        os.environ["CFX_MODELS_DIR"] = str(out_dir)
-        try:
-            bundle = load_bundle(dataset, category, detector="vae")
-        finally:
-            if old is None:
-                os.environ.pop("CFX_MODELS_DIR", None)
-            else:
-                os.environ["CFX_MODELS_DIR"] = old
-    _, info = train_concepts(bundle, root, category, seed=seed, out_dir=out_dir, progress=progress, log=log, **kwargs)
-    return info

@@ -69,7 +69,6 @@ def train_latent_ensemble(bundle, normal_images: np.ndarray, seed: int = 0, memb
     return ens
 
 
-
 def save_latent_ensemble(bundle, ens: LatentEnsemble, seed: int = 0, path: Path | None = None) -> Path:
     """Write ``ensemble.pt`` (atomically, weights_only-loadable) beside the bundle's checkpoints."""
     from cfx.models.bundle import save_module

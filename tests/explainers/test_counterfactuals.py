@@ -21,6 +21,7 @@ QUICK = {"clear": {"n_samples": 150, "fidelity_dims": -1, "path_steps": 3},
          "dice": {"max_iterations": 5, "total_cfs": 2}, "gradient": {"max_steps": 120}, "concepts": {"path_steps": 3}}
 PER_CATEGORY = 5  # brick + tablet: 10 flagged defects per method and detector
 
+
 @pytest.fixture(scope="module")
 def bundle(demo_bundle):
     return demo_bundle

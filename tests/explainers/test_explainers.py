@@ -300,10 +300,11 @@ def test_gradcam_two_threads_do_not_disturb_each_other(load, detected):
 # ------------------------------------------------------------------ the latent ensemble
 def test_latent_ensemble_save_load_and_stale_weights(load, tmp_path):
     from cfx.explainers import gradient as G
+    from cfx.explainers._util import train_images
     from cfx.training.ensemble import save_latent_ensemble, train_latent_ensemble
 
     b = load("brick")
-    normals = G.train_images(b)[:24]
+    normals = train_images(b)[:24]
     ens = train_latent_ensemble(b, normals, seed=0, members=2, epochs=40)
     path = save_latent_ensemble(b, ens, path=tmp_path / "ensemble.pt")
     ck = torch.load(path, weights_only=True)
