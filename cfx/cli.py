@@ -10,6 +10,7 @@ import importlib
 import json
 import logging
 import sys
+from pathlib import Path
 
 from cfx.errors import CfxError
 
@@ -91,7 +92,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m cfx", description=__doc__.splitlines()[0])
+    prog = "cfx" if Path(sys.argv[0]).name == "cfx" else "python -m cfx"  # the console command or the module
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -24,6 +24,34 @@ def resolve_root(data_root: str | os.PathLike | None = None) -> Path:
     return validate_root(data_root)
 
 
+def record_root(root: str | os.PathLike) -> str:
+    """How a model card records its data root, valid on another machine: ``demo`` for the
+    embedded demo (by name), a path relative to the project when the data lies below the project's
+    parent folder (``../shared/mvtec-sample``), else the absolute path."""
+    from cfx.data.demo import is_demo_root
+
+    if is_demo_root(root):
+        return config.DEMO_NAME
+    path = Path(root).expanduser().resolve()
+    base = config.PROJECT_ROOT.resolve()
+    if path.is_relative_to(base.parent):
+        return os.path.relpath(path, base)
+    return str(path)
+
+
+def recorded_root(value: str | None) -> Path | None:
+    """The folder a card's ``data_root`` names (:func:`record_root`; None when it is not there)."""
+    if not value:
+        return None
+    if value == config.DEMO_NAME:
+        from cfx.data.demo import ensure_demo
+
+        return ensure_demo()
+    path = Path(value)
+    path = path if path.is_absolute() else config.PROJECT_ROOT / path
+    return path if path.is_dir() else None
+
+
 def resolve_category(root: Path, category: str | None) -> str:
     """``category`` (checked), or the root's first category."""
     cats = list_categories(root)

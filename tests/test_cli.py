@@ -95,3 +95,20 @@ def test_module_entry_point(tmp_path):
 def test_data_demo_to_folder(tmp_path, capsys):
     code, out, _ = run(capsys, "data", "demo", "--out", str(tmp_path / "d"))
     assert code == 0 and (tmp_path / "d" / "tablet" / "ground_truth").is_dir()
+
+
+def test_console_command_works_from_any_directory(tmp_path, demo_root):
+    """``pip install -r requirements.txt`` installs the ``cfx`` command (pyproject.toml); it runs
+    from a folder that is not the repository, on the package's own models."""
+    import shutil
+
+    exe = shutil.which("cfx")
+    assert exe, "no cfx command: install the package (pip install -r requirements.txt)"
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run([exe, "evaluate", "--category", "brick", "--detector", "patchcore", "--json"], cwd=tmp_path,
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["image_auroc"] > 0.9
+    bad = subprocess.run([exe, "train", "--epochs", "0"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("cfx: ") and bad.stderr.count("\n") == 1

@@ -87,10 +87,12 @@ def _data_root(bundle) -> Path:
     root = bundle.loaded.data_root
     if root is not None and Path(root).is_dir():
         return Path(root)
-    card_root = bundle.card.get("data_root")
-    if card_root and Path(card_root).is_dir():
-        return Path(card_root)
     from cfx import config
+    from cfx.resolve import recorded_root
+
+    card_root = recorded_root(bundle.card.get("data_root"))
+    if card_root is not None:
+        return card_root
 
     if bundle.dataset == config.DEMO_NAME:
         from cfx.data.demo import ensure_demo

@@ -166,3 +166,20 @@ def test_truncated_model_file_is_one_readable_line(broken, tmp_path, monkeypatch
     assert main(["evaluate", "--category", "brick"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("cfx: ") and err.count("\n") == 1 and broken in err
+
+
+def test_cards_record_data_roots_that_travel(tmp_path, demo_root):
+    """A card names its data by dataset (the demo) or relative to the project, never by this
+    machine's absolute path when it can avoid it; the recorded value finds the folder again."""
+    from cfx import config
+    from cfx.resolve import record_root, recorded_root
+
+    assert record_root(demo_root) == "demo" and recorded_root("demo") == demo_root
+    beside = config.PROJECT_ROOT.parent / "shared"
+    if beside.is_dir():
+        assert record_root(beside) == "../shared" and recorded_root("../shared").resolve() == beside.resolve()
+    assert record_root(tmp_path) == str(tmp_path.resolve()) or not tmp_path.resolve().is_relative_to(
+        config.PROJECT_ROOT.parent)
+    assert recorded_root(str(tmp_path / "gone")) is None
+    for card in sorted((config.PROJECT_ROOT / "models" / "demo").glob("*/card.json")):
+        assert json.loads(card.read_text())["data_root"] == "demo", card
