@@ -1,5 +1,6 @@
 """The dashboard in a real browser: ``streamlit run app.py`` on a free loopback port, driven with
-Playwright and Debian's chromium. Saves a screenshot of every page into docs/screenshots/.
+Playwright and Debian's chromium. Saves a screenshot of every page into a temporary folder, or into
+the README's docs/screenshots/ when ``CFX_REFRESH_SCREENSHOTS=1``.
 
 Skips cleanly when /usr/bin/chromium or the playwright package is absent.
 """
@@ -12,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -28,7 +30,9 @@ from pages._common import is_heavy  # noqa: E402
 import cfx.explainers  # noqa: E402,F401  (registers the methods, as the app does)
 
 ROOT = Path(__file__).resolve().parents[2]
-SHOTS = ROOT / "docs" / "screenshots"
+#: where the screenshots go: the README's folder only when asked (tests never rewrite tracked files)
+SHOTS = (ROOT / "docs" / "screenshots" if os.environ.get("CFX_REFRESH_SCREENSHOTS") == "1"
+         else Path(tempfile.mkdtemp(prefix="cfx-screenshots-")))
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 CATEGORY, IMAGE = "tablet", "crack/003.png"
 TIMEOUT_MS = 300_000
