@@ -36,7 +36,7 @@ def _axes(fig: go.Figure, title: str, height: int) -> go.Figure:
     return fig
 
 
-def _rgb_uint8(image: np.ndarray) -> np.ndarray:
+def rgb_uint8(image: np.ndarray) -> np.ndarray:
     a = X.image_hwc(image)
     if a.ndim == 2:
         a = np.repeat(a[..., None], 3, axis=2)
@@ -111,10 +111,10 @@ def image_figure(image: np.ndarray, mask: np.ndarray | None = None, title: str =
     file's resolution), pixel values of the model's input on hover, the mask outline."""
     base = display if display is not None else image
     side = display_size(np.shape(image), np.shape(base)[-1])
-    rgb = _resize_rgb(_rgb_uint8(base), side)
+    rgb = _resize_rgb(rgb_uint8(base), side)
     factor = side / np.shape(image)[-1]
     fig = go.Figure(go.Image(source=_png_uri(rgb), x0=0, y0=0, dx=1, dy=1, hoverinfo="skip"))
-    fig.add_trace(_hover_layer(_rgb_uint8(image)[..., 0].astype(np.float32), factor,
+    fig.add_trace(_hover_layer(rgb_uint8(image)[..., 0].astype(np.float32), factor,
                                "x %{x:.0f}, y %{y:.0f}<br>value %{z:.0f}<extra></extra>"))
     add_contour(fig, mask, factor)
     return _axes(fig, title, height)
@@ -133,7 +133,7 @@ def heat_figure(image: np.ndarray | None, heat: np.ndarray, scale: float, mask: 
     norm = X.normalise(_resize_map(heat, side), scale)
     colour = X.heat_rgb(norm).astype(np.float32)
     if base is not None:
-        under = _resize_rgb(_rgb_uint8(base), side).astype(np.float32)
+        under = _resize_rgb(rgb_uint8(base), side).astype(np.float32)
         a = X.heat_alpha(norm)[..., None].astype(np.float32)
         colour = (1 - a) * under + a * colour
     rgb = np.clip(colour + 0.5, 0, 255).astype(np.uint8)
@@ -152,6 +152,20 @@ def heat_figure(image: np.ndarray | None, heat: np.ndarray, scale: float, mask: 
 
 def plot(fig: go.Figure, key: str) -> None:
     st.plotly_chart(fig, key=key, config={"displayModeBar": "hover", "scrollZoom": True, "displaylogo": False})
+
+
+def wipe_image(before: np.ndarray, after: np.ndarray, position: int, mode: str = "wipe") -> np.ndarray:
+    """Two RGB uint8 images (H, W, 3) compared at ``position`` (0..100): ``wipe`` shows ``after``
+    left of the cut (a yellow line) and ``before`` right of it; ``blend`` mixes them."""
+    t = position / 100.0
+    if mode == "blend":
+        return np.clip((1 - t) * before.astype(np.float32) + t * after.astype(np.float32) + 0.5, 0, 255).astype(np.uint8)
+    cut = int(round(t * before.shape[1]))
+    shown = before.copy()
+    shown[:, :cut] = after[:, :cut]
+    if 0 < cut < before.shape[1]:
+        shown[:, cut - 1] = (255, 204, 0)
+    return shown
 
 
 # ====================================================================== exports

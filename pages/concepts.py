@@ -21,12 +21,10 @@ import time
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
-import streamlit.components.v1 as components
 
 from cfx.concepts import SLIDER_ALPHAS, ConceptPath, concept_path, load_concepts, local_steps, train_hint
 from cfx.training.concepts import train_concepts
 from cfx.data.imageio import array_to_pil
-from cfx.reports.encode import pil_png, png_data_uri
 from cfx.errors import CfxError, ModelMissingError
 from pages import _common as C
 
@@ -46,44 +44,6 @@ def _path(model_key: str, img_hash: str, gen_stamp: str, mask_hash: str, _bundle
     with _bundle.lock:
         exp = REGISTRY["concepts"](_bundle).attribute(_image, mask=_mask)
     return local_steps(_bundle, path, exp, _mask)
-
-
-def _png_uri(image: np.ndarray, upscale: int = 3) -> str:
-    pil = array_to_pil(image)
-    pil = pil.resize((pil.width * upscale, pil.height * upscale), resample=0)
-    return png_data_uri(pil_png(pil))
-
-
-def comparison_html(before: np.ndarray, after: np.ndarray, labels: tuple[str, str] = ("original", "concept"),
-                    size: int = 384) -> str:
-    """A self-contained image-comparison (wipe) widget: drag the handle to reveal one image over
-    the other. No external resources (works offline)."""
-    a, b = _png_uri(before), _png_uri(after)
-    return f"""
-<div style="font-family:sans-serif;font-size:12px;color:#555;width:{size}px">
-<div id="cmp" style="position:relative;width:{size}px;height:{size}px;user-select:none;cursor:ew-resize">
-  <img src="{b}" style="position:absolute;left:0;top:0;width:{size}px;height:{size}px;image-rendering:pixelated">
-  <img id="top" src="{a}" style="position:absolute;left:0;top:0;width:{size}px;height:{size}px;
-       image-rendering:pixelated;clip-path:inset(0 50% 0 0)">
-  <div id="bar" style="position:absolute;top:0;left:50%;width:2px;height:100%;background:#fff;
-       box-shadow:0 0 3px #000"></div>
-  <span style="position:absolute;left:6px;top:4px;background:rgba(0,0,0,.55);color:#fff;padding:1px 5px">{labels[0]}</span>
-  <span style="position:absolute;right:6px;top:4px;background:rgba(0,0,0,.55);color:#fff;padding:1px 5px">{labels[1]}</span>
-</div>
-<input id="rng" type="range" min="0" max="100" value="50" style="width:{size}px" aria-label="wipe position">
-</div>
-<script>
-const r = document.getElementById('rng'), t = document.getElementById('top'), bar = document.getElementById('bar'),
-      box = document.getElementById('cmp');
-function set(v) {{ v = Math.max(0, Math.min(100, v)); r.value = v; t.style.clipPath = 'inset(0 ' + (100 - v) + '% 0 0)';
-  bar.style.left = v + '%'; }}
-r.addEventListener('input', e => set(+e.target.value));
-let drag = false;
-box.addEventListener('pointerdown', e => {{ drag = true; move(e); }});
-window.addEventListener('pointerup', () => drag = false);
-box.addEventListener('pointermove', e => {{ if (drag) move(e); }});
-function move(e) {{ const b = box.getBoundingClientRect(); set(100 * (e.clientX - b.left) / b.width); }}
-</script>"""
 
 
 # ---------------------------------------------------------------- figures
@@ -203,9 +163,12 @@ def main() -> None:
         k = st.radio("Concept", list(range(path.k)), key="cc_compare", horizontal=True,
                      format_func=lambda i: f"concept {i + 1} (alpha {chosen[i]:.2f})")
         i = path.index(chosen[k])
-        components.html(comparison_html(path.image, path.images[k, i], ("original", f"concept {k + 1}")),
-                        height=384 + 40)
-        st.caption("Drag across the image (or the bar below it) to wipe between the original and the chosen step.")
+        pos = st.slider(f"← original · concept {k + 1} →", 0, 100, 50, key="cc_wipe",
+                        help="wipe between the original and the chosen step")
+        view = C.wipe_image(C.rgb_uint8(path.image), C.rgb_uint8(path.images[k, i]), pos)
+        st.image(np.kron(view, np.ones((3, 3, 1), np.uint8)),
+                 width=384, caption=f"left: concept {k + 1} at alpha {chosen[k]:.2f}, right: original; wipe at {pos}%")
+        C.show("concepts", wipe={"concept": k, "alpha": chosen[k], "position": pos})
         buf = io.BytesIO()
         array_to_pil(path.images[k, i]).save(buf, format="PNG")
         st.download_button("⬇ this step (PNG)", data=buf.getvalue(), key="cc_dl",

@@ -7,7 +7,7 @@ import streamlit as st
 
 from cfx import reports as X
 from cfx.metrics.edits import diversity
-from pages._common import (show, shown, target_labels, bound, current, explain_one, file_stem, heat_figure, image_figure,
+from pages._common import (show, shown, wipe_image, target_labels, bound, current, explain_one, file_stem, heat_figure, image_figure,
                            is_cached, plot, registry, report_downloads, require_models)
 
 st.title("Counterfactuals")
@@ -76,18 +76,9 @@ def compare_view(cf) -> None:
     mc = st.columns([1, 3])
     mode = mc[0].radio("View", ["wipe", "blend"], horizontal=True, key="cf_mode")
     pos = mc[1].slider("← original · counterfactual →", 0, 100, 50, key="cf_wipe")
-    t = pos / 100.0
-    if mode == "blend":
-        shown = _outlined((1 - t) * image + t * cf.image)
-    else:
-        a, b_ = _outlined(image), _outlined(cf.image)
-        cut = int(round(t * a.shape[1]))
-        shown = a.copy()
-        shown[:, :cut] = b_[:, :cut]
-        if 0 < cut < a.shape[1]:
-            shown[:, cut - 1] = (255, 204, 0)
+    view = wipe_image(_outlined(image), _outlined(cf.image), pos, mode)
     c = st.columns([1, 2, 1])
-    c[1].image(np.kron(shown, np.ones((3, 3, 1), np.uint8)), width="stretch",
+    c[1].image(np.kron(view, np.ones((3, 3, 1), np.uint8)), width="stretch",
                caption=f"{'left: counterfactual, right: original' if mode == 'wipe' else 'blend'} at {pos}%")
     show("counterfactuals", mode=mode, position=pos)
 

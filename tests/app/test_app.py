@@ -23,7 +23,8 @@ import cfx.explainers  # noqa: E402,F401  (registers the methods, as the app doe
 ROOT = Path(__file__).resolve().parents[2]
 APP = str(ROOT / "app.py")
 PAGES = ["pages/home.py", "pages/inspect.py", "pages/compare.py", "pages/counterfactuals.py", "pages/detector.py"]
-OPTIONAL = ["pages/concepts.py", "pages/mask_jaccard.py"]  # other issues' pages, when they exist
+#: the other pages: each rendered once, not in the page-switch cycles over PAGES
+MORE_PAGES = ["pages/concepts.py", "pages/mask_jaccard.py"]
 TIMEOUT = 300
 
 
@@ -126,7 +127,7 @@ class _ToyPath(Explainer):
 
 
 # ---------------------------------------------------------------- pages render
-@pytest.mark.parametrize("page", PAGES + [p for p in OPTIONAL if (ROOT / p).exists()])
+@pytest.mark.parametrize("page", PAGES + MORE_PAGES)
 def test_page_renders(page):
     at = new_app(page)
     assert at.title, f"{page} has no title"
@@ -532,3 +533,19 @@ def test_two_sessions_explaining_at_once_get_their_own_results(brick, demo_root)
             for ce, cg in zip(e.counterfactuals, g.counterfactuals):
                 np.testing.assert_allclose(cg.image, ce.image, atol=1e-4, err_msg=m)
     assert got[0][methods[0]].score_before != got[1][methods[0]].score_before
+
+
+# ---------------------------------------------------------------- concepts
+def test_concepts_wipe_and_radio_survive_slider_moves():
+    """The wipe is a plain slider (no deprecated component); the chosen concept stays chosen when
+    a concept's alpha slider moves, and the wipe's caption follows both."""
+    at = new_app("pages/concepts.py")
+    assert not at.error, [e.value for e in at.error]
+    at.radio(key="cc_compare").set_value(1).run()
+    ok(at)
+    at.slider(key="cc_wipe").set_value(20).run()
+    ok(at)
+    at.select_slider(key="cc_alpha_1").set_value(0.5).run()
+    ok(at)
+    assert at.radio(key="cc_compare").value == 1 and at.slider(key="cc_wipe").value == 20
+    assert shown(at, "concepts")["wipe"] == {"concept": 1, "alpha": 0.5, "position": 20}
