@@ -290,6 +290,33 @@ def read_card(dataset: str, category: str) -> dict[str, Any]:
     return card
 
 
+def check_file(path: Path, card: dict[str, Any], dataset: str, category: str) -> Path:
+    """``path`` if its sha256 is the one its card records (files the card does not list pass).
+
+    Raises:
+        ModelMissingError: one line naming the file and the command that retrains it.
+    """
+    import hashlib
+
+    want = card.get("files", {}).get(path.name)
+    for info in card.get("detectors", {}).values():
+        if isinstance(info, dict) and info.get("file") == path.name:
+            want = want or info.get("sha256")
+    if want:
+        try:
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+        except OSError as exc:
+            raise ModelMissingError(f"cannot read model file {path} ({type(exc).__name__}): run "
+                                    f"{_train_hint(dataset, category)}") from exc
+        if h.hexdigest() != want:
+            raise ModelMissingError(f"the model file {path} does not match its card (sha256 {h.hexdigest()[:12]}, "
+                                    f"card {str(want)[:12]}): run {_train_hint(dataset, category)}")
+    return path
+
+
 def fitted_detectors(dataset: str, category: str) -> list[str]:
     """Names of the detectors whose checkpoint is in the category's folder, in :data:`DETECTORS` order."""
     d = category_dir(dataset, category)
@@ -330,18 +357,18 @@ def load_bundle(dataset: str, category: str, device: torch.device | str | None =
     mean = std = None
     clf_thr = None
     if (d / "ae.pt").exists():
-        ae_ck = load_checkpoint(d / "ae.pt")
+        ae_ck = load_checkpoint(check_file(d / "ae.pt", card, dataset, category))
         ae = ConvAutoencoder(**ae_ck["config"]["net"])
         mean, std = (ae_ck["state_dict"].pop(k).to(dev) for k in ("latent_mean", "latent_std"))
         ae.load_state_dict(ae_ck["state_dict"])
         mods["ae"] = ae
     if (d / "classifier.pt").exists():
-        clf_ck = load_checkpoint(d / "classifier.pt")
+        clf_ck = load_checkpoint(check_file(d / "classifier.pt", card, dataset, category))
         clf = Classifier(**clf_ck["config"]["net"])
         clf.load_state_dict(clf_ck["state_dict"])
         mods["classifier"] = clf
         clf_thr = float(clf_ck["config"].get("threshold", 0.5))
-    dets = {n: load_detector(n, d / DETECTORS[n].filename) for n in names}
+    dets = {n: load_detector(n, check_file(d / DETECTORS[n].filename, card, dataset, category)) for n in names}
     for m in (*mods.values(), *dets.values()):
         m.eval().requires_grad_(False)
         m.to(dev).to(memory_format=torch.channels_last)

@@ -1,0 +1,85 @@
+"""Fault injection: every model file and the card, truncated, empty or replaced by another
+category's (a wrong hash), gives one readable line: exit code 2 on the CLI (an explanation method's
+own model: that method's error, the others still run), and in the app an error on the page while
+the other categories still work."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from cfx.cli import main
+
+from cfx import config
+
+DETECTOR_FILES = ["patchcore.pt", "vae.pt", "ae.pt", "classifier.pt", "card.json"]
+METHOD_FILES = {"ensemble.pt": "gradient", "concepts.pt": "concepts"}
+FAULTS = ["truncated", "empty", "wrong_hash"]
+
+
+def _models(tmp_path, file: str, fault: str):
+    """A models folder with the demo's brick and gravel, brick's ``file`` broken by ``fault``."""
+    src = config.PROJECT_ROOT / "models" / "demo"
+    dst = tmp_path / "models" / "demo"
+    for cat in ("brick", "gravel"):
+        shutil.copytree(src / cat, dst / cat)
+    target = dst / "brick" / file
+    data = target.read_bytes()
+    if fault == "truncated":
+        target.write_bytes(data[: len(data) // 3])
+    elif fault == "empty":
+        target.write_bytes(b"")
+    elif file == "card.json":  # a card that is JSON but not a card
+        target.write_text(json.dumps(["not", "a", "card"]))
+    else:  # another category's file of the same kind
+        target.write_bytes((src / "gravel" / file).read_bytes())
+    return tmp_path / "models"
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+@pytest.mark.parametrize("file", DETECTOR_FILES)
+def test_cli_says_one_line(file, fault, tmp_path, monkeypatch, capsys, demo_root):
+    monkeypatch.setenv("CFX_MODELS_DIR", str(_models(tmp_path, file, fault)))
+    code = main(["evaluate", "--category", "brick", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 2, (out[:200], err)
+    assert err.startswith("cfx: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "python -m cfx train" in err and "brick" in err
+    if fault == "truncated":  # the other category still works
+        assert main(["evaluate", "--category", "gravel", "--detector", "patchcore", "--json"]) == 0
+        capsys.readouterr()
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+@pytest.mark.parametrize("file", list(METHOD_FILES))
+def test_cli_method_model_fails_alone(file, fault, tmp_path, monkeypatch, capsys, demo_root):
+    monkeypatch.setenv("CFX_MODELS_DIR", str(_models(tmp_path, file, fault)))
+    method = METHOD_FILES[file]
+    code = main(["explain", "--category", "brick", "--method", f"recon,{method}", "--json",
+                 "--out", str(tmp_path / "out")])
+    out, _ = capsys.readouterr()
+    assert code == 0
+    methods = json.loads(out)["methods"]
+    assert methods["recon"]["error"] is None
+    err = methods[method]["error"]
+    assert err and "\n" not in err and "python -m cfx " in err and "train" in err, err
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+@pytest.mark.parametrize("file", DETECTOR_FILES)
+def test_app_shows_the_line_and_goes_on(file, fault, tmp_path, monkeypatch, demo_root):
+    from streamlit.testing.v1 import AppTest
+
+    import cfx.explainers  # noqa: F401  (registers the methods, as the app does)
+
+    monkeypatch.setenv("CFX_MODELS_DIR", str(_models(tmp_path, file, fault)))
+    at = AppTest.from_file(str(config.PROJECT_ROOT / "app.py"), default_timeout=120)
+    at.run()
+    at.switch_page("pages/inspect.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="w_category").value == "brick"
+    errors = [e.value for e in at.error]
+    assert any("brick" in e and "python -m cfx train" in e for e in errors), errors
+    at.selectbox(key="w_category").select("gravel").run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
