@@ -46,7 +46,7 @@ from pages._results import (_arrays, _channels, _display_image, _root, analyse_o
                             bundle_for, effective_params, explain_key, explain_one, image_hash, is_cached, is_heavy,
                             load_bundle, param_inputs, registry, target_labels, verdict)
 
-UPLOAD_TYPES = ["png", "jpg", "jpeg", "tif", "tiff", "bmp"]
+UPLOAD_TYPES = ["png", "jpg", "jpeg", "tif", "tiff", "bmp", "gif", "webp"]
 UPLOAD_OPTION = "(uploaded image)"
 DEFAULTS: dict[str, Any] = {"data_root": None, "category": None, "split": "test", "image_name": None,
                             "image_index": None, "source": "dataset", "upload": None, "target": "score",

@@ -29,8 +29,12 @@ def open_image(source: str | Path | bytes | BinaryIO, name: str | None = None) -
             source = io.BytesIO(source)
         img = Image.open(source)
         img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"cannot read image {label}: {exc.__class__.__name__}: {exc}") from None
+    except UnidentifiedImageError:
+        raise DataError(f"{label} is not an image cfx can read (PNG, JPEG, TIFF, BMP, GIF or WebP)") from None
+    except Image.DecompressionBombError:
+        raise DataError(f"image {label} has too many pixels; the limit is {MAX_SIDE} px a side") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"image {label} is damaged or truncated ({exc.__class__.__name__})") from None
     if max(img.size) > MAX_SIDE:
         raise DataError(f"image {label} is {img.size[0]}x{img.size[1]} px; the limit is {MAX_SIDE} px a side")
     if img.size[0] < 8 or img.size[1] < 8:

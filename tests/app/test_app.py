@@ -269,9 +269,10 @@ def _tiff16() -> bytes:
 
 GOOD_PNG = _png((np.random.default_rng(1).random((100, 100)) * 255).astype(np.uint8))
 REFUSED = {
-    "corrupt": ("broken.png", b"\x89PNG\r\n\x1a\n this is not an image", "cannot read image"),
-    "truncated": ("cut.png", GOOD_PNG[: len(GOOD_PNG) // 2], "cannot read image"),
+    "corrupt": ("broken.png", b"\x89PNG\r\n\x1a\n this is not an image", "is not an image cfx can read"),
+    "truncated": ("cut.png", GOOD_PNG[: len(GOOD_PNG) // 2], "is damaged or truncated"),
     "oversized": ("huge.png", _png(np.zeros((16, 8193), np.uint8)), "the limit is 8192 px"),
+    "bomb": ("bomb.png", _png(np.zeros((12000, 12000), np.uint8)), "too many pixels"),  # PIL: DecompressionBombError
     "tiny": ("tiny.png", _png(np.zeros((4, 4), np.uint8)), "at least 8 px"),
 }
 CONVERTED = {
@@ -295,6 +296,7 @@ def test_bad_upload_shows_error_and_app_goes_on(case):
     _upload(at, name, data)
     errors = [e.value for e in at.error]
     assert any("Cannot use this upload" in e and why in e for e in errors), errors
+    assert not any("0x" in e or "BytesIO" in e for e in errors), errors  # the app's own words
     assert at.session_state["source"] == "dataset"
     assert shown(at, "inspect")["verdict"] == before  # the previous image stays
     pick_image(at, "good/001.png")  # and the app goes on
@@ -549,3 +551,14 @@ def test_concepts_wipe_and_radio_survive_slider_moves():
     ok(at)
     assert at.radio(key="cc_compare").value == 1 and at.slider(key="cc_wipe").value == 20
     assert shown(at, "concepts")["wipe"] == {"concept": 1, "alpha": 0.5, "position": 20}
+
+
+def test_gif_and_webp_uploads_are_read():
+    """GIF (its first frame) and WebP are accepted like the other formats."""
+    at = new_app("pages/inspect.py")
+    for name, fmt in (("part.gif", "GIF"), ("part.webp", "WEBP")):
+        buf = io.BytesIO()
+        Image.fromarray((np.random.default_rng(5).random((64, 64, 3)) * 255).astype(np.uint8)).save(buf, fmt)
+        _upload(at, name, buf.getvalue())
+        assert not at.error, [e.value for e in at.error]
+        assert at.session_state["source"] == "upload" and shown(at, "inspect")["verdict"]["name"] == name
