@@ -93,10 +93,11 @@ def browse_tab(sel: Selection) -> None:
     arr, scores = analyse_split(sel.bundle, sel.root, sel.category, sel.split)
     defects = sorted({s.defect for s in arr.samples}, key=lambda d: (d != GOOD, d))
     c1, c2 = st.columns([4, 1])
-    chosen = c1.multiselect("Defect types", defects, default=defects, key="insp_defects")
+    where = f"{sel.dataset}/{sel.category}/{sel.split}"  # a new category or split starts with all its defect types
+    chosen = c1.multiselect("Defect types", defects, default=defects, key=f"insp_defects_{where}")
     idx = [i for i, s in enumerate(arr.samples) if s.defect in chosen]
     pages = max(1, math.ceil(len(idx) / PER_PAGE))
-    page = int(c2.number_input(f"Page (of {pages})", 1, pages, 1, key="insp_page")) if pages > 1 else 1
+    page = int(c2.number_input(f"Page (of {pages})", 1, pages, 1, key=f"insp_page_{where}")) if pages > 1 else 1
     shown = idx[(page - 1) * PER_PAGE: page * PER_PAGE]
     for r in range(0, len(shown), COLS):
         cols = st.columns(COLS)

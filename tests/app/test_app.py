@@ -562,3 +562,17 @@ def test_gif_and_webp_uploads_are_read():
         _upload(at, name, buf.getvalue())
         assert not at.error, [e.value for e in at.error]
         assert at.session_state["source"] == "upload" and shown(at, "inspect")["verdict"]["name"] == name
+
+
+def test_defect_filter_starts_over_for_another_category():
+    """Inspect's defect-type filter belongs to its category: narrowing it on brick does not hide
+    tablet's images after a switch."""
+    at = new_app("pages/inspect.py")
+    f = at.multiselect(key="insp_defects_demo/brick/test")
+    f.set_value(f.value[:1]).run()
+    ok(at)
+    assert len(at.multiselect(key="insp_defects_demo/brick/test").value) == 1
+    at.selectbox(key="w_category").select("tablet").run()
+    ok(at)
+    tablet = at.multiselect(key="insp_defects_demo/tablet/test")
+    assert tablet.value == tablet.options and len(tablet.options) > 1
