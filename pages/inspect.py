@@ -115,6 +115,64 @@ def browse_tab(sel: Selection) -> None:
                f"{len(idx)} of {len(arr)} images of the {sel.split} split.")
 
 
+def review_tab(sel: Selection) -> None:
+    """The split's images, closest to the threshold first, with the inspector's OK / NG verdicts
+    (stored in the review database, :mod:`cfx.review`) and a trial threshold with its live rates."""
+    from cfx.errors import CfxError
+    from cfx.review import ReviewStore, rates
+
+    if sel.bundle is None:
+        st.caption("The review queue needs the category's detector (for the scores).")
+        return
+    b = sel.bundle
+    arr, scores = analyse_split(b, sel.root, sel.category, sel.split)
+    try:
+        store = ReviewStore()
+        decided = store.latest(sel.dataset, sel.category)
+    except CfxError as exc:
+        st.error(str(exc))
+        return
+    key = f"rv_threshold_{b.key()}"
+    s = np.asarray(scores["score"], np.float64)
+    lo, hi = float(min(s.min(), b.threshold)), float(max(s.max(), b.threshold))
+    st.session_state.setdefault(key, float(b.threshold))
+    c1, c2 = st.columns([4, 1])
+    thr = c1.slider("Trial threshold (the stored one decides everywhere else)", lo, hi, key=key,
+                    step=(hi - lo) / 200 or 0.01, format="%.3f")
+    c2.button("Restore the stored threshold", key="rv_restore", on_click=st.session_state.__setitem__,
+              args=(key, float(b.threshold)), disabled=abs(thr - b.threshold) < 1e-12)
+    r = rates(s, arr.labels, thr)
+    fmt = lambda v: "n/a" if v is None else f"{v:.1%}"  # noqa: E731
+    st.caption(f"At {thr:.3f}: {fmt(r['fpr'])} of good parts called anomalous (FPR), {fmt(r['tpr'])} of defective "
+               f"parts caught (TPR), on the {sel.split} split's labels; stored threshold {b.threshold:.3f}.")
+    order = np.argsort(np.abs(s - thr), kind="stable")
+    rows = [{"image": arr.samples[i].name, "score": round(float(s[i]), 3),
+             "detector": "anomalous" if s[i] > thr else "normal",
+             "inspector": decided.get(arr.samples[i].name, {}).get("verdict", ""),
+             "reason": decided.get(arr.samples[i].name, {}).get("reason", "")} for i in order]
+    st.dataframe(rows, hide_index=True, height=min(360, 38 + 35 * len(rows)), key="rv_table")
+    names = [x["image"] for x in rows]
+    pick = st.selectbox("Image to decide", names, key=f"rv_pick_{sel.dataset}/{sel.category}/{sel.split}",
+                        index=names.index(sel.name) if sel.name in names else 0)
+    c1, c2, c3 = st.columns([1, 3, 1])
+    verdict_ = c1.radio("Verdict", ["OK", "NG"], horizontal=True, key="rv_verdict")
+    reason = c2.text_input("Reason", key="rv_reason", placeholder="e.g. scratch on the rim")
+    if c3.button("Save", key="rv_save", type="primary"):
+        i = names.index(pick)
+        try:
+            row = store.record(sel.dataset, sel.category, pick, b.key(), verdict_, reason,
+                               score=float(s[order[i]]), threshold=float(b.threshold))
+        except CfxError as exc:
+            st.error(str(exc))
+        else:
+            st.toast(f"{pick}: {row['verdict']} saved")
+            st.rerun()
+    show("inspect", review={"decided": {k: v["verdict"] for k, v in decided.items()}, "threshold": thr, **r})
+    st.download_button("Decisions (CSV)", data=lambda: store.csv_text(sel.dataset, sel.category).encode(),
+                       file_name=f"cfx_review_{sel.dataset}_{sel.category}.csv", mime="text/csv", key="rv_csv",
+                       on_click="ignore", icon=":material/download:")
+
+
 st.title("Inspect")
 sel = current()
 if sel is None:
@@ -125,7 +183,9 @@ if sel.source == "upload" and sel.notes:
 if require_models(sel):
     verdict(sel)
 st.divider()
-browse, upload = st.tabs(["Browse the dataset", "Upload an image"])
+queue, browse, upload = st.tabs(["Review queue", "Browse the dataset", "Upload an image"])
+with queue:
+    review_tab(sel)
 with browse:
     browse_tab(sel)
 with upload:

@@ -576,3 +576,36 @@ def test_defect_filter_starts_over_for_another_category():
     ok(at)
     tablet = at.multiselect(key="insp_defects_demo/tablet/test")
     assert tablet.value == tablet.options and len(tablet.options) > 1
+
+
+# ---------------------------------------------------------------- review queue
+def test_review_queue_verdict_survives_a_new_session(tmp_path, monkeypatch):
+    """Inspect's review queue: the images closest to the threshold first; a saved OK / NG is in the
+    database and a new session (a restarted server) finds it; the trial threshold moves the live
+    rates and 'restore' brings the stored one back."""
+    monkeypatch.setenv("CFX_REVIEW_DB", str(tmp_path / "review.sqlite"))
+    at = new_app("pages/inspect.py")
+    first = shown(at, "inspect")["review"]
+    stored = first["threshold"]
+    pick = at.selectbox(key="rv_pick_demo/brick/test")
+    name = pick.value  # the image selected in the sidebar
+    at.radio(key="rv_verdict").set_value("NG").run()
+    at.text_input(key="rv_reason").input("chipped corner").run()
+    at.button(key="rv_save").click().run()
+    ok(at)
+    assert shown(at, "inspect")["review"]["decided"] == {name: "NG"}
+    again = new_app("pages/inspect.py")
+    assert shown(again, "inspect")["review"]["decided"] == {name: "NG"}
+    from cfx.review import ReviewStore
+
+    row = ReviewStore().latest("demo", "brick")[name]
+    assert row["reason"] == "chipped corner" and row["model"].startswith("demo/brick@")
+    key = f"rv_threshold_{again.session_state['selection'].bundle.key()}"
+    slider = again.slider(key=key)
+    slider.set_value(slider.min).run()
+    ok(again)
+    low = shown(again, "inspect")["review"]
+    assert low["threshold"] == pytest.approx(slider.min) and low["fpr"] > max(0.9, first["fpr"])
+    again.button(key="rv_restore").click().run()
+    ok(again)
+    assert shown(again, "inspect")["review"]["threshold"] == pytest.approx(stored)

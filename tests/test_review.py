@@ -1,0 +1,46 @@
+"""cfx.review: the inspector's OK / NG decisions survive a reopen, keep their history, export as
+CSV, and a broken database is one readable line."""
+from __future__ import annotations
+
+import csv
+import io
+import sqlite3
+
+import pytest
+
+from cfx.errors import DataError
+from cfx.review import ReviewStore, rates
+
+
+def test_decisions_survive_a_reopen_and_keep_history(tmp_path):
+    db = tmp_path / "review.sqlite"
+    a = ReviewStore(db)
+    a.record("demo", "brick", "crack/001.png", "m@1", "NG", " scratch ", score=4.2, threshold=3.8)
+    a.record("demo", "brick", "crack/001.png", "m@1", "OK", "false alarm", score=4.2, threshold=3.8)
+    a.record("demo", "tablet", "good/000.png", "m@2", "OK")
+    b = ReviewStore(db)  # another process or a restarted server
+    latest = b.latest("demo", "brick")
+    assert list(latest) == ["crack/001.png"] and latest["crack/001.png"]["verdict"] == "OK"
+    assert latest["crack/001.png"]["reason"] == "false alarm" and latest["crack/001.png"]["score"] == 4.2
+    assert [r["verdict"] for r in b.history("demo", "brick")] == ["NG", "OK"]
+    assert b.history()[0]["reason"] == "scratch"
+    rows = list(csv.DictReader(io.StringIO(b.csv_text("demo"))))
+    assert len(rows) == 3 and set(rows[0]) >= {"at", "model", "score", "threshold", "verdict", "reason"}
+    with sqlite3.connect(db) as con:
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_bad_verdict_and_broken_database(tmp_path):
+    store = ReviewStore(tmp_path / "r.sqlite")
+    with pytest.raises(DataError, match="OK or NG"):
+        store.record("demo", "brick", "x.png", "m", "maybe")
+    broken = tmp_path / "broken.sqlite"
+    broken.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(DataError, match="unreadable.*move it away") as exc:
+        ReviewStore(broken)
+    assert "\n" not in str(exc.value)
+
+
+def test_rates():
+    assert rates([0.1, 0.9, 0.4, 0.8], [0, 0, 1, 1], 0.5) == {"fpr": 0.5, "tpr": 0.5}
+    assert rates([0.1], [0], 0.5) == {"fpr": 0.0, "tpr": None}
