@@ -262,6 +262,9 @@ def require_models(sel: Selection | None) -> bool:
         return False
     if sel.bundle is None:
         show_model_missing(sel.model_error or f"no trained model for {sel.dataset}/{sel.category}")
+        from pages._fit import fit_panel
+
+        fit_panel(sel)
         return False
     if sel.image is None:
         st.info("Choose an image in the sidebar.")

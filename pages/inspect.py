@@ -87,10 +87,14 @@ def upload_tab(sel: Selection) -> None:
 
 
 def browse_tab(sel: Selection) -> None:
-    if sel.bundle is None:
-        st.caption("Thumbnails need the category's models (for the scores).")
-        return
-    arr, scores = analyse_split(sel.bundle, sel.root, sel.category, sel.split)
+    if sel.bundle is None:  # the images without scores, until a detector is fitted
+        from pages._results import _arrays
+        from cfx import config
+
+        arr, scores = _arrays(str(sel.root), sel.category, sel.split, config.IMAGE_SIZE, sel.image.shape[0]
+                              if sel.image is not None else 3), None
+    else:
+        arr, scores = analyse_split(sel.bundle, sel.root, sel.category, sel.split)
     defects = sorted({s.defect for s in arr.samples}, key=lambda d: (d != GOOD, d))
     c1, c2 = st.columns([4, 1])
     where = f"{sel.dataset}/{sel.category}/{sel.split}"  # a new category or split starts with all its defect types
@@ -104,15 +108,18 @@ def browse_tab(sel: Selection) -> None:
         for c, i in zip(cols, shown[r:r + COLS]):
             s = arr.samples[i]
             thumb = X.image_hwc(arr.images[i][:, ::2, ::2])
-            verdict_word = "anomalous" if scores["anomalous"][i] else "normal"
-            c.image((thumb * 255 + .5).astype(np.uint8), width="stretch",
-                    caption=f"{s.name} · {scores['score'][i]:.2f} {verdict_word}")
+            if scores is None:
+                caption = s.name
+            else:
+                caption = f"{s.name} · {scores['score'][i]:.2f} {'anomalous' if scores['anomalous'][i] else 'normal'}"
+            c.image((thumb * 255 + .5).astype(np.uint8), width="stretch", caption=caption)
             current_one = sel.source == "dataset" and sel.index == i
             c.button("Selected" if current_one else "Open", key=f"thumb_{i}", disabled=current_one,
                      on_click=choose_image, args=(s.name, i), width="stretch",
                      type="primary" if current_one else "secondary")
-    st.caption(f"Scores of the detector (anomalous above {sel.bundle.threshold:.3f}); "
-               f"{len(idx)} of {len(arr)} images of the {sel.split} split.")
+    scored = (f"Scores of the detector (anomalous above {sel.bundle.threshold:.3f}); " if sel.bundle is not None
+              else "No detector yet (fit it above); ")
+    st.caption(f"{scored}{len(idx)} of {len(arr)} images of the {sel.split} split.")
 
 
 def review_tab(sel: Selection) -> None:
@@ -182,6 +189,11 @@ if sel.source == "upload" and sel.notes:
     st.warning(f"{sel.name}: " + "; ".join(sel.notes) + ".")
 if require_models(sel):
     verdict(sel)
+    if "vae" not in sel.bundle.detectors:
+        from pages._fit import fit_panel
+
+        with st.expander("More models for this category (counterfactuals, Grad-CAM, concepts)"):
+            fit_panel(sel)
 st.divider()
 queue, browse, upload = st.tabs(["Review queue", "Browse the dataset", "Upload an image"])
 with queue:

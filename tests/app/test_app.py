@@ -609,3 +609,23 @@ def test_review_queue_verdict_survives_a_new_session(tmp_path, monkeypatch):
     again.button(key="rv_restore").click().run()
     ok(again)
     assert shown(again, "inspect")["review"]["threshold"] == pytest.approx(stored)
+
+
+# ---------------------------------------------------------------- fitting from the app
+def test_a_category_without_models_is_browsed_and_fitted_in_the_app(tiny_root, tmp_path, monkeypatch):
+    """Pointing the sidebar at a real folder without models: the images can be browsed, the
+    too-little-data warning shows, and PatchCore is fitted with one click; the page then shows the
+    detector's verdict (and offers the other models as a background job)."""
+    monkeypatch.setenv("CFX_MODELS_DIR", str(tmp_path / "models"))
+    at = new_app("pages/inspect.py")
+    at.text_input(key="w_data_root").input(str(tiny_root)).run()
+    ok(at)
+    assert at.session_state["selection"].bundle is None
+    assert any("fewer than 30" in w.value for w in at.warning), [w.value for w in at.warning]
+    assert any("No detector yet" in c.value for c in at.caption)  # the browse tab works without models
+    at.button(key="fit_patchcore").click().run()
+    ok(at)
+    sel = at.session_state["selection"]
+    assert sel.bundle is not None and sel.bundle.detector_name == "patchcore"
+    assert "verdict" in shown(at, "inspect") and (tmp_path / "models" / "mvtec" / "widget" / "patchcore.pt").exists()
+    assert at.button(key="fit_vae")  # the rest is offered as a background job
