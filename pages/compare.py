@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from cfx import reports as X
+from cfx.reports.words import sentence
 from pages._common import (show, target_labels, _bind, _sync, bound, current, explain_one, file_stem, heat_figure,
                            image_figure, is_cached, is_heavy, param_inputs, plot, registry, report_downloads, require_models)
 
@@ -103,11 +104,12 @@ for r in range(0, len(methods), NCOLS):
                 continue
             exp = results[m]
             if not exp.ok:
-                st.error(f"{m} failed: {exp.error}")
+                st.error(sentence(exp))
                 if exp.info.get("traceback"):
                     with st.expander("details"):
                         st.code(exp.info["traceback"])
                 continue
+            st.markdown(sentence(exp, sel.mask))  # the plain-words lead; the numbers are below
             if exp.heatmap is not None:
                 plot(heat_figure(image, exp.heatmap, X.heat_scale(exp), sel.mask, height=280, display=sel.display,
                                  showscale=first_scale, label=m), f"cmp_{m}_heat")
@@ -122,9 +124,8 @@ for r in range(0, len(methods), NCOLS):
                 with sc[1]:
                     plot(heat_figure(None, d, X.max_abs(d), sel.mask, "difference", height=200, showscale=False,
                                      label="change"), f"cmp_{m}_diff")
-            elif exp.heatmap is None:
-                st.warning(str(exp.info.get("message", "No counterfactual found.")))
-            st.caption(_metrics_line(exp))
+            with st.expander("numbers"):
+                st.caption(_metrics_line(exp))
             st.caption(f"✔ {m} done")
 
 # ------------------------------------------------------------------ table and exports

@@ -1,0 +1,69 @@
+"""One sentence an inspector understands for any explanation: what the method says about this
+image, and, for a degenerate result (an empty map, no counterfactual, a failure), what it is and
+why. The numbers stay available beside it (the pages put them behind an expander)."""
+from __future__ import annotations
+
+import numpy as np
+
+from cfx.explainers.base import Explanation
+
+#: a map whose largest absolute value is below this counts as empty
+EMPTY = 1e-12
+#: the share of a map's positive weight on the (dilated) defect above which it "points at the defect"
+ON_DEFECT = 0.5
+
+
+def _where(heat: np.ndarray) -> str:
+    """Where the strongest values of a map lie (its top 5 %, at least half its peak), in words
+    (``the upper left``, ``the centre``...)."""
+    h = np.asarray(heat, np.float64)
+    top = (h >= max(float(np.quantile(h, 0.95)), 0.5 * float(h.max()))) & (h > 0)
+    ys, xs = np.nonzero(top)
+    if not len(ys):
+        return "the image"
+    cy, cx = ys.mean() / h.shape[0], xs.mean() / h.shape[1]
+    row = "upper " if cy < 1 / 3 else "lower " if cy > 2 / 3 else ""
+    col = "left" if cx < 1 / 3 else "right" if cx > 2 / 3 else ""
+    return f"the {(row + col).strip() or 'centre'}" + (" part" if (row or col) and not (row and col) else "")
+
+
+def _first_clause(text: str) -> str:
+    text = str(text).split("\n")[0]
+    return text.split(": ", 1)[1] if text.startswith(("ModelMissingError: ", "DataError: ")) else text
+
+
+def sentence(exp: Explanation, mask: np.ndarray | None = None) -> str:
+    """The lead sentence of an explanation (see the module docstring)."""
+    if not exp.ok:
+        return f"This method could not run: {_first_clause(exp.error)}."
+    thr = exp.threshold
+    if exp.counterfactuals or exp.heatmap is None:
+        msg = str((exp.info or {}).get("message", ""))
+        best = exp.best
+        if msg.startswith("already normal"):
+            return "The detector already calls this image normal, so nothing has to change."
+        if best is None or not best.valid:
+            why = msg.split(":", 1)[1].strip() if ":" in msg else ""
+            return ("No edit this method tried makes the detector call the image normal"
+                    + (f" ({why})." if why else "."))
+        m = best.metrics or {}
+        where = ""
+        loc = m.get("locality")
+        if loc is not None and np.isfinite(loc):
+            where = " mostly on the marked defect" if loc >= ON_DEFECT else " mostly away from the marked defect"
+        return (f"Changing {m.get('edit_area', float('nan')):.1%} of the image{where} makes the detector call it "
+                f"normal (score {exp.score_before:.2f} → {best.score_after:.2f}; threshold {thr:.2f}).")
+    h = np.asarray(exp.heatmap, np.float64)
+    pos = np.clip(h, 0, None)
+    if not np.isfinite(h).all() or np.abs(h).max(initial=0) < EMPTY or pos.max(initial=0) < EMPTY:
+        note = (exp.info or {}).get("note") or "no pixel pushes the score up"
+        return f"The map is empty: {str(note).rstrip('.')}. It says nothing about where the anomaly is."
+    if mask is not None and np.any(mask):
+        m = np.asarray(mask, bool)
+        share = float(pos[m].sum() / pos.sum())
+        area = float(m.mean())
+        if share >= ON_DEFECT:
+            return f"It points at the defect: {share:.0%} of its weight lies on the marked defect ({area:.1%} of the image)."
+        return (f"It points mostly elsewhere: only {share:.0%} of its weight lies on the marked defect "
+                f"({area:.1%} of the image); its strongest evidence is in {_where(pos)}.")
+    return f"Its strongest evidence for an anomaly is in {_where(pos)} of the image."

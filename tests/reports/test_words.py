@@ -1,0 +1,57 @@
+"""cfx.reports.words: each kind of result, degenerate ones included, gets its own plain sentence."""
+from __future__ import annotations
+
+import numpy as np
+
+from cfx.explainers.base import Counterfactual, Explanation
+from cfx.reports.words import sentence
+
+IMG = np.zeros((3, 32, 32), np.float32)
+MASK = np.zeros((32, 32), bool)
+MASK[4:10, 20:28] = True
+
+
+def _map(where):
+    h = np.zeros((32, 32), np.float32)
+    h[where] = 1.0
+    return h
+
+
+def _exp(**kw):
+    return Explanation(method="m", target="score", image=IMG, score_before=5.0, threshold=3.0, **kw)
+
+
+def _cf(valid, **metrics):
+    return Counterfactual(image=IMG, score_after=2.0 if valid else 4.0, valid=valid, detector_score=2.0,
+                          detector_valid=valid, classifier_prob=float("nan"), classifier_valid=False, metrics=metrics)
+
+
+def test_heatmaps_say_where_they_point():
+    on = sentence(_exp(heatmap=_map((slice(4, 10), slice(20, 28)))), MASK)
+    assert on.startswith("It points at the defect: 100% of its weight")
+    off = sentence(_exp(heatmap=_map((slice(24, 30), slice(0, 6)))), MASK)
+    assert off.startswith("It points mostly elsewhere: only 0%") and "the lower left" in off
+    assert "the upper right" in sentence(_exp(heatmap=_map((slice(0, 5), slice(26, 32)))))
+
+
+def test_degenerate_results_are_named_with_their_cause():
+    empty = sentence(_exp(heatmap=np.zeros((32, 32), np.float32), info={"note": "all-zero map: no location carries "
+                                                                                "positive evidence"}))
+    assert empty.startswith("The map is empty: all-zero map") and "says nothing" in empty
+    none = sentence(_exp(info={"message": "no counterfactual found: even the whole image stays anomalous"}))
+    assert none.startswith("No edit this method tried") and "even the whole image" in none
+    invalid = sentence(_exp(counterfactuals=[_cf(False)], info={"message": "no counterfactual found"}))
+    assert invalid.startswith("No edit this method tried")
+    failed = sentence(_exp(error="ModelMissingError: no latent ensemble: run python -m cfx train"))
+    assert failed == "This method could not run: no latent ensemble: run python -m cfx train."
+
+
+def test_counterfactuals_in_words():
+    ok = sentence(_exp(counterfactuals=[_cf(True, edit_area=0.031, locality=0.9)]))
+    assert ok.startswith("Changing 3.1% of the image mostly on the marked defect makes the detector call it normal")
+    assert "5.00 → 2.00" in ok and "threshold 3.00" in ok
+    away = sentence(_exp(counterfactuals=[_cf(True, edit_area=0.2, locality=0.1)]))
+    assert "mostly away from the marked defect" in away
+    normal = sentence(_exp(counterfactuals=[_cf(True, edit_area=0.0)],
+                           info={"message": "already normal: the counterfactual is the image itself (no edit)"}))
+    assert normal.startswith("The detector already calls this image normal")
