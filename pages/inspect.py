@@ -157,6 +157,11 @@ def review_tab(sel: Selection) -> None:
              "detector": "anomalous" if s[i] > thr else "normal",
              "inspector": decided.get(arr.samples[i].name, {}).get("verdict", ""),
              "reason": decided.get(arr.samples[i].name, {}).get("reason", "")} for i in order]
+    n_ng = sum(1 for d in decided.values() if d["verdict"] == "NG")
+    last = max(decided.values(), key=lambda d: d["at"], default=None)
+    st.caption(f"{len(rows)} images, closest to the threshold first; {len(decided)} decided ({n_ng} NG)"
+               + (f"; last: {last['image']} {last['verdict']}" + (f" ({last['reason']})" if last["reason"] else "")
+                  if last else "") + ".")
     st.dataframe(rows, hide_index=True, height=min(360, 38 + 35 * len(rows)), key="rv_table")
     names = [x["image"] for x in rows]
     pick = st.selectbox("Image to decide", names, key=f"rv_pick_{sel.dataset}/{sel.category}/{sel.split}",

@@ -44,37 +44,51 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(brick, tablet, tmp_path_factory):
-    """A headless Streamlit server of app.py; yields its URL."""
+def _serve(log: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """Start ``streamlit run app.py`` headless on a free loopback port; (process, URL) once healthy."""
     port = _free_port()
-    log = tmp_path_factory.mktemp("server") / "streamlit.log"
     cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
            "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
            "--server.fileWatcherType", "none"]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.read().strip() == b"ok":
+                    return proc, url
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            _stop(proc)
+            pytest.fail(f"streamlit did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.3)
+
+
+def _stop(proc: subprocess.Popen, kill: bool = False) -> None:
+    """Stop the server (``kill``: at once, as a crash would)."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.read().strip() == b"ok":
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                pytest.fail(f"streamlit did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.3)
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(brick, tablet, tmp_path_factory):
+    """A headless Streamlit server of app.py; yields its URL."""
+    log = tmp_path_factory.mktemp("server") / "streamlit.log"
+    proc, url = _serve(log)
+    try:
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        _stop(proc)
     text = log.read_text()
     assert "Traceback" not in text, text[-3000:]
 
@@ -184,10 +198,9 @@ def test_pages_in_a_browser(server, browser):
     shot(page, "counterfactuals")
 
     for title, name in (("Concepts", "concepts"), ("Mask Jaccard", "mask_jaccard")):
-        if (ROOT / "pages" / f"{name}.py").exists():
-            goto(page, title)
-            no_exception(page)
-            shot(page, name)
+        goto(page, title)
+        no_exception(page)
+        shot(page, name)
 
     goto(page, "Detector")
     page.get_by_text("ROC curves").first.wait_for()
@@ -228,3 +241,64 @@ def test_two_sessions_at_once(server, browser, brick, demo_root):
             assert f"before {score:.3f}" in body
             if f"{other_score:.3f}" != f"{score:.3f}":
                 assert f"before {other_score:.3f}" not in body
+
+
+# ---------------------------------------------------------------- a real category, start to end
+SAMPLE = ROOT.parent / "shared" / "mvtec-sample" / "bottle"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SAMPLE.is_dir(), reason="the real MVTec sample (../shared/mvtec-sample) is absent")
+def test_real_category_fit_review_restart(browser, tmp_path):
+    """On a copy of the real bottle sample: point the sidebar at it, fit PatchCore from the app,
+    see the detector's verdict on every test image in the review queue, set one verdict, kill and
+    restart the server, and find the verdict again."""
+    import shutil
+
+    root = tmp_path / "mvtec"
+    shutil.copytree(SAMPLE, root / "bottle")
+    env = {"CFX_MODELS_DIR": str(tmp_path / "models"), "CFX_REVIEW_DB": str(tmp_path / "review.sqlite")}
+    log = tmp_path / "streamlit.log"
+    n_test = sum(1 for p in (root / "bottle" / "test").rglob("*.png"))
+    proc, url = _serve(log, env)
+    try:
+        t0 = time.perf_counter()
+        page = new_page(browser, url)
+        box = page.locator('[data-testid="stSidebar"]').get_by_label("MVTec AD root (empty: the demo)", exact=True)
+        box.fill(str(root))
+        box.press("Enter")
+        idle(page)
+        goto(page, "Inspect")
+        page.get_by_role("button", name="Fit the detector (PatchCore) now").click()
+        page.get_by_text("Anomaly score").first.wait_for(timeout=2 * TIMEOUT_MS)
+        idle(page)
+        print(f"point at the folder -> first verdict on a real image: {time.perf_counter() - t0:.0f} s")
+        no_exception(page)
+        page.get_by_role("tab", name="Review queue").click()
+        page.get_by_text(re.compile(rf"{n_test} images, closest to the threshold first")).wait_for()
+        shot(page, "review_queue")
+        main = page.locator('[data-testid="stMain"]')
+        main.get_by_text("NG", exact=True).click()
+        reason = main.get_by_label("Reason", exact=True)
+        reason.fill("crack at the neck")
+        reason.press("Enter")
+        idle(page)
+        main.get_by_role("button", name="Save").click()
+        page.get_by_text(re.compile(r"1 decided \(1 NG\); last: .+ NG \(crack at the neck\)")).wait_for()
+        no_exception(page)
+    finally:
+        _stop(proc, kill=True)  # as a crash would: nothing saved may be lost
+    proc, url = _serve(log, env)
+    try:
+        page = new_page(browser, url)
+        box = page.locator('[data-testid="stSidebar"]').get_by_label("MVTec AD root (empty: the demo)", exact=True)
+        box.fill(str(root))
+        box.press("Enter")
+        idle(page)
+        goto(page, "Inspect")
+        page.get_by_role("tab", name="Review queue").click()
+        page.get_by_text(re.compile(r"1 decided \(1 NG\); last: .+ NG \(crack at the neck\)")).wait_for()
+        no_exception(page)
+    finally:
+        _stop(proc)
+    assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
