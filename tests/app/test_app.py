@@ -629,3 +629,4 @@ def test_a_category_without_models_is_browsed_and_fitted_in_the_app(tiny_root, t
     assert sel.bundle is not None and sel.bundle.detector_name == "patchcore"
     assert "verdict" in shown(at, "inspect") and (tmp_path / "models" / "mvtec" / "widget" / "patchcore.pt").exists()
     assert at.button(key="fit_vae")  # the rest is offered as a background job
+    assert at.selectbox(key="w_category").options == ["widget"]  # no longer "(no model)"
