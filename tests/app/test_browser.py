@@ -247,6 +247,15 @@ def test_two_sessions_at_once(server, browser, brick, demo_root):
 SAMPLE = ROOT.parent / "shared" / "mvtec-sample" / "bottle"
 
 
+def point_at(page, root: Path) -> None:
+    """Type a data root into the sidebar and open Inspect."""
+    box = page.locator('[data-testid="stSidebar"]').get_by_label("MVTec AD root (empty: the demo)", exact=True)
+    box.fill(str(root))
+    box.press("Enter")
+    idle(page)
+    goto(page, "Inspect")
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not SAMPLE.is_dir(), reason="the real MVTec sample (../shared/mvtec-sample) is absent")
 def test_real_category_fit_review_restart(browser, tmp_path):
@@ -264,11 +273,7 @@ def test_real_category_fit_review_restart(browser, tmp_path):
     try:
         t0 = time.perf_counter()
         page = new_page(browser, url)
-        box = page.locator('[data-testid="stSidebar"]').get_by_label("MVTec AD root (empty: the demo)", exact=True)
-        box.fill(str(root))
-        box.press("Enter")
-        idle(page)
-        goto(page, "Inspect")
+        point_at(page, root)
         page.get_by_role("button", name="Fit the detector (PatchCore) now").click()
         page.get_by_text("Anomaly score").first.wait_for(timeout=2 * TIMEOUT_MS)
         idle(page)
@@ -291,11 +296,7 @@ def test_real_category_fit_review_restart(browser, tmp_path):
     proc, url = _serve(log, env)
     try:
         page = new_page(browser, url)
-        box = page.locator('[data-testid="stSidebar"]').get_by_label("MVTec AD root (empty: the demo)", exact=True)
-        box.fill(str(root))
-        box.press("Enter")
-        idle(page)
-        goto(page, "Inspect")
+        point_at(page, root)
         page.get_by_role("tab", name="Review queue").click()
         page.get_by_text(re.compile(r"1 decided \(1 NG\); last: .+ NG \(crack at the neck\)")).wait_for()
         no_exception(page)
