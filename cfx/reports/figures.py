@@ -137,12 +137,12 @@ def figure(report: Report, ncols: int = 4, panel_inches: float = 2.3):
     wrapped = [ln for line in lines for ln in (_wrap(line, int(ncols * panel_inches * 14.5)).splitlines() or [""])]
     text_h = 0.13 * len(wrapped) + 0.25
     width = ncols * panel_inches
-    height = nrows * (panel_inches + 0.45) + text_h + 0.1
+    height = nrows * (panel_inches + 0.45) + text_h + 0.35  # room for the last row's captions
     fig = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(fig)
     top = 1 - text_h / height
     fig.text(0.01, 1 - 0.1 / height, "\n".join(wrapped), va="top", ha="left", fontsize=7.5, family="monospace")
-    gs = fig.add_gridspec(nrows, ncols, left=0.01, right=0.99, bottom=0.05 / height, top=top, hspace=0.3, wspace=0.06)
+    gs = fig.add_gridspec(nrows, ncols, left=0.01, right=0.99, bottom=0.3 / height, top=top, hspace=0.3, wspace=0.06)
     cm = _cmap()
     mappable = None
     for i, p in enumerate(ps):
@@ -197,8 +197,26 @@ def png_bytes(report: Report, dpi: int = REPORT_DPI) -> bytes:
 
 
 def pdf_bytes(report: Report) -> bytes:
-    """The report figure as a one-page PDF."""
-    return _fig_bytes(figure(report), "pdf", 110)
+    """The report figure on one A4 portrait page (:data:`PDF_PAGE_INCHES`), scaled to fit inside
+    its margins (the figure is drawn at :data:`PDF_DPI` and placed as one image)."""
+    import matplotlib.image as mpimg
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    img = mpimg.imread(io.BytesIO(_fig_bytes(figure(report), "png", PDF_DPI)), format="png")
+    pw, ph = PDF_PAGE_INCHES
+    h, w = img.shape[0] / PDF_DPI, img.shape[1] / PDF_DPI
+    scale = min((pw - 2 * PDF_MARGIN) / w, (ph - 2 * PDF_MARGIN) / h)
+    page = Figure(figsize=(pw, ph))
+    FigureCanvasAgg(page)
+    ax = page.add_axes([PDF_MARGIN / pw, 1 - (PDF_MARGIN + h * scale) / ph, w * scale / pw, h * scale / ph])
+    ax.imshow(img, interpolation="antialiased")
+    ax.set_axis_off()
+    return _fig_bytes(page, "pdf", PDF_DPI)
+
+
+#: The PDF report's page (A4 portrait, inches), its margin and the resolution of the figure on it.
+PDF_PAGE_INCHES, PDF_MARGIN, PDF_DPI = (8.27, 11.69), 0.4, 200
 
 
 def panel_png(report: Report, p: Panel, upscale: int = 2) -> bytes:

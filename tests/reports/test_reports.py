@@ -76,6 +76,8 @@ def test_pdf_is_one_page(report):
     data = X.pdf_bytes(report)
     assert data.startswith(b"%PDF-") and data.rstrip().endswith(b"%%EOF")
     assert len(re.findall(rb"/Type\s*/Page[^s]", data)) == 1
+    box = [float(v) for v in re.search(rb"/MediaBox \[ *([^\]]*)\]", data).group(1).split()]
+    assert box[2:] == pytest.approx([595.4, 841.7], abs=1)  # A4 portrait, however many panels
 
 
 def test_html_is_self_contained(report):
