@@ -69,7 +69,9 @@ results = {m: results[m] for m in methods if m in results}
 show("compare", results=results, pending=pending)
 
 # ------------------------------------------------------------------ grid
-st.caption(f"**{sel.name}** · target: {labels[target]} · threshold {b.threshold_for(target):.3f}. "
+before = next((e.score_before for e in results.values() if e.ok), None)
+st.caption(f"**{sel.name}** · target: {labels[target]}"
+           + (f" = {before:.3f}" if before is not None else "") + f" (threshold {b.threshold_for(target):.3f}). "
            "One colour scale for every map (red: pushes the target up, blue: down; each map divided by its "
            "scale, shown on hover); green outline: the defect mask.")
 

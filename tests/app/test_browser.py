@@ -238,9 +238,9 @@ def test_two_sessions_at_once(server, browser, brick, demo_root):
         other_score = float(brick.score_numpy(
             select_image(demo_root, "brick", other, brick.channels, brick.image_size).image[None], "score")[0])
         if light:
-            assert f"before {score:.3f}" in body
+            assert f"= {score:.3f} (threshold" in body
             if f"{other_score:.3f}" != f"{score:.3f}":
-                assert f"before {other_score:.3f}" not in body
+                assert f"= {other_score:.3f} (threshold" not in body
 
 
 # ---------------------------------------------------------------- a real category, start to end
