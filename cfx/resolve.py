@@ -32,8 +32,8 @@ def record_root(root: str | os.PathLike) -> str:
 
     if is_demo_root(root):
         return config.DEMO_NAME
-    path = Path(root).expanduser().resolve()
-    base = config.PROJECT_ROOT.resolve()
+    path = Path(os.path.abspath(Path(root).expanduser()))  # symlinks kept: ../shared may be a link
+    base = config.PROJECT_ROOT
     if path.is_relative_to(base.parent):
         return os.path.relpath(path, base)
     return str(path)
