@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cfx import config
+from cfx.reports.encode import safe_name
 
 #: niceness of the child process (the app's sessions keep their share of the CPU)
 NICE = 10
@@ -59,7 +60,7 @@ class TrainJob:
         args = ["--data-root", str(root), "--category", category, "--detector", detector]
         if epochs is not None:
             args += ["--epochs", str(int(epochs))]
-        log = config.cache_dir() / "jobs" / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', f'{dataset}_{category}')}.log"
+        log = config.cache_dir() / "jobs" / f"{safe_name(f'{dataset}_{category}')}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         job = cls(dataset, category, args, log, expected_seconds)
         nice = ["nice", "-n", str(NICE)] if shutil.which("nice") else []

@@ -104,13 +104,3 @@ class ReviewStore:
         w.writerows(self.history(dataset, category))
         return buf.getvalue()
 
-
-def rates(scores: Any, labels: Any, threshold: float) -> dict[str, float | None]:
-    """False-positive rate on good images and true-positive rate on defective ones at a threshold
-    (None where the split has no image of that kind)."""
-    import numpy as np
-
-    s, y = np.asarray(scores, np.float64), np.asarray(labels).astype(bool)
-    pred = s > threshold
-    return {"fpr": float(pred[~y].mean()) if (~y).any() else None,
-            "tpr": float(pred[y].mean()) if y.any() else None}

@@ -55,9 +55,10 @@ def fit_panel(sel) -> None:
 def _vae_job(sel, n: int) -> None:
     key = (sel.dataset, sel.category)
     job = _jobs().get(key)
-    if job is None or job.status()["state"] in ("cancelled", "failed"):
+    state = None if job is None else job.status()["state"]
+    if state in (None, "cancelled", "failed"):
         if job is not None:
-            st.error(f"The last training run {job.status()['state']}: {job.last_line()}")
+            st.error(f"The last training run {state}: {job.last_line()}")
         eta = estimate_seconds(n)
         if st.button(f"Train the VAE detector, classifier and explainers' models in the background "
                      f"(about {eta / 60:.0f} min)", key="fit_vae",

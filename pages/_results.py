@@ -60,8 +60,9 @@ def bundle_for(dataset: str, category: str, root: Path | None = None) -> ModelBu
     stamp = card.stat().st_mtime if card.exists() else 0.0
     b = _bundle(dataset, category, str(config.models_dir()), stamp)
     if root is not None:
-        with b.lock:
-            b.loaded.set_data_root(root)
+        from cfx.explainers._util import set_data_root
+
+        set_data_root(b, root)
     return b
 
 

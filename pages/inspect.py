@@ -88,11 +88,11 @@ def upload_tab(sel: Selection) -> None:
 
 def browse_tab(sel: Selection) -> None:
     if sel.bundle is None:  # the images without scores, until a detector is fitted
-        from pages._results import _arrays
         from cfx import config
+        from pages._results import _arrays, _channels
 
-        arr, scores = _arrays(str(sel.root), sel.category, sel.split, config.IMAGE_SIZE, sel.image.shape[0]
-                              if sel.image is not None else 3), None
+        arr = _arrays(str(sel.root), sel.category, sel.split, config.IMAGE_SIZE, _channels(str(sel.root), sel.category))
+        scores = None
     else:
         arr, scores = analyse_split(sel.bundle, sel.root, sel.category, sel.split)
     defects = sorted({s.defect for s in arr.samples}, key=lambda d: (d != GOOD, d))
@@ -126,7 +126,8 @@ def review_tab(sel: Selection) -> None:
     """The split's images, closest to the threshold first, with the inspector's OK / NG verdicts
     (stored in the review database, :mod:`cfx.review`) and a trial threshold with its live rates."""
     from cfx.errors import CfxError
-    from cfx.review import ReviewStore, rates
+    from cfx.detectors import rates_at
+    from cfx.review import ReviewStore
 
     if sel.bundle is None:
         st.caption("The review queue needs the category's detector (for the scores).")
@@ -148,7 +149,8 @@ def review_tab(sel: Selection) -> None:
                     step=(hi - lo) / 200 or 0.01, format="%.3f")
     c2.button("Restore the stored threshold", key="rv_restore", on_click=st.session_state.__setitem__,
               args=(key, float(b.threshold)), disabled=abs(thr - b.threshold) < 1e-12)
-    r = rates(s, arr.labels, thr)
+    good = np.asarray(arr.labels) == 0
+    r = rates_at(thr, s[good], s[~good])
     fmt = lambda v: "n/a" if v is None else f"{v:.1%}"  # noqa: E731
     st.caption(f"At {thr:.3f}: {fmt(r['fpr'])} of good parts called anomalous (FPR), {fmt(r['tpr'])} of defective "
                f"parts caught (TPR), on the {sel.split} split's labels; stored threshold {b.threshold:.3f}.")

@@ -9,7 +9,8 @@ import sqlite3
 import pytest
 
 from cfx.errors import DataError
-from cfx.review import ReviewStore, rates
+from cfx.detectors import rates_at
+from cfx.review import ReviewStore
 
 
 def test_decisions_survive_a_reopen_and_keep_history(tmp_path):
@@ -41,6 +42,7 @@ def test_bad_verdict_and_broken_database(tmp_path):
     assert "\n" not in str(exc.value)
 
 
-def test_rates():
-    assert rates([0.1, 0.9, 0.4, 0.8], [0, 0, 1, 1], 0.5) == {"fpr": 0.5, "tpr": 0.5}
-    assert rates([0.1], [0], 0.5) == {"fpr": 0.0, "tpr": None}
+def test_queue_rates():
+    """The review queue's live rates are cfx.detectors.rates_at on the good and the defective scores."""
+    assert rates_at(0.5, [0.1, 0.9], [0.4, 0.8]) == {"fpr": 0.5, "tpr": 0.5}
+    assert rates_at(0.5, [0.1], []) == {"fpr": 0.0, "tpr": None}

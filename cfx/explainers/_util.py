@@ -80,7 +80,8 @@ def fill_image(bundle, image: np.ndarray, fill: str) -> np.ndarray:
 def set_data_root(bundle, root: str | Path) -> None:
     """Tell the bundle where its training data lives (DiCE's PCA and the latent ensemble read
     train/good from it). The CLI and the app call this after loading a bundle."""
-    bundle.loaded.set_data_root(root)
+    with bundle.lock:
+        bundle.loaded.set_data_root(root)
 
 
 def _data_root(bundle) -> Path:
