@@ -41,7 +41,7 @@ from cfx.data.mvtec import GOOD, Arrays, list_categories, validate_root
 from cfx.errors import CfxError, DataError, ModelMissingError
 from cfx.models.bundle import ModelBundle, available_models, dataset_name
 from pages._figures import (DETECTOR_HEAT_SCALE, DISPLAY_MAX, DISPLAY_MIN, add_contour, display_size,  # noqa: F401
-                            heat_figure, image_figure, plot, report_downloads, rgb_uint8, wipe_image)
+                            heat_figure, image_figure, map_opacity, outline_shown, plot, report_downloads, rgb_uint8, wipe_image)
 from pages._results import (_arrays, _channels, _display_image, _root, analyse_one, analyse_split,  # noqa: F401
                             bundle_for, effective_params, explain_key, explain_one, image_hash, is_cached, is_heavy,
                             load_bundle, param_inputs, registry, target_labels, verdict)
@@ -204,6 +204,13 @@ def _draw_sidebar() -> Selection | None:
             sel.display = _display_image(str(arr.samples[i].path), channels)
             sel.mask = arr.masks[i] if arr.has_mask[i] and sel.defect != GOOD else None
         st.caption(f"{dataset}/{category} · {sel.name}")
+        with st.expander("Display"):
+            st.session_state.setdefault("show_outline", True)
+            st.session_state.setdefault("map_opacity", 1.0)
+            bound(st.toggle, "Outline the defect mask", "show_outline",
+                  help="the ground-truth mask's outline (green) over every image and map")
+            bound(st.slider, "Map opacity over the image", "map_opacity", min_value=0.0, max_value=1.0, step=0.05,
+                  help="0: the image alone, 1: the map's full colour where it is strong")
     return sel
 
 

@@ -56,10 +56,20 @@ def _contours(mask_bytes: bytes, shape: tuple[int, int]) -> tuple[list[float | N
     return xs, ys
 
 
+def outline_shown() -> bool:
+    """The sidebar's "Outline the defect mask" (on unless turned off)."""
+    return bool(st.session_state.get("show_outline", True))
+
+
+def map_opacity() -> float:
+    """The sidebar's "Map opacity over the image" (0..1; 1 unless changed)."""
+    return float(np.clip(st.session_state.get("map_opacity", 1.0), 0.0, 1.0))
+
+
 def add_contour(fig: go.Figure, mask: np.ndarray | None, factor: float = 1.0) -> None:
     """The ground-truth mask's outline (skimage.measure.find_contours) over a figure, its
     coordinates scaled by ``factor`` (display pixels per mask pixel)."""
-    if mask is None or not np.any(mask):
+    if mask is None or not np.any(mask) or not outline_shown():
         return
     m = np.ascontiguousarray(np.asarray(mask, bool))
     xs, ys = _contours(m.tobytes(), m.shape)
@@ -134,7 +144,7 @@ def heat_figure(image: np.ndarray | None, heat: np.ndarray, scale: float, mask: 
     colour = X.heat_rgb(norm).astype(np.float32)
     if base is not None:
         under = _resize_rgb(rgb_uint8(base), side).astype(np.float32)
-        a = X.heat_alpha(norm)[..., None].astype(np.float32)
+        a = (map_opacity() * X.heat_alpha(norm))[..., None].astype(np.float32)
         colour = (1 - a) * under + a * colour
     rgb = np.clip(colour + 0.5, 0, 255).astype(np.uint8)
     fig = go.Figure(go.Image(source=_png_uri(rgb), x0=0, y0=0, dx=1, dy=1, hoverinfo="skip"))

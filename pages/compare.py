@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from cfx import reports as X
-from cfx.reports.words import sentence
+from cfx.reports.words import numbers, sentence, value
 from pages._common import (show, target_labels, _bind, _sync, bound, current, explain_one, file_stem, heat_figure,
                            image_figure, is_cached, is_heavy, param_inputs, plot, registry, report_downloads, require_models)
 
@@ -89,9 +89,7 @@ def _metrics_line(exp) -> str:
     if exp.heatmap is not None and sel.mask is not None and sel.mask.any():
         h = np.asarray(exp.heatmap)
         parts.append(f"mean heat in/out of mask {h[sel.mask].mean():.3g}/{h[~sel.mask].mean():.3g}")
-    for k, v in (exp.info or {}).items():
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "heat_scale":
-            parts.append(f"{k} {v:.3g}")
+    parts += [f"{k} {v}" for k, v in numbers(exp.info)]
     return " · ".join(parts)
 
 
@@ -135,16 +133,16 @@ if results:
     rows = []
     for m, exp in results.items():
         best = exp.best
-        rows.append({"method": m, "seconds": round(exp.seconds, 3), "target": exp.target,
-                     "before": exp.score_before, "after": best.score_after if best else None,
-                     "threshold": exp.threshold,
-                     "valid": f"{sum(c.valid for c in exp.counterfactuals)}/{len(exp.counterfactuals)}"
-                     if exp.counterfactuals else "",
-                     "L1": best.metrics.get("l1") if best else None,
-                     "edit area": best.metrics.get("edit_area") if best else None,
-                     "locality": best.metrics.get("locality") if best else None,
-                     "realism": best.metrics.get("realism") if best else None,
-                     "error": exp.error or ""})
+        rows.append({k: value(v) for k, v in {
+            "method": m, "seconds": round(exp.seconds, 3), "target": exp.target,
+            "before": exp.score_before, "after": best.score_after if best else None, "threshold": exp.threshold,
+            "valid": f"{sum(c.valid for c in exp.counterfactuals)}/{len(exp.counterfactuals)}"
+            if exp.counterfactuals else None,
+            "L1": best.metrics.get("l1") if best else None,
+            "edit area": best.metrics.get("edit_area") if best else None,
+            "locality": best.metrics.get("locality") if best else None,
+            "realism": best.metrics.get("realism") if best else None,
+            "error": exp.error}.items()})
     st.dataframe(pd.DataFrame(rows), hide_index=True)
 
     def _report() -> X.Report:

@@ -7,7 +7,8 @@ import streamlit as st
 
 from cfx import reports as X
 from cfx.metrics.edits import diversity
-from pages._common import (show, shown, wipe_image, target_labels, bound, current, explain_one, file_stem, heat_figure, image_figure,
+from cfx.reports.words import label, value
+from pages._common import (outline_shown, show, shown, wipe_image, target_labels, bound, current, explain_one, file_stem, heat_figure, image_figure,
                            is_cached, plot, registry, report_downloads, require_models)
 
 st.title("Counterfactuals")
@@ -63,7 +64,7 @@ def _outlined(image: np.ndarray) -> np.ndarray:
     a = _u8(image)
     if a.ndim == 2:
         a = np.repeat(a[..., None], 3, axis=2)
-    if sel.mask is not None and sel.mask.any():
+    if sel.mask is not None and sel.mask.any() and outline_shown():
         a = a.copy()
         a[X.mask_outline(sel.mask)] = (0, 224, 0)
     return a
@@ -74,13 +75,18 @@ def compare_view(cf) -> None:
     """The image-comparison slider (its own fragment: a move redraws one image)."""
     st.markdown("**Compare** the two images")
     mc = st.columns([1, 3])
-    mode = mc[0].radio("View", ["wipe", "blend"], horizontal=True, key="cf_mode")
-    pos = mc[1].slider("← original · counterfactual →", 0, 100, 50, key="cf_wipe")
+    # plain keys (bound): the slider, the image and its caption keep one value across switches
+    st.session_state.setdefault("cf_mode", "wipe")
+    st.session_state.setdefault("cf_wipe", 50)
+    with mc[0]:
+        mode = bound(st.radio, "View", "cf_mode", ["wipe", "blend"], horizontal=True)
+    with mc[1]:
+        pos = int(bound(st.slider, "← original · counterfactual →", "cf_wipe", min_value=0, max_value=100))
     view = wipe_image(_outlined(image), _outlined(cf.image), pos, mode)
     c = st.columns([1, 2, 1])
-    c[1].image(np.kron(view, np.ones((3, 3, 1), np.uint8)), width="stretch",
-               caption=f"{'left: counterfactual, right: original' if mode == 'wipe' else 'blend'} at {pos}%")
-    show("counterfactuals", mode=mode, position=pos)
+    caption = f"{'left: counterfactual, right: original' if mode == 'wipe' else 'blend'} at {pos}%"
+    c[1].image(np.kron(view, np.ones((3, 3, 1), np.uint8)), width="stretch", caption=caption)
+    show("counterfactuals", mode=mode, position=pos, caption=caption)
 
 
 @st.fragment
@@ -148,7 +154,7 @@ def view() -> None:
         st.caption(str(exp.info["message"]))
     tc = st.columns([3, 2])
     tc[0].dataframe(table, hide_index=True)
-    tc[1].dataframe(pd.DataFrame([{"metric": k2, "value": round(float(v), 4)} for k2, v in cf.metrics.items()]),
+    tc[1].dataframe(pd.DataFrame([{"metric": label(k2), "value": value(v)} for k2, v in cf.metrics.items()]),
                     hide_index=True)
     compare_view(cf)
     if cf.path_images is not None and len(cf.path_images) > 1:

@@ -10,6 +10,7 @@ from cfx.atomic import json_default
 from cfx.reports.encode import png_data_uri
 from cfx.reports.figures import _short, panel_png, panels, png_bytes
 from cfx.reports.report import Report, report_dict
+from cfx.reports.words import label, value
 
 
 # ------------------------------------------------------------------ HTML
@@ -17,7 +18,7 @@ def html_text(report: Report) -> str:
     """A self-contained HTML report: the figure, each panel and the numbers (no external links)."""
     e = html.escape
     d = report_dict(report)
-    rows = "".join(f"<tr><th>{e(str(k))}</th><td>{e(_fmt(v))}</td></tr>" for k, v in d["detector"].items())
+    rows = "".join(f"<tr><th>{e(label(k))}</th><td>{e(_fmt(v))}</td></tr>" for k, v in d["detector"].items())
     cells = []
     for p in panels(report):
         if p.image is None and p.heat is None:
@@ -63,10 +64,4 @@ the green outline is the ground-truth mask.</p>
 
 
 def _fmt(v: Any) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
+    return value(v) if v is not None else ""

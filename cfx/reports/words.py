@@ -67,3 +67,52 @@ def sentence(exp: Explanation, mask: np.ndarray | None = None) -> str:
         return (f"It points mostly elsewhere: only {share:.0%} of its weight lies on the marked defect "
                 f"({area:.1%} of the image); its strongest evidence is in {_where(pos)}.")
     return f"Its strongest evidence for an anomaly is in {_where(pos)} of the image."
+
+
+#: what the numbers an explanation records are called on a page or in a report (keys not listed
+#: are shown with their underscores as spaces)
+LABELS: dict[str, str] = {
+    "classifier_prob": "classifier P(anomalous)", "classifier_threshold": "classifier threshold",
+    "classifier_anomalous": "classifier says anomalous", "anomalous": "detector says anomalous",
+    "fidelity": "regression fidelity", "fidelity_dims": "fidelity dimensions",
+    "n_samples": "samples drawn", "n_anomalous_samples": "anomalous samples", "p_target": "share of anomalous samples",
+    "walked": "steps walked", "step_clamped": "step clamped", "regression_accuracy": "regression accuracy",
+    "regression_p_at_z0": "regression's P(anomalous) at the image",
+    "regression_p_at_cf": "regression's P(anomalous) at the counterfactual",
+    "components": "PCA components", "explained_variance": "variance explained by the PCA",
+    "normal_reference_rows": "normal reference rows", "model_evaluations": "model evaluations",
+    "edit_evaluations": "evaluations to place the edit", "search_region_share": "share of the image searched",
+    "diversity": "diversity (mean pairwise L1)", "n_valid": "valid counterfactuals",
+    "ensemble_p_start": "ensemble P(anomalous) at the start", "ensemble_p_cf": "ensemble P(anomalous) at the edit",
+    "ensemble_crossed_at": "step where the ensemble crossed", "ensemble_members": "ensemble members",
+    "checked": "steps checked", "steps": "steps to the edit", "s_normal": "score of the normal end",
+    "segments": "superpixels", "r2": "surrogate fit (R²)", "intercept": "surrogate intercept",
+    "base_value": "SHAP base value", "sum": "sum of the map", "max_heat": "largest map value",
+    "alpha": "concept strength", "concepts": "concepts", "l1": "L1 distance", "edit_area": "edit area",
+    "locality": "locality (share of the change on the defect)", "realism": "realism (1 = like a good part)",
+    "edit_share": "share of the searched region edited",
+}
+#: internal keys never shown as a number
+HIDDEN = frozenset({"heat_scale", "traceback", "proposal_order"})
+
+
+def label(key: str) -> str:
+    """The name of a recorded number for a page or report (see :data:`LABELS`)."""
+    return LABELS.get(key, key.replace("_", " "))
+
+
+def value(v: object) -> str:
+    """A recorded value in words: a dash for nothing, yes/no, four significant digits."""
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "–"
+    if isinstance(v, (bool, np.bool_)):
+        return "yes" if v else "no"
+    if isinstance(v, (float, np.floating)):
+        return f"{float(v):.4g}"
+    return str(v)
+
+
+def numbers(info: dict) -> list[tuple[str, str]]:
+    """The scalar numbers of an explanation's ``info`` as (label, value) pairs, internals left out."""
+    return [(label(k), value(v)) for k, v in (info or {}).items()
+            if k not in HIDDEN and (v is None or isinstance(v, (int, float, bool, np.number, np.bool_)))]

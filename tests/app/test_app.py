@@ -413,13 +413,39 @@ def test_counterfactual_page_step_slider(monkeypatch, brick):
     at.slider(key="cf_step_0").set_value(2).run()
     ok(at)
     assert shown(at, "counterfactuals")["step"] == (0, 2, pytest.approx(path[2]))
-    at.slider(key="cf_wipe").set_value(80).run()
+    at.slider(key="w_cf_wipe").set_value(80).run()
     ok(at)
     assert shown(at, "counterfactuals")["position"] == 80
     assert at.select_slider(key="cf_k").value == 0
     at.select_slider(key="cf_k").set_value(1).run()
     ok(at)
     assert shown(at, "counterfactuals")["k"] == 1
+    # after switching the counterfactual and the page, the slider, the image and its caption agree
+    assert at.slider(key="w_cf_wipe").value == 80 and shown(at, "counterfactuals")["position"] == 80
+    at.switch_page("pages/compare.py").run()
+    at.switch_page("pages/counterfactuals.py").run()
+    ok(at)
+    assert at.slider(key="w_cf_wipe").value == 80
+    assert shown(at, "counterfactuals")["position"] == 80
+    assert shown(at, "counterfactuals")["caption"].endswith("at 80%")
+
+
+def test_display_controls_hide_the_outline_and_fade_the_map():
+    """The sidebar's mask-outline toggle and map opacity reach every figure."""
+    at = new_app("pages/compare.py")
+    pick_image(at, "stain/011.png")
+
+    def outlines() -> int:
+        return sum(sum(1 for t in json.loads(c.proto.spec)["data"] if t.get("name") == "mask")
+                   for c in at.get("plotly_chart"))
+
+    assert outlines() > 0
+    at.toggle(key="w_show_outline").set_value(False).run()
+    ok(at)
+    assert outlines() == 0
+    at.slider(key="w_map_opacity").set_value(0.0).run()
+    ok(at)
+    assert at.session_state["map_opacity"] == 0.0
 
 
 def test_counterfactual_page_without_run_does_not_compute(monkeypatch):

@@ -55,3 +55,15 @@ def test_counterfactuals_in_words():
     normal = sentence(_exp(counterfactuals=[_cf(True, edit_area=0.0)],
                            info={"message": "already normal: the counterfactual is the image itself (no edit)"}))
     assert normal.startswith("The detector already calls this image normal")
+
+
+def test_numbers_have_names_and_no_none():
+    from cfx.reports.words import label, numbers, value
+
+    info = {"regression_p_at_z0": 0.25, "heat_scale": 2.0, "traceback": "x", "search": "text",
+            "ensemble_crossed_at": None, "step_clamped": True, "fidelity_detail": [1, 2]}
+    pairs = dict(numbers(info))
+    assert pairs == {"regression's P(anomalous) at the image": "0.25", "step where the ensemble crossed": "–",
+                     "step clamped": "yes"}
+    assert label("some_new_key") == "some new key"
+    assert value(None) == value(float("nan")) == "–" and value(1 / 3) == "0.3333"
