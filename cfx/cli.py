@@ -18,7 +18,8 @@ from cfx.errors import CfxError
 PLUGINS = {
     "explain": ("cfx.commands.explain", "explain an image with one or all methods"),
     "concepts": ("cfx.commands.concepts", "concept counterfactuals along alpha"),
-    "audit": ("cfx.commands.audit", "mask-Jaccard audit of a category"),
+    "audit": ("cfx.commands.audit", "mask-Jaccard audit of a category (or all), on Dask distributed"),
+    "inspect": ("cfx.commands.inspect", "score every test image and store verdicts, scores and maps"),
 }
 
 

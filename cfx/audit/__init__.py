@@ -27,4 +27,4 @@ from cfx.audit.results import (  # noqa: F401
                                with_cutoff,
 )
 from cfx.audit.run import AuditJob, ImageDetail, audit_category, image_detail  # noqa: F401
-from cfx.audit.store import CACHE_VERSION, cache_root  # noqa: F401
+from cfx.audit.store import CACHE_VERSION, cache_root, results_db, unit_key  # noqa: F401

@@ -3,8 +3,9 @@ per category (:class:`AuditResult`, its summary and JSON); the cutoff applied af
 (:func:`with_cutoff`)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -112,7 +113,10 @@ class AuditResult:
         total: the number of anomalies with a mask in the category (``len(images)`` may be
             smaller after ``limit`` or ``images``).
         stopped: whether the run was stopped before the end (some entries are ``pending``).
-        seconds: wall time of the run.
+        seconds: wall time of this call (a re-read of stored results takes a moment; the time the
+            results took to compute is :attr:`compute_seconds`).
+        run: the id of its row in the results database's ``runs`` table, if recorded.
+        engine: ``local`` (this process) or ``dask`` (tasks on a Dask cluster).
     """
 
     category: str
@@ -128,6 +132,21 @@ class AuditResult:
     total: int
     stopped: bool = False
     seconds: float = 0.0
+    run: str | None = None
+    engine: str = "local"
+
+    @property
+    def compute_seconds(self) -> float:
+        """The summed time of every method on every image when it was computed (stored results
+        keep their original time)."""
+        return float(sum(mr.seconds for r in self.images for mr in r.methods.values() if mr.status != "pending"))
+
+    def flag_rows(self) -> list[dict[str, Any]]:
+        """One row per (image, method): the results database's ``flags`` table."""
+        return [{"image": r.image, "method": m, "defect": r.defect, "score": r.score, "anomalous": int(r.anomalous),
+                 "optimal_jaccard": mr.optimal_jaccard, "threshold": mr.threshold,
+                 "flagged": None if mr.flagged is None else int(mr.flagged), "status": mr.status, "error": mr.error}
+                for r in self.images for m, mr in r.methods.items()]
 
     # ---------------------------------------------------------------- summary
     def _ok(self, m: str, detected_only: bool = False) -> list[ImageAudit]:
@@ -203,6 +222,7 @@ class AuditResult:
             "category": self.category, "dataset": self.dataset, "model": self.model, "target": self.target,
             "cutoff": self.cutoff, "methods": list(self.methods), "seed": self.seed,
             "total": self.total, "stopped": self.stopped, "seconds": round(self.seconds, 3),
+            "compute_seconds": round(self.compute_seconds, 3), "run": self.run, "engine": self.engine,
             "images": [r.to_json() for r in self.images],
             "summary": self.summary(),
         }

@@ -6,9 +6,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -20,36 +21,41 @@ from cfx.audit.results import (
     ProgressFn,
     _score,
 )
-from cfx.audit.store import _cache_file, _read_cache, _write_cache, cache_root
+from cfx.audit.store import legacy_key, results_db, unit_key
 from cfx.data.mvtec import MVTecDataset
 from cfx.errors import DataError
 from cfx.metrics import JaccardCurve, explanation_map, optimal_jaccard, pixel_auroc
+from cfx.resultdb import ResultDB
 
 log = logging.getLogger(__name__)
 
 
 # -------------------------------------------------------------------- methods
 def _run_unit(bundle, name: str, image: np.ndarray, method: str, target: str, params: dict[str, Any] | None,
-              seed: int, root: Path | None, compute: bool = True) -> tuple[np.ndarray | None, str | None, float, bool, bool]:
-    """One method on one image: (map, error, seconds, cached, done). ``done`` is False only when
-    ``compute`` is False and nothing is cached. ``heatmap``: the detector's heatmap of the image
-    when already computed (used by the ``recon`` stand-in)."""
-    path = _cache_file(root, bundle.key(), name, image, method, target, params, seed) if root else None
-    if path is not None:
-        hit = _read_cache(path)
+              seed: int, db: ResultDB | None, compute: bool = True, mask: np.ndarray | None = None
+              ) -> tuple[np.ndarray | None, str | None, float, bool, bool]:
+    """One method on one image: (map, error, seconds, cached, done), read from the results
+    database when stored, else computed and stored. ``done`` is False only when ``compute`` is
+    False and nothing is stored. ``mask``: the ground truth (counterfactuals' locality)."""
+    key = ident = None
+    if db is not None:
+        key, ident = unit_key(bundle.key(), image, method, target, params, seed, mask)
+        hit = db.get(key, legacy_key(bundle.key(), name, image, method, target, params, seed))
         if hit is not None:
-            return hit[0], hit[1], hit[2], True, True
+            return hit.map, hit.error, hit.seconds, True, True
     if not compute:
         return None, None, 0.0, False, False
     from cfx.explainers import REGISTRY, explain
+    from cfx.explainers.serial import to_bytes
 
     t0 = time.perf_counter()
     error: str | None = None
     failed = False
     heat: np.ndarray | None = None
+    exp = None
     with bundle.lock:
         if method in REGISTRY:
-            exp = explain(bundle, image, [method], target, seed, {method: params or {}})[method]
+            exp = explain(bundle, image, [method], target, seed, {method: params or {}}, mask=mask)[method]
             heat = explanation_map(exp)
             if exp.error:
                 error, failed = exp.error, True
@@ -58,9 +64,11 @@ def _run_unit(bundle, name: str, image: np.ndarray, method: str, target: str, pa
         else:
             error, failed = f"unknown method {method!r}", True
     seconds = time.perf_counter() - t0
-    # a failure is not cached (the next run retries it); "no map" from a method that ran is a result
-    if path is not None and not failed:
-        _write_cache(path, heat, error, seconds, {"image": name, "method": method, "target": target})
+    # a failure is not stored (the next run retries it); "no map" from a method that ran is a result
+    if db is not None and not failed:
+        db.put(key, model=bundle.key(), method=method, map=heat, explanation=None if exp is None else to_bytes(exp),
+               error=error, seconds=seconds, image_sha=ident["image_sha"], image=name, target=target,
+               params=ident["params"], seed=int(seed), impl=ident["impl"])
     return heat, error, seconds, False, True
 
 
@@ -100,7 +108,8 @@ def audit_category(bundle, root: str | Path, category: str, methods: str | Seque
                    params: dict[str, dict[str, Any]] | None = None, seed: int = 0,
                    images: Sequence[str] | None = None, limit: int | None = None,
                    progress: ProgressFn | None = None, stop: threading.Event | None = None,
-                   cache: str | Path | bool = True, compute: bool = True) -> AuditResult:
+                   cache: str | Path | bool | ResultDB = True, compute: bool = True,
+                   record: bool = True) -> AuditResult:
     """Audit every test anomaly of a category that has a ground-truth mask.
 
     Args:
@@ -118,8 +127,10 @@ def audit_category(bundle, root: str | Path, category: str, methods: str | Seque
         progress: called as ``progress(done, total, message)`` after each (image, method) unit.
         stop: when set, the run ends after the current unit; the result has ``stopped`` True and
             ``pending`` entries, and a later run resumes from the cache.
-        cache: True (``cache_dir()/audit``), a folder, or False (no disk cache).
-        compute: False to assemble only what is cached (the rest stays ``pending``).
+        cache: True (the default results database, :mod:`cfx.resultdb`), a folder or file for another
+            one, a :class:`~cfx.resultdb.ResultDB`, or False (nothing stored).
+        compute: False to assemble only what is stored (the rest stays ``pending``).
+        record: write the run and its flags into the database (when it computes).
 
     Returns:
         An :class:`AuditResult`.
@@ -133,7 +144,7 @@ def audit_category(bundle, root: str | Path, category: str, methods: str | Seque
     t0 = time.perf_counter()
     methods = resolve_methods(methods)
     params = {m: dict((params or {}).get(m, {})) for m in methods}
-    root_cache = cache_root() if cache is True else (Path(cache) if cache else None)
+    db = results_db(cache)
     an = _anomalies(bundle, root, category, images, limit)
     a = bundle.analyse(an.images) if len(an.names) else None
     thr = bundle.threshold_for(target)
@@ -157,7 +168,7 @@ def audit_category(bundle, root: str | Path, category: str, methods: str | Seque
                 stopped = True
                 break
             heat, error, secs, cached, ok = _run_unit(bundle, name, an.images[i], m, target, params[m], seed,
-                                                      root_cache, compute=compute)
+                                                      db, compute=compute, mask=an.masks[i])
             done += 1
             if ok:
                 row.methods[m] = _score(heat, an.masks[i], error, secs, cached, row.anomalous, cutoff)
@@ -172,9 +183,23 @@ def audit_category(bundle, root: str | Path, category: str, methods: str | Seque
             x.status != "pending" for x in r.methods.values())]
         rows.sort(key=lambda r: r.index)
     aurocs = {m: pixel_auroc([h for h, _ in maps[m]], [k for _, k in maps[m]]) for m in methods}
-    return AuditResult(category=category, dataset=bundle.dataset, model=bundle.key(), target=target,
-                       cutoff=float(cutoff), methods=methods, params=params, seed=seed, images=rows,
-                       pixel_auroc=aurocs, total=an.total, stopped=stopped, seconds=time.perf_counter() - t0)
+    result = AuditResult(category=category, dataset=bundle.dataset, model=bundle.key(), target=target,
+                         cutoff=float(cutoff), methods=methods, params=params, seed=seed, images=rows,
+                         pixel_auroc=aurocs, total=an.total, stopped=stopped, seconds=time.perf_counter() - t0)
+    if db is not None and compute and record:
+        record_run(db, result)
+    return result
+
+
+def record_run(db: ResultDB, result: AuditResult) -> str:
+    """Write a finished (or stopped) audit into the database: its ``runs`` row and its ``flags``."""
+    rid = db.start_run("audit", dataset=result.dataset, category=result.category, model=result.model,
+                       target=result.target, methods=result.methods, params=result.params, seed=result.seed,
+                       total=result.total * len(result.methods), engine=result.engine)
+    db.put_flags(rid, result.flag_rows())
+    db.finish_run(rid, "stopped" if result.stopped else "done", seconds=result.seconds, summary=result.summary())
+    result.run = rid
+    return rid
 
 
 # -------------------------------------------------------------------- one image in detail
@@ -202,7 +227,7 @@ class ImageDetail:
 
 
 def image_detail(bundle, root: str | Path, category: str, image: str, method: str, target: str = "score",
-                 params: dict[str, Any] | None = None, seed: int = 0, cache: str | Path | bool = True,
+                 params: dict[str, Any] | None = None, seed: int = 0, cache: str | Path | bool | ResultDB = True,
                  compute: bool = True) -> ImageDetail | None:
     """The map and J* curve of one method on one test anomaly, from the audit's cache (computed
     and cached when absent and ``compute``; None when absent and not ``compute``).
@@ -211,9 +236,8 @@ def image_detail(bundle, root: str | Path, category: str, image: str, method: st
         DataError: when ``image`` is not a test anomaly with a mask.
     """
     an = _anomalies(bundle, root, category, [image], None)
-    root_cache = cache_root() if cache is True else (Path(cache) if cache else None)
-    heat, error, _, cached, ok = _run_unit(bundle, image, an.images[0], method, target, params, seed, root_cache,
-                                           compute=compute)
+    heat, error, _, cached, ok = _run_unit(bundle, image, an.images[0], method, target, params, seed,
+                                           results_db(cache), compute=compute, mask=an.masks[0])
     if not ok:
         return None
     curve = optimal_jaccard(heat, an.masks[0]) if heat is not None else None
@@ -243,7 +267,7 @@ class AuditJob:
         self._kwargs = kwargs
         self._thread = threading.Thread(target=self._run, name=f"cfx-audit-{category}", daemon=True)
 
-    def start(self) -> "AuditJob":
+    def start(self) -> AuditJob:
         self._thread.start()
         return self
 
@@ -253,7 +277,7 @@ class AuditJob:
     def _run(self) -> None:
         try:
             self.result = audit_category(*self._args, progress=self._progress, stop=self.stop_event, **self._kwargs)
-        except Exception as exc:  # noqa: BLE001 - shown by the caller
+        except Exception as exc:
             log.exception("audit failed")
             self.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
 

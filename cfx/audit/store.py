@@ -1,10 +1,9 @@
-"""The audit's on-disk store: each (model key, image content, method, target, parameters, seed, method
-source) unit's map, error and time under ``cache_dir()/audit``, written atomically; a damaged entry
-is recomputed."""
+"""Where the audit's units live: each (model key, image content, method and its implementation,
+target, parameters, seed; the mask for methods that use it) unit is one row of the results
+database (:mod:`cfx.resultdb`), written once; a damaged row is recomputed."""
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 from pathlib import Path
@@ -13,10 +12,12 @@ from typing import Any
 import numpy as np
 
 from cfx import config
-from cfx.atomic import atomic_path
+from cfx.resultdb import ResultDB, open_db
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 1
+#: 2: keyed by the image's content (not its name) and, for counterfactuals, the mask; the whole
+#: explanation is stored (version-1 keys are still found: see ``legacy_key``)
+CACHE_VERSION = 2
 
 
 def _effective_params(method: str, params: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
@@ -46,47 +47,47 @@ def _source_hash(cls: type) -> str:
     return _SOURCE_HASHES[cls]
 
 
-# -------------------------------------------------------------------- cache
+# -------------------------------------------------------------------- keys and the database
 def cache_root() -> Path:
-    """``cache_dir()/audit``."""
+    """``cache_dir()/audit``: the folder of the version-1 cache files (migrated into the database)."""
     return config.cache_dir() / "audit"
 
 
-def _unit_key(model_key: str, name: str, image: np.ndarray, method: str, target: str,
-              params: dict[str, Any] | None, seed: int) -> tuple[str, str]:
+def results_db(cache: str | Path | bool | ResultDB = True) -> ResultDB | None:
+    """The database of an audit's ``cache`` argument: True the default one, a folder or file its
+    own, False none."""
+    if isinstance(cache, ResultDB):
+        return cache
+    if cache is True:
+        return open_db()
+    return open_db(Path(cache)) if cache else None
+
+
+def array_sha(a: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(a, np.float32).tobytes()).hexdigest()[:16]
+
+
+def uses_mask(method: str) -> bool:
+    """Whether a method's result depends on the ground-truth mask (counterfactuals: their locality)."""
+    from cfx.explainers import REGISTRY
+
+    return method in REGISTRY and REGISTRY[method].kind == "counterfactual"
+
+
+def unit_key(model_key: str, image: np.ndarray, method: str, target: str, params: dict[str, Any] | None,
+             seed: int, mask: np.ndarray | None = None) -> tuple[str, dict[str, Any]]:
+    """(key, what it hashes) of one unit; the same for the audit, Compare and every worker."""
     impl, p = _effective_params(method, params)
-    ident = {"v": CACHE_VERSION, "model": model_key, "image": name,
-             "image_sha": hashlib.sha1(np.ascontiguousarray(image, np.float32).tobytes()).hexdigest()[:16],
-             "method": method, "impl": impl, "target": target, "params": p, "seed": int(seed)}
-    text = json.dumps(ident, sort_keys=True, default=repr)
-    folder = "".join(c if c.isalnum() or c in "-_." else "_" for c in model_key)
-    return folder, hashlib.sha1(text.encode()).hexdigest()
+    ident = {"v": CACHE_VERSION, "model": model_key, "image_sha": array_sha(image), "method": method, "impl": impl,
+             "target": target, "params": p, "seed": int(seed),
+             "mask": array_sha(mask) if mask is not None and uses_mask(method) else None}
+    return hashlib.sha1(json.dumps(ident, sort_keys=True, default=repr).encode()).hexdigest(), ident
 
 
-def _cache_file(root: Path, model_key: str, name: str, image: np.ndarray, method: str, target: str,
-                params: dict[str, Any] | None, seed: int) -> Path:
-    folder, h = _unit_key(model_key, name, image, method, target, params, seed)
-    return root / folder / f"{h}.npz"
-
-
-def _read_cache(path: Path) -> tuple[np.ndarray | None, str | None, float] | None:
-    if not path.exists():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            heat = z["map"] if meta.get("has_map") else None
-            heat = None if heat is None else np.asarray(heat, np.float32)
-            return heat, meta.get("error"), float(meta.get("seconds", 0))
-    except Exception as exc:  # noqa: BLE001 - a damaged entry is recomputed
-        log.warning("ignoring damaged audit cache entry %s: %s", path, exc)
-        return None
-
-
-def _write_cache(path: Path, heat: np.ndarray | None, error: str | None, seconds: float, info: dict) -> None:
-    meta = json.dumps({"has_map": heat is not None, "error": error, "seconds": seconds, **info}, default=repr)
-    buf = io.BytesIO()
-    np.savez_compressed(buf, map=np.zeros(0, np.float32) if heat is None else np.asarray(heat, np.float32),
-                        meta=np.array(meta))
-    with atomic_path(path, suffix=".npz") as tmp:
-        tmp.write_bytes(buf.getvalue())
+def legacy_key(model_key: str, name: str, image: np.ndarray, method: str, target: str,
+               params: dict[str, Any] | None, seed: int) -> str:
+    """The version-1 key (by image name; see :meth:`cfx.resultdb.ResultDB.migrate`)."""
+    impl, p = _effective_params(method, params)
+    ident = {"v": 1, "model": model_key, "image": name, "image_sha": array_sha(image)[:16], "method": method,
+             "impl": impl, "target": target, "params": p, "seed": int(seed)}
+    return hashlib.sha1(json.dumps(ident, sort_keys=True, default=repr).encode()).hexdigest()

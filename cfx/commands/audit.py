@@ -3,13 +3,19 @@
 Prints a table of the test anomalies (J* per method, flags) and a summary, or with ``--json`` one
 object ``{"category", "images": [{"image", "defect", "score", "anomalous", "methods": {m:
 {"optimal_jaccard", "threshold", "flagged"}}}], "summary": {"flagged_fraction",
-"mean_optimal_jaccard"}}`` (plus a few more keys). Results are cached on disk: an interrupted
-run (Ctrl-C) resumes where it stopped.
+"mean_optimal_jaccard"}}`` (plus a few more keys); with ``--category all`` one object
+``{"categories": {category: ...}}``. The (image, method) units run as tasks on Dask distributed
+(a LocalCluster of one process per core, ``--workers N``; an existing cluster with ``--scheduler``
+or ``$CFX_DASK_SCHEDULER``; ``--workers 0`` in this process). Every result goes into the results
+database (:mod:`cfx.resultdb`): an interrupted run (Ctrl-C, a killed worker) resumes where it
+stopped. ``--out DIR`` writes each category's JSON and CSV and the summary table.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import threading
 
@@ -23,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from cfx.audit import DEFAULT_CUTOFF
     from cfx.cli import add_data_args, add_detector_arg
 
-    add_data_args(p)
+    add_data_args(p, category_all=True)
     add_detector_arg(p)
     p.add_argument("--methods", default="all", help="comma-separated methods or 'all' (default: all)")
     p.add_argument("--target", default="score", choices=["score", "classifier"],
@@ -34,43 +40,95 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, help="audit at most N anomalies, spread over the defect types")
     p.add_argument("--params", help='per-method parameters as JSON, e.g. \'{"lime": {"num_samples": 300}}\'')
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-cache", action="store_true", help="neither read nor write the disk cache")
+    p.add_argument("--no-cache", action="store_true",
+                   help="neither read nor write the results database (runs in this process)")
+    p.add_argument("--workers", type=int, help="Dask worker processes (default: one per core; 0: in this process)")
+    p.add_argument("--scheduler", help="address of a running Dask scheduler (default: $CFX_DASK_SCHEDULER, "
+                                       "else a LocalCluster)")
+    p.add_argument("--out", help="write audit-<dataset>-<category>-<target>.json/.csv and summary.csv to this folder")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the audit; exit 0 (2 on bad input, through cfx.cli)."""
     from cfx.audit import audit_category
+    from cfx.audit.distributed import audit_distributed, dask_client
     from cfx.explainers import resolve_methods
-    from cfx.models.bundle import dataset_name, load_bundle
-    from cfx.resolve import resolve_category, resolve_root
+    from cfx.models.bundle import available_models, dataset_name, load_bundle
+    from cfx.resolve import categories_for, resolve_root
 
     if not 0 <= args.cutoff <= 1:
         raise DataError(f"--cutoff must lie in [0, 1], not {args.cutoff}")
     if args.limit is not None and args.limit < 1:
         raise DataError(f"--limit must be at least 1, not {args.limit}")
+    if args.workers is not None and args.workers < 0:
+        raise DataError(f"--workers must be 0 or more, not {args.workers}")
     params = parse_params(args.params)
     root = resolve_root(args.data_root)
-    category = resolve_category(root, args.category)
+    cats = categories_for(root, args.category)
+    dataset = dataset_name(root)
+    if args.category == "all":
+        fitted = set(available_models(dataset))
+        cats = [c for c in cats if c in fitted]
+        if not cats:
+            raise DataError(f"no category of {root} has models yet: run python -m cfx train --data-root {root} "
+                            f"--category all")
     methods = resolve_methods(args.methods)
-    bundle = load_bundle(dataset_name(root), category, detector=args.detector)
-    show = not args.quiet and sys.stderr.isatty()
-
-    def progress(done: int, total: int, message: str) -> None:
-        if show:
-            print(f"\r[{done}/{total}] {message[:60]:<60}", end="", file=sys.stderr, flush=True)
-
+    local = args.no_cache or (args.workers == 0 and not (args.scheduler or os.environ.get("CFX_DASK_SCHEDULER")))
     stop = threading.Event()
-    result = audit_category(bundle, root, category, methods, target=args.target, cutoff=args.cutoff,
-                            params=params, seed=args.seed, limit=args.limit, progress=progress, stop=stop,
-                            cache=not args.no_cache)
-    if show:
-        print(file=sys.stderr)
+    results = []
+    with contextlib.ExitStack() as stack:
+        client = None if local else stack.enter_context(dask_client(args.scheduler, args.workers))
+        for category in cats:
+            bundle = load_bundle(dataset, category, detector=args.detector)
+            bar = stack.enter_context(_Progress(category, not args.quiet and sys.stderr.isatty()))
+            kw = dict(target=args.target, cutoff=args.cutoff, params=params, seed=args.seed, limit=args.limit,
+                      progress=bar, stop=stop)
+            if local:
+                results.append(audit_category(bundle, root, category, methods, cache=not args.no_cache, **kw))
+            else:
+                results.append(audit_distributed(bundle, root, category, methods, client=client, **kw))
+            bar.close()
+    if args.out:
+        from cfx.audit.export import write_run
+
+        for path in write_run(results, args.out):
+            print(f"wrote {path}", file=sys.stderr)
     if args.json:
-        print(json.dumps(result.to_json(), indent=2, default=json_default))
+        doc = {"categories": {r.category: r.to_json() for r in results}} if args.category == "all" else results[0].to_json()
+        print(json.dumps(doc, indent=2, default=json_default))
         return 0
-    _print_table(result)
+    for r in results:
+        _print_table(r)
     return 0
+
+
+class _Progress:
+    """A tqdm bar on stderr (done / total units, ETA) used as the audit's progress callback."""
+
+    def __init__(self, category: str, show: bool) -> None:
+        self.category, self.show, self.bar = category, show, None
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __call__(self, done: int, total: int, message: str) -> None:
+        if not self.show:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=self.category, unit="unit", file=sys.stderr, dynamic_ncols=True)
+        self.bar.n = done
+        self.bar.set_postfix_str(message[:40], refresh=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def _fmt(x, spec: str = ".3f") -> str:

@@ -1,0 +1,91 @@
+"""``python -m cfx inspect``: score every test image of a category (or of every fitted category)
+and store its verdict, score and anomaly map in the results database (:mod:`cfx.inspection`).
+
+The batches run as Dask tasks (a LocalCluster of one process per core by default, ``--workers``;
+``--scheduler`` or ``$CFX_DASK_SCHEDULER`` for a running cluster; ``--workers 0`` in this
+process). Prints one line per category (images, called anomalous, FPR on good parts, TPR on
+defects), or with ``--json`` ``{"categories": {category: {"images": [...], "summary": {...}}}}``;
+``--out DIR`` writes ``inspect-<dataset>-<category>.csv`` and the maps as ``.npz``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import sys
+
+from cfx.atomic import json_default
+from cfx.errors import DataError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from cfx.cli import add_data_args, add_detector_arg
+
+    add_data_args(p, category_all=True)
+    add_detector_arg(p)
+    p.add_argument("--split", default="test", choices=["test", "train"])
+    p.add_argument("--workers", type=int, help="Dask worker processes (default: one per core; 0: in this process)")
+    p.add_argument("--scheduler", help="address of a running Dask scheduler (default: $CFX_DASK_SCHEDULER)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--out", help="write inspect-<dataset>-<category>.csv and -maps.npz to this folder")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+
+def run(args: argparse.Namespace) -> int:
+    from cfx.cluster import dask_client
+    from cfx.commands.audit import _Progress
+    from cfx.inspection import inspect_category
+    from cfx.models.bundle import available_models, dataset_name, load_bundle
+    from cfx.resolve import categories_for, resolve_root
+    from cfx.resultdb import open_db
+
+    if args.workers is not None and args.workers < 0:
+        raise DataError(f"--workers must be 0 or more, not {args.workers}")
+    root = resolve_root(args.data_root)
+    dataset = dataset_name(root)
+    cats = categories_for(root, args.category)
+    if args.category == "all":
+        fitted = set(available_models(dataset))
+        cats = [c for c in cats if c in fitted]
+        if not cats:
+            raise DataError(f"no category of {root} has models yet: run python -m cfx train --data-root {root} "
+                            f"--category all --detector patchcore")
+    db = open_db()
+    local = args.workers == 0 and not (args.scheduler or os.environ.get("CFX_DASK_SCHEDULER"))
+    out = {}
+    with contextlib.ExitStack() as stack:
+        client = None if local else stack.enter_context(dask_client(args.scheduler, args.workers))
+        for category in cats:
+            bundle = load_bundle(dataset, category, detector=args.detector)
+            with _Progress(category, not args.quiet and sys.stderr.isatty()) as bar:
+                out[category] = inspect_category(bundle, root, category, db, args.split, client, bar)
+            if args.out:
+                _write(args.out, dataset, category, out[category], db, bundle.key())
+    if args.json:
+        print(json.dumps({"categories": out}, indent=2, default=json_default))
+        return 0
+    for c, r in out.items():
+        s = r["summary"]
+        fmt = lambda v: "-" if v is None else f"{v:.1%}"  # noqa: E731
+        print(f"{dataset}/{c}: {s['images']} images, {s['anomalous']} called anomalous; good parts called anomalous "
+              f"{fmt(s['fpr_good'])}, defects found {fmt(s['tpr_defect'])} (model {r['model']}, {r['seconds']:.1f} s)")
+    return 0
+
+
+def _write(folder: str, dataset: str, category: str, result: dict, db, model: str) -> None:
+    import numpy as np
+
+    from cfx.atomic import write_bytes
+    from cfx.audit.export import csv_text
+    from cfx.inspection import COLUMNS
+    from cfx.reports.encode import safe_name
+
+    stem = safe_name(f"inspect-{dataset}-{category}")
+    path = write_bytes(os.path.join(folder, f"{stem}.csv"), csv_text(result["images"], COLUMNS).encode())
+    maps = {r["image"]: r["map"] for r in db.images(model, with_maps=True) if r["category"] == category}
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **{safe_name(k): v for k, v in maps.items() if v is not None})
+    write_bytes(os.path.join(folder, f"{stem}-maps.npz"), buf.getvalue())
+    print(f"wrote {path} and {stem}-maps.npz", file=sys.stderr)
