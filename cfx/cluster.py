@@ -38,8 +38,13 @@ def dask_client(scheduler: str | None = None, workers: int | None = None) -> Ite
         with Client(address, timeout="20s") as client:
             yield client
         return
+    import dask
+
     logging.getLogger("distributed").setLevel(logging.WARNING)
     n = int(workers or default_workers())
+    # the workers' statistical profiler samples the running task's stack every 10 ms: measured
+    # 14.6 -> 12.4 s per image of LIME + SHAP on a worker without it
+    dask.config.set({"distributed.worker.profile.enabled": False})
     with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None, silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
         yield client

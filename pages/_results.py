@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import sys
 import threading
 from pathlib import Path
@@ -26,6 +27,8 @@ from cfx.data.mvtec import (
 from cfx.errors import CfxError
 from cfx.models.bundle import ModelBundle, load_bundle
 from pages._figures import display_size
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from pages._common import Selection
@@ -133,11 +136,48 @@ def analyse_split(bundle: ModelBundle, root: Path, category: str, split: str = "
 @st.cache_data(show_spinner=False, max_entries=160)
 def _explain(model_key: str, img_hash: str, method: str, target: str, params_json: str, seed: int,
              mask_hash: str, _bundle: ModelBundle, _image: np.ndarray, _mask: np.ndarray | None):
+    from cfx.audit.store import store_explanation, stored_explanation
     from cfx.explainers import explain
 
     params = json.loads(params_json)
+    db = results_db()
+    if db is not None:  # computed before by the audit, another session or a reopened app
+        hit = stored_explanation(db, _bundle, _image, method, target, params, seed, _mask)
+        if hit is not None:
+            return hit
     with _bundle.lock:  # one computation per model at a time: hooks and RNG state stay private
-        return explain(_bundle, _image, [method], target, seed, {method: params}, mask=_mask)[method]
+        exp = explain(_bundle, _image, [method], target, seed, {method: params}, mask=_mask)[method]
+    if db is not None:
+        try:
+            store_explanation(db, _bundle, _image, exp, params, _mask)
+        except CfxError as err:
+            log.warning("not stored: %s", err)
+    return exp
+
+
+def results_db():
+    """The shared results database, or None (with a warning on the page) when it cannot be opened."""
+    from cfx.resultdb import open_db
+
+    try:
+        return open_db()
+    except CfxError as err:
+        log.warning("results database unavailable: %s", err)
+        return None
+
+
+def _stored(bundle: ModelBundle, image: np.ndarray, method: str, target: str, params: dict | None, seed: int,
+            mask: np.ndarray | None) -> bool:
+    from cfx.audit.store import unit_key
+
+    db = results_db()
+    if db is None:
+        return False
+    key, _ = unit_key(bundle.key(), image, method, target, effective_params(method, params), seed, mask)
+    try:
+        return bool(db.present([key]))
+    except CfxError:
+        return False
 
 
 def registry() -> dict[str, type]:
@@ -177,9 +217,12 @@ def explain_key(bundle: ModelBundle, image: np.ndarray, method: str, target: str
 
 
 def is_cached(bundle: ModelBundle, image: np.ndarray, method: str, target: str, params: dict | None,
-              seed: int = 0) -> bool:
+              seed: int = 0, mask: np.ndarray | None = None) -> bool:
+    """Whether the result is at hand: computed in this process, or stored in the results database."""
     with _DONE_LOCK:
-        return explain_key(bundle, image, method, target, params, seed) in _done_keys()
+        if explain_key(bundle, image, method, target, params, seed) in _done_keys():
+            return True
+    return _stored(bundle, image, method, target, params, seed, mask)
 
 
 def explain_one(bundle: ModelBundle, image: np.ndarray, method: str, target: str = "score",

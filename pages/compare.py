@@ -44,7 +44,7 @@ with st.expander("Method parameters"):
     params = param_inputs(methods, "cmp_p")
 
 # ------------------------------------------------------------------ run
-done = {m for m in methods if is_cached(b, image, m, target, params.get(m), seed)}
+done = {m for m in methods if is_cached(b, image, m, target, params.get(m), seed, sel.mask)}
 heavy_pending = [m for m in methods if m not in done and is_heavy(reg[m])]
 light = [m for m in methods if m not in done and not is_heavy(reg[m])]
 run_heavy = auto

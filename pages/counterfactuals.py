@@ -32,7 +32,7 @@ with c2:
 with c3:
     seed = int(st.number_input("Seed", 0, 2**31 - 1, 0, key="cf_seed"))
 
-if not is_cached(b, image, method, target, None, seed):
+if not is_cached(b, image, method, target, None, seed, sel.mask):
     if not st.button(f"▶ Find counterfactuals with {method}", type="primary", key="cf_run"):
         st.info(f"{method} runs on demand (a few seconds). The detector's score of this image: "
                 f"{float(b.score_numpy(image[None], target)[0]):.3f} (threshold {b.threshold_for(target):.3f}).")

@@ -3,7 +3,8 @@
 For every test anomaly with a ground-truth mask, each explanation method's map is compared with
 the mask by the optimal Jaccard J* (cfx.metrics); a detected anomaly whose J* is below the cutoff
 is flagged "detected for the wrong reason". The run goes on in a background thread (progress,
-stop, resume from the disk cache); results are kept per session.
+stop, resume from the results database) at a lowered CPU priority, so the app's other sessions
+keep their share; every result lands in the database that Compare, the CLI and other sessions read.
 
 Selection (pages/_common.py): the sidebar's data root and category; the target is the shared
 ``target`` key. Choosing a row of the table selects that image for every page (``split`` "test",
@@ -36,6 +37,7 @@ from cfx.reports.encode import pil_png, png_data_uri
 from cfx.reports.figures import detail_png, overlay
 from pages._common import (
     bound,
+    show,
     choose_image,
     current,
     heat_figure,
@@ -121,9 +123,12 @@ def _results(root, bundle, category, methods, target, params, limit, key) -> Aud
     held = st.session_state.get("mj_result")
     if held is not None and held[0] == key:
         return held[1]
-    with st.spinner("Reading cached results..."):
+    with st.spinner("Reading stored results..."):
         r = audit_category(bundle, root, category, methods, target=target, params=params, limit=limit,
                            compute=False)
+    last = st.session_state.get("mj_last_run")
+    if last is not None and last[0] == key:  # the run's own time and id, not this re-read's
+        r.run, r.seconds, r.engine = last[1], last[2], last[3]
     st.session_state["mj_result"] = (key, r)
     return r
 
@@ -286,9 +291,11 @@ def main() -> None:
     job: AuditJob | None = st.session_state.get("mj_job")
     job_key = st.session_state.get("mj_job_key")
     if job is not None and not job.running and job_key is not None:
-        # a finished (or stopped) run: keep its result for its settings
+        # a finished (or stopped) run: everything it did is in the results database, read back
+        # in full below (a stopped run's own result holds only the images it reached)
+        st.session_state.pop("mj_result", None)
         if job.result is not None:
-            st.session_state["mj_result"] = (job_key, job.result)
+            st.session_state["mj_last_run"] = (job_key, job.result.run, job.result.seconds, job.result.engine)
         elif job.error:
             st.error(f"The audit failed: {job.error}")
         st.session_state["mj_job"] = st.session_state["mj_job_key"] = None
@@ -302,15 +309,17 @@ def main() -> None:
     result = _results(root, bundle, category, methods, target, params, limit, key)
     pending = sum(m.status == "pending" for x in result.images for m in x.methods.values())
     n_units = len(result.images) * len(methods)
+    show("mask_jaccard", result=result, stored=n_units - pending, units=n_units)
     label = "Run audit" if pending == n_units else ("Resume audit" if pending else "Re-check cache")
     c1, c2 = st.columns([1, 3])
     if pending:
-        c2.caption(f"{n_units - pending} of {n_units} (image, method) results cached; {pending} to compute. "
+        c2.caption(f"{n_units - pending} of {n_units} (image, method) results stored; {pending} to compute. "
                    "Heavy methods take a few seconds per image; you can stop and resume at any time.")
     else:
-        c2.caption(f"All {n_units} results cached (model {bundle.key()}).")
+        c2.caption(f"All {n_units} results stored (model {bundle.key()}).")
     if c1.button(label, type="primary" if pending else "secondary", key="mj_run", disabled=not pending):
-        job = AuditJob(bundle, root, category, methods=methods, target=target, params=params, limit=limit).start()
+        job = AuditJob(bundle, root, category, engine="local", methods=methods, target=target, params=params,
+                       limit=limit).start()
         st.session_state["mj_job"], st.session_state["mj_job_key"] = job, key
         st.session_state.pop("mj_result", None)
         time.sleep(0.2)

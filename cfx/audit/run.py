@@ -21,7 +21,7 @@ from cfx.audit.results import (
     ProgressFn,
     _score,
 )
-from cfx.audit.store import legacy_key, results_db, unit_key
+from cfx.audit.store import legacy_key, results_db, store_explanation, unit_key
 from cfx.data.mvtec import MVTecDataset
 from cfx.errors import DataError
 from cfx.metrics import JaccardCurve, explanation_map, optimal_jaccard, pixel_auroc
@@ -37,38 +37,32 @@ def _run_unit(bundle, name: str, image: np.ndarray, method: str, target: str, pa
     """One method on one image: (map, error, seconds, cached, done), read from the results
     database when stored, else computed and stored. ``done`` is False only when ``compute`` is
     False and nothing is stored. ``mask``: the ground truth (counterfactuals' locality)."""
-    key = ident = None
     if db is not None:
-        key, ident = unit_key(bundle.key(), image, method, target, params, seed, mask)
+        key, _ = unit_key(bundle.key(), image, method, target, params, seed, mask)
         hit = db.get(key, legacy_key(bundle.key(), name, image, method, target, params, seed))
         if hit is not None:
             return hit.map, hit.error, hit.seconds, True, True
     if not compute:
         return None, None, 0.0, False, False
     from cfx.explainers import REGISTRY, explain
-    from cfx.explainers.serial import to_bytes
 
     t0 = time.perf_counter()
     error: str | None = None
-    failed = False
     heat: np.ndarray | None = None
-    exp = None
     with bundle.lock:
         if method in REGISTRY:
             exp = explain(bundle, image, [method], target, seed, {method: params or {}}, mask=mask)[method]
             heat = explanation_map(exp)
-            if exp.error:
-                error, failed = exp.error, True
-            elif heat is None:
-                error = "no map: the method found neither a heatmap nor a counterfactual"
+            if exp.error:  # a failure is not stored: the next run retries it
+                error = exp.error
+            else:  # "no map" from a method that ran is a result
+                if heat is None:
+                    error = "no map: the method found neither a heatmap nor a counterfactual"
+                if db is not None:
+                    store_explanation(db, bundle, image, exp, params, mask, name)
         else:
-            error, failed = f"unknown method {method!r}", True
+            error = f"unknown method {method!r}"
     seconds = time.perf_counter() - t0
-    # a failure is not stored (the next run retries it); "no map" from a method that ran is a result
-    if db is not None and not failed:
-        db.put(key, model=bundle.key(), method=method, map=heat, explanation=None if exp is None else to_bytes(exp),
-               error=error, seconds=seconds, image_sha=ident["image_sha"], image=name, target=target,
-               params=ident["params"], seed=int(seed), impl=ident["impl"])
     return heat, error, seconds, False, True
 
 
@@ -245,10 +239,26 @@ def image_detail(bundle, root: str | Path, category: str, image: str, method: st
 
 
 # -------------------------------------------------------------------- background job
+def _nice_this_thread(nice: int = 10) -> None:
+    """Lower this thread's CPU priority (Linux: per thread), so that a background audit in the
+    app's process leaves the other sessions their share."""
+    import os
+
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except (AttributeError, OSError):
+        pass
+
+
 class AuditJob:
-    """:func:`audit_category` in a daemon thread, with progress to poll and a stop flag.
+    """An audit in a daemon thread, with progress to poll and a stop flag.
 
     Args:
+        engine: ``dask`` (default: the units as tasks on a LocalCluster of niced worker processes,
+            :func:`cfx.audit.distributed.audit_distributed`) or ``local`` (:func:`audit_category`
+            in this thread, niced). The app uses ``local``: a Streamlit server's main module is the
+            page script, which spawned worker processes cannot re-import.
+        workers: the LocalCluster's processes (default: one per core).
         **kwargs: the arguments of :func:`audit_category` (``progress`` and ``stop`` are set by the job).
 
     Attributes:
@@ -257,17 +267,21 @@ class AuditJob:
         error: a one-line error if the run failed.
     """
 
-    def __init__(self, bundle, root, category, **kwargs: Any) -> None:
+    def __init__(self, bundle, root, category, engine: str = "dask", workers: int | None = None,
+                 **kwargs: Any) -> None:
+        if engine not in ("dask", "local"):
+            raise ValueError(f"unknown audit engine {engine!r}")
         self.stop_event = threading.Event()
         self.done, self.total, self.message = 0, 0, "starting"
         self.result: AuditResult | None = None
         self.error: str | None = None
         self.started = time.time()
+        self.engine, self.workers = engine, workers
         self._args = (bundle, root, category)
         self._kwargs = kwargs
         self._thread = threading.Thread(target=self._run, name=f"cfx-audit-{category}", daemon=True)
 
-    def start(self) -> AuditJob:
+    def start(self) -> "AuditJob":
         self._thread.start()
         return self
 
@@ -276,8 +290,17 @@ class AuditJob:
 
     def _run(self) -> None:
         try:
-            self.result = audit_category(*self._args, progress=self._progress, stop=self.stop_event, **self._kwargs)
-        except Exception as exc:
+            if self.engine == "dask":
+                from cfx.audit.distributed import audit_distributed
+
+                self.message = "starting the workers"
+                self.result = audit_distributed(*self._args, progress=self._progress, stop=self.stop_event,
+                                                workers=self.workers, **self._kwargs)
+            else:
+                _nice_this_thread()
+                self.result = audit_category(*self._args, progress=self._progress, stop=self.stop_event,
+                                             **self._kwargs)
+        except Exception as exc:  # noqa: BLE001 - shown by the caller
             log.exception("audit failed")
             self.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
 

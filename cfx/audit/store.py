@@ -91,3 +91,37 @@ def legacy_key(model_key: str, name: str, image: np.ndarray, method: str, target
     ident = {"v": 1, "model": model_key, "image": name, "image_sha": array_sha(image)[:16], "method": method,
              "impl": impl, "target": target, "params": p, "seed": int(seed)}
     return hashlib.sha1(json.dumps(ident, sort_keys=True, default=repr).encode()).hexdigest()
+
+
+# -------------------------------------------------------------------- whole explanations
+def stored_explanation(db: ResultDB, bundle, image: np.ndarray, method: str, target: str,
+                       params: dict[str, Any] | None, seed: int, mask: np.ndarray | None = None):
+    """The stored :class:`~cfx.explainers.base.Explanation` of this unit (computed by the audit,
+    Compare, another session or a worker), or None when absent (or stored as a map only)."""
+    from cfx.explainers.serial import from_bytes
+
+    key, _ = unit_key(bundle.key(), image, method, target, params, seed, mask)
+    hit = db.get(key)
+    if hit is None or hit.explanation is None:
+        return None
+    try:
+        return from_bytes(hit.explanation, np.asarray(image, np.float32))
+    except Exception as exc:  # noqa: BLE001 - a damaged row is recomputed
+        log.warning("ignoring a damaged stored explanation %s: %s", key, exc)
+        return None
+
+
+def store_explanation(db: ResultDB, bundle, image: np.ndarray, exp, params: dict[str, Any] | None,
+                      mask: np.ndarray | None = None, name: str | None = None) -> bool:
+    """Store an explanation that ran (a failure is not stored: the next run retries it); True when written."""
+    from cfx.explainers.serial import to_bytes
+    from cfx.metrics import explanation_map
+
+    if exp.error:
+        return False
+    key, ident = unit_key(bundle.key(), image, exp.method, exp.target, params, int(exp.seed or 0), mask)
+    heat = explanation_map(exp)
+    return db.put(key, model=bundle.key(), method=exp.method, map=heat, explanation=to_bytes(exp),
+                  error=None if heat is not None else "no map: the method found neither a heatmap nor a counterfactual",
+                  seconds=exp.seconds, image_sha=ident["image_sha"], image=name, target=exp.target,
+                  params=ident["params"], seed=int(exp.seed or 0), impl=ident["impl"])

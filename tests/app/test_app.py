@@ -656,3 +656,67 @@ def test_a_category_without_models_is_browsed_and_fitted_in_the_app(tiny_root, t
     assert "verdict" in shown(at, "inspect") and (tmp_path / "models" / "mvtec" / "widget" / "patchcore.pt").exists()
     assert at.button(key="fit_vae")  # the rest is offered as a background job
     assert at.selectbox(key="w_category").options == ["widget"]  # no longer "(no model)"
+
+
+# ---------------------------------------------------------------- mask jaccard
+@pytest.mark.slow
+def test_mask_jaccard_runs_on_workers_and_counts_every_unit_after_a_stop(tmp_path, monkeypatch):
+    """The page's audit runs outside the script thread (a niced background thread); after a stop
+    the page counts the stored units of the whole setting (not of the images the run reached),
+    and the exported JSON carries the run's id and time."""
+    import time
+
+    monkeypatch.setenv("CFX_RESULTS_DB", str(tmp_path / "r.sqlite"))
+    at = new_app("pages/mask_jaccard.py", detector="vae")
+    at.multiselect(key="mj_methods").set_value(["recon"]).run()
+    at.number_input(key="mj_limit").set_value(6).run()
+    ok(at)
+    assert (shown(at, "mask_jaccard")["stored"], shown(at, "mask_jaccard")["units"]) == (0, 6)
+
+    def wait(stop_after: int | None = None) -> None:
+        job = at.session_state["mj_job"]
+        t0 = time.time()
+        while job.running and time.time() - t0 < 240:
+            if stop_after is not None and job.done >= stop_after:
+                job.stop()
+            time.sleep(0.2)
+        job.join(60)
+        at.run()
+        ok(at)
+
+    at.button(key="mj_run").click().run()
+    wait(stop_after=2)
+    s = shown(at, "mask_jaccard")
+    assert s["units"] == 6 and 2 <= s["stored"] <= 6
+    if s["stored"] < 6:
+        at.button(key="mj_run").click().run()  # resume
+        wait()
+    s = shown(at, "mask_jaccard")
+    assert (s["stored"], s["units"]) == (6, 6)
+    r = s["result"]
+    assert r.run and r.engine == "local" and r.to_json()["compute_seconds"] >= 0
+
+
+def test_compare_reuses_what_the_audit_stored(tmp_path, monkeypatch, demo_bundle, demo_root):
+    """A heavy method the audit computed is shown by Compare at once (no Run button), and it is the
+    audit's own result."""
+    from cfx.audit import audit_category
+    from cfx.resultdb import open_db
+
+    monkeypatch.setenv("CFX_RESULTS_DB", str(tmp_path / "r.sqlite"))
+    b = demo_bundle("brick")
+    r = audit_category(b, demo_root, "brick", ["lime"], limit=1, params={"lime": {"num_samples": 60}})
+    name = r.images[0].image
+    rows_before = open_db().count()
+    at = new_app("pages/compare.py", detector="vae")
+    pick_image(at, name)
+    at.multiselect(key="w_compare_methods").set_value(["lime"]).run()
+    at.number_input(key="cmp_p_lime_num_samples").set_value(60).run()
+    ok(at)
+    assert not any(x.key == "cmp_run" for x in at.button), "the stored result should not wait for Run"
+    exp = shown(at, "compare")["results"]["lime"]
+    from cfx.audit import image_detail
+
+    d = image_detail(b, demo_root, "brick", name, "lime", params={"num_samples": 60}, compute=False)
+    np.testing.assert_array_equal(exp.heatmap, d.map)
+    assert open_db().count() == rows_before

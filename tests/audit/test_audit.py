@@ -229,7 +229,7 @@ def test_stop_and_resume_from_cache(tablet, demo_root, tmp_path, doubles):
 
 
 def test_background_job(brick, demo_root, tmp_path):
-    job = AuditJob(brick, demo_root, "brick", methods="recon", limit=4, cache=tmp_path).start()
+    job = AuditJob(brick, demo_root, "brick", engine="local", methods="recon", limit=4, cache=tmp_path).start()
     job.join(120)
     assert not job.running and job.error is None and job.done == job.total == 4
     assert len(job.result.images) == 4

@@ -93,3 +93,13 @@ def test_cli_category_all_on_one_worker_writes_the_run(demo_root, tmp_path, monk
     summary = (out / "summary.csv").read_text().splitlines()
     assert summary[0].startswith("dataset,category,method") and len(summary) == 1 + len(cats)
     assert (out / "audit-demo-brick-score.csv").read_text().count("\n") == 1 + 2
+
+
+def test_background_job_on_the_cluster(demo_bundle, demo_root, tmp_path):
+    from cfx.audit import AuditJob
+
+    job = AuditJob(demo_bundle("brick"), demo_root, "brick", engine="dask", workers=1, methods="recon", limit=3,
+                   cache=tmp_path).start()
+    job.join(300)
+    assert not job.running and job.error is None and job.done == job.total == 3
+    assert job.result.engine == "dask" and len(job.result.images) == 3

@@ -83,3 +83,61 @@ def test_app_shows_the_line_and_goes_on(file, fault, tmp_path, monkeypatch, demo
     assert any("brick" in e and "python -m cfx train" in e for e in errors), errors
     at.selectbox(key="w_category").select("gravel").run()
     assert not at.exception and not at.error, [e.value for e in at.error]
+
+
+# ---------------------------------------------------------------- databases
+DATABASES = {"results": "CFX_RESULTS_DB", "review": "CFX_REVIEW_DB"}
+
+
+def _broken_db(tmp_path, fault: str):
+    """A database file: truncated (a real database cut short), empty, or not a database at all."""
+    import sqlite3
+
+    path = tmp_path / f"{fault}.sqlite"
+    if fault == "empty":
+        path.write_bytes(b"")
+        return path
+    if fault == "truncated":
+        with sqlite3.connect(path) as con:
+            con.execute("CREATE TABLE t (x BLOB)")
+            con.executemany("INSERT INTO t VALUES (?)", [(b"x" * 4000,)] * 50)
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 3])
+        return path
+    path.write_bytes(b"not a database, just some text " * 200)
+    return path
+
+
+DB_FAULTS = ["truncated", "empty", "garbage"]
+
+
+@pytest.mark.parametrize("fault", DB_FAULTS)
+def test_cli_damaged_results_database_is_one_line(fault, tmp_path, monkeypatch, capsys, demo_root):
+    monkeypatch.setenv("CFX_RESULTS_DB", str(_broken_db(tmp_path, fault)))
+    code = main(["audit", "--category", "brick", "--methods", "recon", "--limit", "1", "--workers", "0", "--json"])
+    out, err = capsys.readouterr()
+    if fault == "empty":  # an empty file is an empty database: it is simply used
+        assert code == 0 and json.loads(out)["category"] == "brick"
+        return
+    assert code == 2 and err.startswith("cfx: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "results database" in err and "damaged" in err
+
+
+@pytest.mark.parametrize("fault", DB_FAULTS)
+@pytest.mark.parametrize("db", list(DATABASES))
+def test_app_goes_on_with_a_damaged_database(db, fault, tmp_path, monkeypatch, demo_root):
+    """Compare still explains (without storing) and Inspect's review queue says one line."""
+    from streamlit.testing.v1 import AppTest
+
+    import cfx.explainers  # noqa: F401
+
+    monkeypatch.setenv(DATABASES[db], str(_broken_db(tmp_path, fault)))
+    at = AppTest.from_file(str(config.PROJECT_ROOT / "app.py"), default_timeout=120)
+    at.run()
+    at.switch_page("pages/compare.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    at.switch_page("pages/inspect.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    if db == "review" and fault != "empty":
+        errors = [e.value for e in at.error]
+        assert any("review database" in e and "\n" not in e for e in errors), errors
