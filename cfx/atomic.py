@@ -73,3 +73,24 @@ def clean_json(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
+
+
+def sqlite_connect(path: str | os.PathLike, what: str, hint: str, timeout: float = 10.0):
+    """A connection to the SQLite database ``path`` in WAL mode (every write one transaction; a
+    killed writer leaves no half row), checked readable.
+
+    Raises:
+        DataError: one line naming ``what`` ("the results database") and ``hint`` (what to do).
+    """
+    import sqlite3
+
+    from cfx.errors import DataError
+
+    try:
+        con = sqlite3.connect(path, timeout=timeout)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=NORMAL")
+        con.execute("SELECT name FROM sqlite_master LIMIT 1").fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise DataError(f"{what} {path} {hint.format(exc=exc)}") from None
+    return con

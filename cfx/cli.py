@@ -6,6 +6,7 @@ exits with code 2 and one readable line on stderr.
 from __future__ import annotations
 
 import argparse
+import os
 import importlib
 import json
 import logging
@@ -27,6 +28,26 @@ def add_data_args(p: argparse.ArgumentParser, category_all: bool = False) -> Non
     p.add_argument("--data-root", help="MVTec AD root (default: $CFX_DATA_ROOT, else the embedded demo)")
     p.add_argument("--category", help="category name" + (" or 'all'" if category_all else "") +
                    " (default: the first category)")
+
+
+def add_cluster_args(p: argparse.ArgumentParser) -> None:
+    """``--workers`` and ``--scheduler`` of the commands that run on Dask (:mod:`cfx.cluster`)."""
+    p.add_argument("--workers", type=int, help="Dask worker processes (default: one per core; 0: in this process)")
+    p.add_argument("--scheduler", help="address of a running Dask scheduler (default: $CFX_DASK_SCHEDULER, "
+                                       "else a LocalCluster)")
+
+
+def runs_locally(args: argparse.Namespace) -> bool:
+    """Whether ``--workers 0`` (and no scheduler) asks for this process instead of Dask.
+
+    Raises:
+        DataError: a negative ``--workers``.
+    """
+    from cfx.errors import DataError
+
+    if args.workers is not None and args.workers < 0:
+        raise DataError(f"--workers must be 0 or more, not {args.workers}")
+    return args.workers == 0 and not (args.scheduler or os.environ.get("CFX_DASK_SCHEDULER"))
 
 
 def add_detector_arg(p: argparse.ArgumentParser) -> None:

@@ -69,6 +69,25 @@ def categories_for(root: Path, category: str | None) -> list[str]:
     return [resolve_category(root, category)]
 
 
+def fitted_categories(root: Path, category: str | None, dataset: str, train_hint: str = "") -> list[str]:
+    """:func:`categories_for`, where ``all`` keeps only the categories with models.
+
+    Raises:
+        DataError: ``all`` and no category has models (with the command that trains them).
+    """
+    cats = categories_for(root, category)
+    if category != "all":
+        return cats
+    from cfx.models.bundle import available_models
+
+    fitted = set(available_models(dataset))
+    cats = [c for c in cats if c in fitted]
+    if not cats:
+        raise DataError(f"no category of {root} has models yet: run python -m cfx train --data-root {root} "
+                        f"--category all{train_hint}")
+    return cats
+
+
 @dataclass
 class Selected:
     """One image to explain: its array, where it came from and its mask (None when unknown)."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cfx import config
+from cfx.atomic import sqlite_connect
 from cfx.errors import DataError
 
 VERDICTS = ("OK", "NG")
@@ -52,15 +53,7 @@ class ReviewStore:
             con.executescript(_SCHEMA)
 
     def _connect(self) -> sqlite3.Connection:
-        try:
-            con = sqlite3.connect(self.path, timeout=10)
-            con.execute("PRAGMA journal_mode=WAL")
-            con.execute("PRAGMA synchronous=NORMAL")
-            con.execute("SELECT name FROM sqlite_master LIMIT 1").fetchall()
-        except sqlite3.DatabaseError as exc:
-            raise DataError(f"the review database {self.path} is unreadable ({exc}); move it away to start a "
-                            f"new one") from None
-        return con
+        return sqlite_connect(self.path, "the review database", "is unreadable ({exc}); move it away to start a new one")
 
     def record(self, dataset: str, category: str, image: str, model: str, verdict: str, reason: str = "",
                score: float | None = None, threshold: float | None = None) -> dict[str, Any]:

@@ -88,15 +88,13 @@ def audit_distributed(bundle, root: str | Path, category: str, methods: str | Se
     params = {m: dict((params or {}).get(m, {})) for m in methods}
     db = results_db(cache)
     an = _anomalies(bundle, root, category, images, limit)
-    todo, done = [], 0
     model = bundle.key()
-    for i, name in enumerate(an.names):
-        for m in methods:
-            key, _ = unit_key(model, an.images[i], m, target, params[m], seed, an.masks[i])
-            if db.get(key, legacy_key(model, name, an.images[i], m, target, params[m], seed)) is None:
-                todo.append((key, name, m))
-            else:
-                done += 1
+    units = [(unit_key(model, an.images[i], m, target, params[m], seed, an.masks[i])[0], i, m)
+             for i in range(len(an.names)) for m in methods]
+    stored = db.present([k for k, _, _ in units])  # one query; migrated rows only for the rest
+    todo = [(k, an.names[i], m) for k, i, m in units if k not in stored and db.get(
+        k, legacy_key(model, an.names[i], an.images[i], m, target, params[m], seed)) is None]
+    done = len(units) - len(todo)
     total = len(an.names) * len(methods)
     if progress is not None and done:
         progress(done, total, f"{done} stored")

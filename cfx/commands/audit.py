@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 import threading
 
@@ -27,10 +26,11 @@ from cfx.errors import DataError
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The audit's options (beside --data-root and --category)."""
     from cfx.audit import DEFAULT_CUTOFF
-    from cfx.cli import add_data_args, add_detector_arg
+    from cfx.cli import add_cluster_args, add_data_args, add_detector_arg
 
     add_data_args(p, category_all=True)
     add_detector_arg(p)
+    add_cluster_args(p)
     p.add_argument("--methods", default="all", help="comma-separated methods or 'all' (default: all)")
     p.add_argument("--target", default="score", choices=["score", "classifier"],
                    help="explain the detector's anomaly score or the classifier's P(anomalous) (default: score)")
@@ -42,9 +42,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-cache", action="store_true",
                    help="neither read nor write the results database (runs in this process)")
-    p.add_argument("--workers", type=int, help="Dask worker processes (default: one per core; 0: in this process)")
-    p.add_argument("--scheduler", help="address of a running Dask scheduler (default: $CFX_DASK_SCHEDULER, "
-                                       "else a LocalCluster)")
     p.add_argument("--out", help="write audit-<dataset>-<category>-<target>.json/.csv and summary.csv to this folder")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
@@ -54,27 +51,20 @@ def run(args: argparse.Namespace) -> int:
     from cfx.audit import audit_category
     from cfx.audit.distributed import audit_distributed, dask_client
     from cfx.explainers import resolve_methods
-    from cfx.models.bundle import available_models, dataset_name, load_bundle
-    from cfx.resolve import categories_for, resolve_root
+    from cfx.cli import runs_locally
+    from cfx.models.bundle import dataset_name, load_bundle
+    from cfx.resolve import fitted_categories, resolve_root
 
     if not 0 <= args.cutoff <= 1:
         raise DataError(f"--cutoff must lie in [0, 1], not {args.cutoff}")
     if args.limit is not None and args.limit < 1:
         raise DataError(f"--limit must be at least 1, not {args.limit}")
-    if args.workers is not None and args.workers < 0:
-        raise DataError(f"--workers must be 0 or more, not {args.workers}")
+    local = runs_locally(args) or args.no_cache
     params = parse_params(args.params)
     root = resolve_root(args.data_root)
-    cats = categories_for(root, args.category)
     dataset = dataset_name(root)
-    if args.category == "all":
-        fitted = set(available_models(dataset))
-        cats = [c for c in cats if c in fitted]
-        if not cats:
-            raise DataError(f"no category of {root} has models yet: run python -m cfx train --data-root {root} "
-                            f"--category all")
+    cats = fitted_categories(root, args.category, dataset)
     methods = resolve_methods(args.methods)
-    local = args.no_cache or (args.workers == 0 and not (args.scheduler or os.environ.get("CFX_DASK_SCHEDULER")))
     stop = threading.Event()
     results = []
     with contextlib.ExitStack() as stack:

@@ -17,17 +17,15 @@ import os
 import sys
 
 from cfx.atomic import json_default
-from cfx.errors import DataError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from cfx.cli import add_data_args, add_detector_arg
+    from cfx.cli import add_cluster_args, add_data_args, add_detector_arg
 
     add_data_args(p, category_all=True)
     add_detector_arg(p)
+    add_cluster_args(p)
     p.add_argument("--split", default="test", choices=["test", "train"])
-    p.add_argument("--workers", type=int, help="Dask worker processes (default: one per core; 0: in this process)")
-    p.add_argument("--scheduler", help="address of a running Dask scheduler (default: $CFX_DASK_SCHEDULER)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--out", help="write inspect-<dataset>-<category>.csv and -maps.npz to this folder")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -37,23 +35,16 @@ def run(args: argparse.Namespace) -> int:
     from cfx.cluster import dask_client
     from cfx.commands.audit import _Progress
     from cfx.inspection import inspect_category
-    from cfx.models.bundle import available_models, dataset_name, load_bundle
-    from cfx.resolve import categories_for, resolve_root
+    from cfx.cli import runs_locally
+    from cfx.models.bundle import dataset_name, load_bundle
+    from cfx.resolve import fitted_categories, resolve_root
     from cfx.resultdb import open_db
 
-    if args.workers is not None and args.workers < 0:
-        raise DataError(f"--workers must be 0 or more, not {args.workers}")
+    local = runs_locally(args)
     root = resolve_root(args.data_root)
     dataset = dataset_name(root)
-    cats = categories_for(root, args.category)
-    if args.category == "all":
-        fitted = set(available_models(dataset))
-        cats = [c for c in cats if c in fitted]
-        if not cats:
-            raise DataError(f"no category of {root} has models yet: run python -m cfx train --data-root {root} "
-                            f"--category all --detector patchcore")
+    cats = fitted_categories(root, args.category, dataset, " --detector patchcore")
     db = open_db()
-    local = args.workers == 0 and not (args.scheduler or os.environ.get("CFX_DASK_SCHEDULER"))
     out = {}
     with contextlib.ExitStack() as stack:
         client = None if local else stack.enter_context(dask_client(args.scheduler, args.workers))
