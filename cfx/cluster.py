@@ -30,24 +30,89 @@ def default_workers() -> int:
 @contextlib.contextmanager
 def dask_client(scheduler: str | None = None, workers: int | None = None) -> Iterator[Any]:
     """A :class:`distributed.Client` on ``scheduler`` (or ``$CFX_DASK_SCHEDULER``), else on a new
-    LocalCluster of ``workers`` single-threaded processes on loopback, closed on exit."""
-    from distributed import Client, LocalCluster
+    LocalCluster of ``workers`` single-threaded processes on loopback (:func:`local_cluster`),
+    closed on exit.
+
+    Raises:
+        DataError: the scheduler cannot be reached, or the local cluster did not start.
+    """
+    from distributed import Client
 
     address = scheduler or os.environ.get("CFX_DASK_SCHEDULER")
-    if address:
-        with Client(address, timeout="20s") as client:
-            yield client
-        return
+    with contextlib.ExitStack() as stack:
+        if not address:
+            address = stack.enter_context(local_cluster(workers))
+        try:
+            client = stack.enter_context(Client(address, timeout="30s"))
+        except OSError as exc:
+            raise DataError(f"cannot reach the Dask scheduler at {address} ({exc})") from None
+        yield client
+
+
+@contextlib.contextmanager
+def local_cluster(workers: int | None = None, start_timeout: float = 120.0) -> Iterator[str]:
+    """A LocalCluster of ``workers`` single-threaded processes on loopback, yielding its scheduler
+    address; closed on exit.
+
+    The cluster lives in a child process (``python -m cfx.cluster``), not in this one: worker
+    processes are spawned, and a spawned process re-runs its parent's main module. Where that is a
+    Streamlit page script (the app, or a test after AppTest ran one), the workers would run the
+    page and never start. The child also goes when this process dies (its stdin closes).
+
+    Raises:
+        DataError: the cluster did not start (its last error line).
+    """
+    import subprocess
+    import sys
+    import tempfile
+
+    n = int(workers or default_workers())
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "cfx.cluster", "--workers", str(n)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True)
+        try:
+            address = _read_address(proc, start_timeout)
+            if not address:
+                err.seek(0)
+                lines = [x for x in err.read().splitlines() if x.strip()]
+                raise DataError("the local Dask cluster did not start" + (f": {lines[-1].strip()}" if lines else ""))
+            yield address
+        finally:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()  # the child closes its cluster and exits
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _read_address(proc, timeout: float) -> str | None:
+    """The scheduler address the cluster process prints first, or None (it exited or timed out)."""
+    box: list[str] = []
+    t = threading.Thread(target=lambda: box.append(proc.stdout.readline()), daemon=True)
+    t.start()
+    t.join(timeout)
+    line = box[0].strip() if box else ""
+    return line if line.startswith(("tcp://", "tls://", "inproc://")) else None
+
+
+def _serve(workers: int) -> None:
+    """The cluster process: start the LocalCluster, print its address, and keep it until stdin
+    closes (the parent closed it or died)."""
+    import sys
+
     import dask
+    from distributed import LocalCluster
 
     logging.getLogger("distributed").setLevel(logging.WARNING)
-    n = int(workers or default_workers())
     # the workers' statistical profiler samples the running task's stack every 10 ms: measured
     # 14.6 -> 12.4 s per image of LIME + SHAP on a worker without it
     dask.config.set({"distributed.worker.profile.enabled": False})
-    with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None, silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
-        yield client
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None, silence_logs=logging.ERROR) as cluster:
+        print(cluster.scheduler_address, flush=True)
+        sys.stdin.read()
 
 
 # -------------------------------------------------------------------- the worker side
@@ -114,3 +179,11 @@ def worker_arrays(spec: WorkerSpec, bundle, split: str = "test"):
         return _ARRAYS[key]
 
 
+
+
+if __name__ == "__main__":
+    import argparse
+
+    _p = argparse.ArgumentParser(description="a LocalCluster for cfx (started by cfx.cluster.local_cluster)")
+    _p.add_argument("--workers", type=int, default=default_workers())
+    _serve(max(1, _p.parse_args().workers))

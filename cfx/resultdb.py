@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from cfx import config
-from cfx.atomic import json_default
+from cfx.atomic import json_default, sqlite_connect
 from cfx.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -125,14 +125,8 @@ class ResultDB:
             con.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
 
     def _connect(self) -> sqlite3.Connection:
-        try:
-            con = sqlite3.connect(self.path, timeout=30)
-            con.execute("PRAGMA journal_mode=WAL")
-            con.execute("PRAGMA synchronous=NORMAL")
-            con.execute("SELECT name FROM sqlite_master LIMIT 1").fetchall()
-        except sqlite3.DatabaseError as exc:
-            raise DataError(f"the results database {self.path} is damaged ({exc}); move it away or set "
-                            f"CFX_RESULTS_DB to another file") from None
+        con = sqlite_connect(self.path, "the results database",
+                             "is damaged ({exc}); move it away or set CFX_RESULTS_DB to another file", timeout=30)
         con.row_factory = sqlite3.Row
         return con
 
@@ -191,10 +185,12 @@ class ResultDB:
               None if params is None else json.dumps(params, sort_keys=True, default=json_default), seed, impl,
               map_bytes(map), explanation, error, float(seconds), now())]) > 0
 
-    def count(self, model: str | None = None) -> int:
-        if model is None:
-            return int(self._query("SELECT COUNT(*) AS n FROM results")[0]["n"])
-        return int(self._query("SELECT COUNT(*) AS n FROM results WHERE model = ?", (model,))[0]["n"])
+    def count(self, model: str | None = None, method: str | None = None) -> int:
+        """Stored results, all or of one model and/or one method."""
+        where = [(c, v) for c, v in (("model", model), ("method", method)) if v is not None]
+        sql = "SELECT COUNT(*) AS n FROM results" + (" WHERE " + " AND ".join(f"{c} = ?" for c, _ in where)
+                                                      if where else "")
+        return int(self._query(sql, tuple(v for _, v in where))[0]["n"])
 
     # ------------------------------------------------------------ runs and flags
     def start_run(self, kind: str, **fields: Any) -> str:

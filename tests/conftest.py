@@ -2,11 +2,18 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+# A run without standard input (fd 0 closed, as some CI runners start it) leaves sys.__stdin__
+# None; pytest's stdin stand-in then fails an assertion when a library asks its encoding at import
+# (captum -> IPython), which would fail every Grad-CAM test for a reason that is not cfx's.
+if sys.__stdin__ is None:
+    sys.__stdin__ = open(os.devnull)  # noqa: SIM115 - lives as long as the process
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_SAMPLE = ROOT.parent / "shared" / "mvtec-sample"

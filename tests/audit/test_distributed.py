@@ -9,8 +9,6 @@ import sqlite3
 
 import pytest
 
-pytest.importorskip("distributed")
-
 from cfx.audit import audit_category
 from cfx.audit.distributed import audit_distributed, dask_client
 from cfx.cli import main
