@@ -7,12 +7,20 @@
 * page switch: clicking a page in the navigation until it has rendered, models and results warm;
   and how many times the models were loaded over all switches (must be 1 per category);
 * slider: on the Counterfactuals page with cached results, one step of the path slider until the
-  new step is drawn (the slider's fragment reruns alone).
+  new step is drawn (the slider's fragment reruns alone);
+* first answer (issue 14): on Compare, models warm, from choosing another image in the sidebar
+  until its verdict and score against the threshold are shown beside the detector's map (the
+  caption naming the new image; the light methods are drawn in the same pass), and until the
+  page is idle;
+* real folder (issue 15, ``--real DIR``): a fresh server, the sidebar pointed at a copy of a real
+  MVTec category folder without models, "Fit the detector (PatchCore) now", then Compare: from
+  typing the folder to the first explained image (its detector map and Grad-CAM drawn).
 
 Needs chromium (``/usr/bin/chromium``) and the playwright package; uses the models of
 ``$CFX_MODELS_DIR`` (default models/).
 
 Usage: python bench/bench_app.py [--repeats 5] [--category brick] [--method clear] [--json out.json]
+       [--real ../shared/mvtec-sample/bottle]
 """
 from __future__ import annotations
 
@@ -96,6 +104,61 @@ def goto(page, title: str) -> float:
     return time.perf_counter() - t0 - 0.15
 
 
+def pick(page, label: str, option: str) -> None:
+    """Choose ``option`` in the sidebar's selectbox ``label``."""
+    box = page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').filter(has_text=label)
+    box.click()
+    page.keyboard.type(option)
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def images_of(category: str) -> list[str]:
+    """Defective test images of a demo category (``<defect>/<file>``), one per defect type first."""
+    from cfx.data.demo import ensure_demo
+
+    test = ensure_demo() / category / "test"
+    by_defect = [sorted(p.glob("*.png")) for p in sorted(test.iterdir()) if p.is_dir() and p.name != "good"]
+    out = []
+    for k in range(max(len(x) for x in by_defect)):
+        out += [f"{x[k].parent.name}/{x[k].name}" for x in by_defect if k < len(x)]
+    return out
+
+
+def real_folder(browser, folder: Path, logdir: Path) -> float:
+    """Seconds from typing a copy of a real category folder (no models) into the sidebar to the
+    first explained image on Compare (a fresh server and models folder)."""
+    import shutil
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix="cfx-bench-"))
+    root = tmp / "mvtec"
+    shutil.copytree(folder, root / folder.name)
+    os.environ["CFX_MODELS_DIR"], old = str(tmp / "models"), os.environ.get("CFX_MODELS_DIR")
+    try:
+        srv = Server(logdir / "app-real.log")
+    finally:
+        os.environ.pop("CFX_MODELS_DIR") if old is None else os.environ.__setitem__("CFX_MODELS_DIR", old)
+    try:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(srv.url)
+        page.get_by_text("cfx: why is this image anomalous?").wait_for(timeout=120_000)
+        idle(page)
+        box = page.locator('[data-testid="stSidebar"]').get_by_label("MVTec AD root (empty: the demo)", exact=True)
+        t0 = time.perf_counter()
+        box.fill(str(root))
+        box.press("Enter")
+        idle(page)
+        goto(page, "Compare")
+        page.get_by_role("button", name="Fit the detector (PatchCore) now").click()
+        page.get_by_text("✔ gradcam done", exact=True).first.wait_for(timeout=600_000)
+        seconds = time.perf_counter() - t0
+        print(f"real folder -> first explained image: {seconds:.1f} s", file=sys.stderr, flush=True)
+        return seconds
+    finally:
+        srv.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def med(xs: list[float]) -> str:
     return f"{statistics.median(xs):.2f} s (n={len(xs)}, min {min(xs):.2f}, max {max(xs):.2f})"
 
@@ -107,6 +170,7 @@ def main() -> int:
     ap.add_argument("--method", default="clear", help="a counterfactual method with a path (clear, gradient)")
     ap.add_argument("--json", help="write the raw timings here")
     ap.add_argument("--skip-cold", action="store_true", help="skip the fresh-server measurements")
+    ap.add_argument("--real", help="a real MVTec category folder: time folder -> first explained image")
     args = ap.parse_args()
     if not Path(CHROMIUM).exists():
         print(f"{CHROMIUM} is absent: nothing measured")
@@ -117,7 +181,8 @@ def main() -> int:
 
     logdir = ROOT / "bench" / "out"
     logdir.mkdir(parents=True, exist_ok=True)
-    raw: dict[str, list[float]] = {"first_page": [], "first_inspect": [], "switch": [], "slider": []}
+    raw: dict[str, list[float]] = {"first_page": [], "first_inspect": [], "switch": [], "slider": [],
+                                   "first_answer": [], "first_answer_idle": [], "real_folder": []}
     loads = None
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
@@ -151,6 +216,16 @@ def main() -> int:
             for _ in range(args.repeats):
                 for title in PAGES:
                     raw["switch"].append(goto(page, title))
+            goto(page, "Compare")
+            for name in images_of(args.category)[:args.repeats + 1]:
+                t0 = time.perf_counter()
+                pick(page, "Image", name)
+                page.get_by_text(re.compile(rf"^{re.escape(name)} · target")).first.wait_for(timeout=120_000)
+                t1 = time.perf_counter()
+                idle(page)
+                raw["first_answer"].append(t1 - t0)
+                raw["first_answer_idle"].append(time.perf_counter() - t0 - 0.15)
+            raw["first_answer"], raw["first_answer_idle"] = raw["first_answer"][1:], raw["first_answer_idle"][1:]
             goto(page, "Counterfactuals")
             box = page.locator('[data-testid="stMain"] [data-testid="stSelectbox"]').filter(has_text="Method")
             box.click()
@@ -175,6 +250,8 @@ def main() -> int:
             srv.stop()
         text = (logdir / "app-warm.log").read_text()
         loads = text.count("cfx: loaded models")
+        if args.real:
+            raw["real_folder"].append(real_folder(browser, Path(args.real), logdir))
         browser.close()
 
     from cfx.config import device_label
@@ -189,6 +266,12 @@ def main() -> int:
     print(f"| page switch, warm | {med(raw['switch'])} | no model reload |")
     if raw["slider"]:
         print(f"| path slider step on cached results ({args.method}) | {med(raw['slider'])} | < 0.3 s |")
+    if raw["first_answer"]:
+        print(f"| first answer on Compare (verdict, score, detector map) after choosing an image | "
+              f"{med(raw['first_answer'])} | <= 1 s |")
+        print(f"| ... until the page is idle (light methods drawn) | {med(raw['first_answer_idle'])} | |")
+    if raw["real_folder"]:
+        print(f"| real folder ({args.real}) -> fitted -> first explained image | {med(raw['real_folder'])} | <= 120 s |")
     print(f"\nModel loads in the warm session over {len(raw['switch']) + len(PAGES)} page switches: {loads} "
           f"(1 expected: one category).")
     if args.json:

@@ -79,7 +79,10 @@ def fill_image(bundle, image: np.ndarray, fill: str) -> np.ndarray:
 # ------------------------------------------------------------------ train images
 def set_data_root(bundle, root: str | Path) -> None:
     """Tell the bundle where its training data lives (DiCE's PCA and the latent ensemble read
-    train/good from it). The CLI and the app call this after loading a bundle."""
+    train/good from it). The CLI and the app call this after loading a bundle (every page run:
+    the same root does not wait for the bundle's lock)."""
+    if bundle.loaded.data_root == Path(root):
+        return
     with bundle.lock:
         bundle.loaded.set_data_root(root)
 

@@ -13,6 +13,7 @@ Pages, export, metrics and the audit use only this type.
 """
 from __future__ import annotations
 
+import threading
 import time
 import traceback
 from abc import ABC, abstractmethod
@@ -21,6 +22,11 @@ from typing import Any, ClassVar, Iterable
 
 import numpy as np
 import torch
+
+from cfx.meter import Cancelled, metered
+
+#: the error of a method the user cancelled (never stored; the next run computes it)
+CANCELLED = "cancelled by the user"
 
 
 @dataclass
@@ -153,13 +159,22 @@ class Explainer(ABC):
     heavy: ClassVar[bool] = True
     #: display order in the CLI, the audit and the pages (then by name)
     order: ClassVar[int] = 100
+    #: images a run usually scores when :meth:`planned_evaluations` cannot tell in advance (the
+    #: search methods; measured with the shipped demo models), for time estimates only
+    typical_evaluations: ClassVar[int | None] = None
+
+    @classmethod
+    def planned_evaluations(cls, params: dict[str, Any]) -> int | None:
+        """The images a run with ``params`` (defaults filled in) will score through the target,
+        where the method fixes that in advance; None otherwise."""
+        return None
 
     def __init__(self, bundle) -> None:
         self.bundle = bundle
         self.mask: np.ndarray | None = None
 
     def attribute(self, image: np.ndarray, target: str = "score", seed: int = 0, mask: np.ndarray | None = None,
-                  **params: Any) -> Explanation:
+                  *, cancel: threading.Event | None = None, **params: Any) -> Explanation:
         """Explain ``target`` on one image.
 
         Args:
@@ -167,11 +182,14 @@ class Explainer(ABC):
             target: one of ``score``, ``recon``, ``mahalanobis``, ``classifier``.
             seed: the random seed (results are deterministic given it).
             mask: the ground-truth defect mask (H, W), if known (counterfactuals' locality).
+            cancel: set from another thread to stop the method at its next model evaluation
+                (it raises :class:`cfx.meter.Cancelled`).
             **params: method parameters (see ``defaults``); unknown names raise ``TypeError``.
 
         Returns:
-            The :class:`Explanation`. Errors inside the method are not caught here; see
-            :func:`explain` for the catching variant.
+            The :class:`Explanation`; ``info["evaluations"]`` counts the images the method scored
+            through a target. Errors inside the method are not caught here; see :func:`explain`
+            for the catching variant.
         """
         check_target(self.bundle, target)
         unknown = set(params) - set(self.defaults)
@@ -185,9 +203,11 @@ class Explainer(ABC):
         torch.manual_seed(seed)
         self.mask = None if mask is None else np.asarray(mask)
         t0 = time.perf_counter()
-        exp = self._explain(image, target, seed, p)
+        with metered(cancel) as meter:
+            exp = self._explain(image, target, seed, p)
         exp.seconds = time.perf_counter() - t0
         exp.params, exp.seed = p, seed
+        exp.info["evaluations"] = meter.evaluations
         return exp
 
     def base(self, image: np.ndarray, target: str) -> Explanation:
@@ -235,17 +255,21 @@ def resolve_methods(chosen: str | Iterable[str] | None) -> list[str]:
 
 
 def explain(bundle, image: np.ndarray, methods: Iterable[str], target: str = "score", seed: int = 0,
-            params: dict[str, dict[str, Any]] | None = None, mask: np.ndarray | None = None
-            ) -> dict[str, Explanation]:
-    """Run several methods; a method that fails returns an Explanation with ``error`` set and the
-    others still run."""
+            params: dict[str, dict[str, Any]] | None = None, mask: np.ndarray | None = None,
+            cancel: threading.Event | None = None) -> dict[str, Explanation]:
+    """Run several methods; a method that fails (or is cancelled through ``cancel``) returns an
+    Explanation with ``error`` set and the others still run."""
     out: dict[str, Explanation] = {}
     for m in methods:
         t0 = time.perf_counter()
         try:
             if m not in REGISTRY:
                 raise KeyError(f"unknown method {m!r}; known: {', '.join(REGISTRY)}")
-            out[m] = REGISTRY[m](bundle).attribute(image, target, seed, mask, **(params or {}).get(m, {}))
+            out[m] = REGISTRY[m](bundle).attribute(image, target, seed, mask, cancel=cancel,
+                                                   **(params or {}).get(m, {}))
+        except Cancelled:
+            out[m] = Explanation(m, target, np.asarray(image, np.float32), float("nan"), float("nan"),
+                                 seconds=time.perf_counter() - t0, seed=seed, error=CANCELLED)
         except Exception as exc:  # noqa: BLE001 - reported in the method's own entry
             msg = f"{type(exc).__name__}: {exc}".splitlines()[0]
             e = Explanation(m, target, np.asarray(image, np.float32), float("nan"), float("nan"),

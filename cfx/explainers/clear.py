@@ -243,6 +243,7 @@ class Clear(CounterfactualExplainer):
 
     name: ClassVar[str] = "clear"
     order: ClassVar[int] = 4
+    typical_evaluations: ClassVar[int | None] = 2500  # measured on demo defects (VAE): 2214 (brick) and 2714 (tablet)
     label: ClassVar[str] = "CLEAR (latent regression)"
     #: ``n_samples`` 0: this many for the cheap VAE detector, else the other (a PatchCore
     #: evaluation costs about 10x a VAE one on the CPU; provisional until the convergence study)

@@ -22,6 +22,7 @@ class Concepts(CounterfactualExplainer):
 
     name: ClassVar[str] = "concepts"
     order: ClassVar[int] = 7
+    typical_evaluations: ClassVar[int | None] = 260  # measured on demo defects (VAE): 254
     label: ClassVar[str] = "Concepts (generator)"
     defaults: ClassVar[dict[str, Any]] = {"alpha": 0.0, "path_steps": 8}
 

@@ -104,6 +104,7 @@ class Dice(CounterfactualExplainer):
 
     name: ClassVar[str] = "dice"
     order: ClassVar[int] = 5
+    typical_evaluations: ClassVar[int | None] = 730  # measured on demo defects (VAE): 727
     label: ClassVar[str] = "DiCE (PCA features)"
     defaults: ClassVar[dict[str, Any]] = {"total_cfs": 4, "method": "genetic", "proximity_weight": 0.5,
                                           "diversity_weight": 1.0, "posthoc_sparsity": False, "max_iterations": 30,

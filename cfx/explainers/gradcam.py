@@ -17,8 +17,9 @@ Hooks: captum registers a forward hook on the layer for one call and removes it 
 on the shared ``classifier.features`` would also fire on another thread's forward pass (a page
 scoring images while this one explains) and mix that thread's activations into this map. So
 each call hooks its own throw-away wrapper around the layer (:class:`_Tap`), which only this
-call's forward function goes through; the call also holds ``bundle.lock`` (an RLock: callers that
-already hold it, like the app, are fine).
+call's forward function goes through. It takes no random draws and reads no shared state, so it
+does not wait for ``bundle.lock`` (a heavy method holds that for seconds; Grad-CAM is part of the
+app's first answer).
 """
 from __future__ import annotations
 
@@ -66,7 +67,7 @@ class GradCAM(Explainer):
         b = self.bundle
         patchcore = target == "score" and b.detector_name == "patchcore"
         x = b.to_tensor(image[None]).clone()
-        with b.lock, torch.inference_mode(False), torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad():
             if patchcore:
                 det, size = b.detector, tuple(image.shape[-2:])
                 tap = _Tap(nn.Identity())

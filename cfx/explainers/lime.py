@@ -90,6 +90,10 @@ class Lime(Explainer):
     defaults: ClassVar[dict[str, Any]] = {"num_samples": 1000, "n_segments": 100, "segmentation": "slic",
                                           "fill": "auto", "batch_size": 256, "kernel_width": 0.25}
 
+    @classmethod
+    def planned_evaluations(cls, params: dict[str, Any]) -> int | None:
+        return int(params["num_samples"]) + 1  # the samples and the original
+
     def _explain(self, image: np.ndarray, target: str, seed: int, params: dict[str, Any]) -> Explanation:
         b = self.bundle
         exp = self.base(image, target)

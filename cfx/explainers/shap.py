@@ -61,6 +61,10 @@ class Shap(Explainer):
     label: ClassVar[str] = "SHAP"
     defaults: ClassVar[dict[str, Any]] = {"max_evals": 1000, "fill": "auto", "grid": 32, "batch_size": 512}
 
+    @classmethod
+    def planned_evaluations(cls, params: dict[str, Any]) -> int | None:
+        return int(params["max_evals"]) + 1  # the budget and the original
+
     def _explain(self, image: np.ndarray, target: str, seed: int, params: dict[str, Any]) -> Explanation:
         import shap
 

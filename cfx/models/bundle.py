@@ -22,6 +22,7 @@ import torch
 from cfx import config
 from cfx.detectors import DETECTORS, Detector, MultiScoreDetector, load_detector, read_checkpoint, write_checkpoint
 from cfx.errors import ModelMissingError
+from cfx.meter import tick
 from cfx.models.nets import VAE, Classifier, ConvAutoencoder
 from cfx.models.parts import LoadedParts
 
@@ -216,7 +217,10 @@ class ModelBundle:
         return self.target(target).threshold
 
     def score(self, x: torch.Tensor, target: str = "score") -> torch.Tensor:
-        """The chosen target for a batch (N, C, H, W) on the bundle's device; differentiable."""
+        """The chosen target for a batch (N, C, H, W) on the bundle's device; differentiable.
+        Counted as N evaluations (:func:`cfx.meter.tick`; raises :class:`cfx.meter.Cancelled`
+        in a cancelled computation)."""
+        tick(len(x))
         t = self.target(target)
         if t.name == "classifier":
             return self.classifier.proba(x)
