@@ -104,12 +104,17 @@ def goto(page, title: str) -> float:
     return time.perf_counter() - t0 - 0.15
 
 
-def pick(page, label: str, option: str) -> None:
-    """Choose ``option`` in the sidebar's selectbox ``label``."""
+def pick(page, label: str, option: str) -> float:
+    """Choose ``option`` in the sidebar's selectbox ``label``; returns the moment of the click that
+    chose it (after opening the box and typing the filter)."""
     box = page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').filter(has_text=label)
     box.click()
     page.keyboard.type(option)
-    page.get_by_role("option", name=option, exact=True).click()
+    opt = page.get_by_role("option", name=option, exact=True)
+    opt.wait_for()
+    t0 = time.perf_counter()
+    opt.click()
+    return t0
 
 
 def images_of(category: str) -> list[str]:
@@ -218,8 +223,7 @@ def main() -> int:
                     raw["switch"].append(goto(page, title))
             goto(page, "Compare")
             for name in images_of(args.category)[:args.repeats + 1]:
-                t0 = time.perf_counter()
-                pick(page, "Image", name)
+                t0 = pick(page, "Image", name)
                 page.get_by_text(re.compile(rf"^{re.escape(name)} · target")).first.wait_for(timeout=120_000)
                 t1 = time.perf_counter()
                 idle(page)

@@ -76,7 +76,9 @@ if waiting and (auto_run or st.button(f"▶ Run {len(waiting)} heavy method(s): 
     st.rerun()
 
 # ------------------------------------------------------------------ grid
-labels_line = (f"**{sel.name}** · target: {labels[target]}")
+labels_line = f"**{sel.name}** · target: {labels[target]}"
+
+
 def _metrics_line(exp) -> str:
     parts = [f"{exp.seconds:.2f} s", f"target {exp.target}", f"before {exp.score_before:.3f}"]
     if exp.counterfactuals:
@@ -141,37 +143,37 @@ def _cell(m: str, exp, first_scale: bool) -> bool:
     return first_scale
 
 
-live = stream is not None and stream.running
+@st.fragment(run_every=1.0)
+def _live(m: str) -> None:
+    """A pending method's cell while the stream runs: only this placeholder polls (the finished
+    cells are not redrawn every second); when the method (or the stream) ends, the page reruns
+    once to draw its result."""
+    if m in stream.snapshot() or not stream.running:
+        st.rerun()
+    _placeholder(m)
 
 
-@st.fragment(run_every=1.0 if live else None)
-def _grid() -> None:
-    shown_now = {**results, **_streamed()}
-    shown_now = {m: shown_now[m] for m in methods if m in shown_now}
-    show("compare", results=shown_now, pending=[m for m in methods if m not in shown_now])
-    before = next((e.score_before for e in shown_now.values() if e.ok), None)
-    thr = b.threshold_for(target)
-    verdict = "" if before is None else (" — **anomalous**" if before > thr else " — **normal**")
-    st.caption(labels_line + (f" = {before:.3f}" if before is not None else "") + f" (threshold {thr:.3f})"
-               + verdict + ". One colour scale for every map (red: pushes the target up, blue: down; each map "
-               "divided by its scale, shown on hover); green outline: the defect mask.")
-    first_scale = True
-    for r in range(0, len(methods), NCOLS):
-        cols = st.columns(NCOLS)
-        for col, m in zip(cols, methods[r:r + NCOLS]):
-            with col.container(border=True):
-                st.markdown(f"**{reg[m].label or m}** · `{m}`")
-                if m in shown_now:
-                    first_scale = _cell(m, shown_now[m], first_scale)
-                else:
-                    _placeholder(m)
-    if live and not stream.running:
-        st.rerun()  # the stream ended: redraw the whole page (table and exports) without polling
-
-
-_grid()
-results = {m: e for m, e in {**results, **_streamed()}.items()}
+results = {**results, **_streamed()}
 results = {m: results[m] for m in methods if m in results}
+show("compare", results=results, pending=[m for m in methods if m not in results])
+before = next((e.score_before for e in results.values() if e.ok), None)
+thr = b.threshold_for(target)
+verdict = "" if before is None else (" — **anomalous**" if before > thr else " — **normal**")
+st.caption(labels_line + (f" = {before:.3f}" if before is not None else "") + f" (threshold {thr:.3f})"
+           + verdict + ". One colour scale for every map (red: pushes the target up, blue: down; each map "
+           "divided by its scale, shown on hover); green outline: the defect mask.")
+first_scale = True
+for r in range(0, len(methods), NCOLS):
+    cols = st.columns(NCOLS)
+    for col, m in zip(cols, methods[r:r + NCOLS]):
+        with col.container(border=True):
+            st.markdown(f"**{reg[m].label or m}** · `{m}`")
+            if m in results:
+                first_scale = _cell(m, results[m], first_scale)
+            elif stream is not None and stream.running and m in stream.pending():
+                _live(m)
+            else:
+                _placeholder(m)
 
 # ------------------------------------------------------------------ table and exports
 if results:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,12 @@ if sys.__stdin__ is None:
     sys.__stdin__ = open(os.devnull)  # noqa: SIM115 - lives as long as the process
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# The results and review databases of a test run are its own (a run never reads what an earlier
+# run or the app stored under .cfx-cache); tests that need a particular one set these themselves.
+_DBS = Path(tempfile.mkdtemp(prefix="cfx-test-dbs-"))
+os.environ.setdefault("CFX_RESULTS_DB", str(_DBS / "results.sqlite"))
+os.environ.setdefault("CFX_REVIEW_DB", str(_DBS / "review.sqlite"))
 SHARED_SAMPLE = ROOT.parent / "shared" / "mvtec-sample"
 
 
@@ -93,3 +100,26 @@ def tiny_root(tmp_path) -> Path:
     # 001 has no mask: unknown, not empty
     os.environ.pop("CFX_DATA_ROOT", None)
     return root
+
+
+@pytest.fixture
+def slow_method(monkeypatch):
+    """A registered toy method (``zz_slow``) that scores one image at a time for about 10 s unless
+    cancelled: the streamed and cancelled runs' subject."""
+    import time
+
+    from cfx.explainers.base import REGISTRY, Explainer
+
+    class Slow(Explainer):
+        name, kind, label, defaults = "zz_slow", "heatmap", "Slow", {"n": 1000}
+
+        def _explain(self, image, target, seed, params):
+            e = self.base(image, target)
+            for _ in range(params["n"]):
+                self.bundle.score_numpy(image[None], target)
+                time.sleep(0.01)
+            e.heatmap = np.zeros(image.shape[1:], np.float32)
+            return e
+
+    monkeypatch.setitem(REGISTRY, Slow.name, Slow)
+    return Slow

@@ -256,8 +256,10 @@ class AuditJob:
     Args:
         engine: ``dask`` (default: the units as tasks on a LocalCluster of niced worker processes,
             :func:`cfx.audit.distributed.audit_distributed`) or ``local`` (:func:`audit_category`
-            in this thread, niced). The app uses ``local``: a Streamlit server's main module is the
-            page script, which spawned worker processes cannot re-import.
+            in this thread, niced). The app uses ``local``: on a 2-core machine one process with
+            two torch threads already keeps both cores busy, and the cluster's processes measured
+            slower (BENCHMARKS.md); the cluster itself runs in a child process
+            (:func:`cfx.cluster.local_cluster`), so ``dask`` works from the app too.
         workers: the LocalCluster's processes (default: one per core).
         **kwargs: the arguments of :func:`audit_category` (``progress`` and ``stop`` are set by the job).
 

@@ -413,29 +413,13 @@ def test_heavy_methods_wait_for_run(monkeypatch):
     assert not shown(at, "compare")["pending"]
 
 
-class _Slow(Explainer):
-    """Scores one image at a time until cancelled (about 10 s otherwise)."""
-
-    name, kind, label, defaults = "zz_slow", "heatmap", "Slow", {"n": 1000}
-
-    def _explain(self, image, target, seed, params):
-        import time
-
-        e = self.base(image, target)
-        for _ in range(params["n"]):
-            self.bundle.score_numpy(image[None], target)
-            time.sleep(0.01)
-        e.heatmap = np.zeros(image.shape[1:], np.float32)
-        return e
-
-
-def test_heavy_methods_stream_in_and_a_running_one_can_be_cancelled(monkeypatch, tmp_path):
+def test_heavy_methods_stream_in_and_a_running_one_can_be_cancelled(monkeypatch, tmp_path, slow_method):
     """Run starts the heavy methods in the background: the page answers at once with the light
     ones and a live placeholder (elapsed of an estimate, Cancel); Cancel stops only the running
     method, the next one still fills its cell, and the cancelled one waits for Run."""
     import time
 
-    monkeypatch.setitem(REGISTRY, _Slow.name, _Slow)
+    _Slow = slow_method
     monkeypatch.setenv("CFX_RESULTS_DB", str(tmp_path / "r.sqlite"))  # nothing stored before
     at = new_app("pages/compare.py", detector="vae")
     at.selectbox(key="w_image").select("hole/006.png").run()  # no other test explains it

@@ -9,24 +9,10 @@ import time
 import numpy as np
 import pytest
 
-from cfx.explainers import REGISTRY, Explainer
+from cfx.explainers import REGISTRY
 from cfx.explainers.base import CANCELLED
 from cfx.explainers.stream import ExplainStream, evaluation_cost, planned_evaluations
 from cfx.meter import Cancelled, metered, tick
-
-
-class _Slow(Explainer):
-    """Scores one image at a time until cancelled (or 600 evaluations)."""
-
-    name, kind, label, defaults = "zz_slow", "heatmap", "Slow", {"n": 600}
-
-    def _explain(self, image, target, seed, params):
-        e = self.base(image, target)
-        for _ in range(params["n"]):
-            self.bundle.score_numpy(image[None], target)
-            time.sleep(0.01)
-        e.heatmap = np.zeros(image.shape[1:], np.float32)
-        return e
 
 
 @pytest.fixture
@@ -59,8 +45,8 @@ def test_evaluations_are_counted_and_match_the_plan(anomaly):
         assert e.info["evaluations"] == planned_evaluations(b, m, params=p)
 
 
-def test_stream_fills_results_in_order_and_cancels_only_the_running_method(anomaly, monkeypatch):
-    monkeypatch.setitem(REGISTRY, _Slow.name, _Slow)
+def test_stream_fills_results_in_order_and_cancels_only_the_running_method(anomaly, slow_method):
+    _Slow = slow_method
     b, image, mask = anomaly
     stored = []
     s = ExplainStream(b, image, ["lime", _Slow.name, "gradient"], params={"lime": {"num_samples": 60}},
@@ -81,8 +67,8 @@ def test_stream_fills_results_in_order_and_cancels_only_the_running_method(anoma
     assert not s.add(["lime"])  # the stream has ended: the page starts a new one
 
 
-def test_stop_runs_no_other_method(anomaly, monkeypatch):
-    monkeypatch.setitem(REGISTRY, _Slow.name, _Slow)
+def test_stop_runs_no_other_method(anomaly, slow_method):
+    _Slow = slow_method
     b, image, _ = anomaly
     s = ExplainStream(b, image, [_Slow.name, "lime"]).start()
     while s.current != _Slow.name and s.running:

@@ -1,0 +1,140 @@
+"""How LIME, SHAP and CLEAR converge with their number of model evaluations (issue 14).
+
+For each demo defect (detected, with a mask) and each sample count, the method's map is compared
+with the ground-truth mask (optimal Jaccard J*, :func:`cfx.metrics.optimal_jaccard`) and with the
+map of a ``--reference``-sample run of the same method and seed (Spearman rank correlation over the
+pixels). The "knee" of a method is the smallest count whose median J* is within 0.02 of the
+reference's and whose median rank correlation is at least 0.9. Prints Markdown, writes the raw
+numbers (``--json``) and a figure of the curves (``--png``).
+
+Usage: python bench/bench_convergence.py [--detector vae] [--categories brick,tablet] [--images 3]
+       [--methods lime,shap,clear] [--counts 50,100,200,400,800,1600] [--reference 5000]
+       [--png docs/benchmarks/convergence.png] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from cfx.config import device_label  # noqa: E402
+from cfx.data.mvtec import MVTecDataset  # noqa: E402
+from cfx.explainers import explain, set_data_root  # noqa: E402
+from cfx.metrics import explanation_map, optimal_jaccard  # noqa: E402
+from cfx.models.bundle import load_bundle  # noqa: E402
+from cfx.resolve import resolve_root  # noqa: E402
+
+#: the parameter that sets each method's number of evaluations
+COUNT_PARAM = {"lime": "num_samples", "shap": "max_evals", "clear": "n_samples"}
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    r = spearmanr(np.ravel(a), np.ravel(b)).statistic
+    return float(r) if np.isfinite(r) else 0.0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--detector", default="vae")
+    ap.add_argument("--categories", default="brick,tablet")
+    ap.add_argument("--images", type=int, default=3)
+    ap.add_argument("--methods", default="lime,shap,clear")
+    ap.add_argument("--counts", default="50,100,200,400,800,1600")
+    ap.add_argument("--reference", type=int, default=5000)
+    ap.add_argument("--png")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    counts = [int(c) for c in args.counts.split(",")]
+    methods = args.methods.split(",")
+    root = resolve_root(None)
+    raw: dict[str, dict[int, list[dict]]] = {m: {} for m in methods}
+    for cat in args.categories.split(","):
+        b = load_bundle("demo", cat, detector=args.detector)
+        set_data_root(b, root)
+        arr = MVTecDataset(root, cat, "test", image_size=b.image_size, channels=b.channels).arrays()
+        s = b.score_numpy(arr.images)
+        idx = [i for i in np.flatnonzero(arr.labels == 1) if s[i] > b.threshold_for("score") and arr.masks[i].any()]
+        pick = [idx[int(k)] for k in np.unique(np.linspace(0, len(idx) - 1, args.images).round())]
+        for i in pick:
+            image, mask = arr.images[i], arr.masks[i]
+            for m in methods:
+                ref = explain(b, image, [m], params={m: {COUNT_PARAM[m]: args.reference}}, mask=mask)[m]
+                ref_map = explanation_map(ref)
+                if ref.error or ref_map is None:
+                    print(f"{cat}/{arr.samples[i].name} {m} reference: {ref.error or 'no map'}", file=sys.stderr)
+                    continue
+                for n in counts + [args.reference]:
+                    e = ref if n == args.reference else explain(b, image, [m], params={m: {COUNT_PARAM[m]: n}},
+                                                                 mask=mask)[m]
+                    h = explanation_map(e)
+                    row = {"image": f"{cat}/{arr.samples[i].name}", "evaluations": e.info.get("evaluations"),
+                           "seconds": e.seconds, "jaccard": optimal_jaccard(h, mask).jaccard if h is not None else 0.0,
+                           "rank_corr": spearman(h, ref_map) if h is not None else 0.0}
+                    raw[m].setdefault(n, []).append(row)
+                    print(f"{m} {n} {row}", file=sys.stderr, flush=True)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"### Convergence with the number of evaluations ({_dt.date.today().isoformat()}, {platform.node()}, "
+          f"{os.cpu_count()} CPUs, {device_label()}, {args.detector} detector, demo {args.categories}, "
+          f"{args.images} detected defects each, reference {args.reference}, load average {load:.1f})\n")
+    print("| method | count | evaluations | seconds | J* (median) | J* of the reference - J* | "
+          "rank corr. with the reference (median) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    knees = {}
+    for m in methods:
+        if args.reference not in raw[m]:
+            continue
+        ref_j = statistics.median(r["jaccard"] for r in raw[m][args.reference])
+        for n in counts + [args.reference]:
+            rows = raw[m].get(n, [])
+            if not rows:
+                continue
+            j = statistics.median(r["jaccard"] for r in rows)
+            rc = statistics.median(r["rank_corr"] for r in rows)
+            if n != args.reference and m not in knees and ref_j - j <= 0.02 and rc >= 0.9:
+                knees[m] = n
+            print(f"| {m} | {n} | {statistics.median(r['evaluations'] or 0 for r in rows):.0f} | "
+                  f"{statistics.median(r['seconds'] for r in rows):.2f} | {j:.3f} | {ref_j - j:+.3f} | {rc:.3f} |")
+    print("\nKnee (smallest count within 0.02 J* of the reference and rank correlation >= 0.9): "
+          + ", ".join(f"{m} {knees.get(m, 'none of the counts')}" for m in methods))
+    if args.json:
+        Path(args.json).write_text(json.dumps({m: {str(n): v for n, v in d.items()} for m, d in raw.items()}, indent=1))
+    if args.png:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+        for m in methods:
+            ns = [n for n in counts + [args.reference] if raw[m].get(n)]
+            axes[0].plot(ns, [statistics.median(r["jaccard"] for r in raw[m][n]) for n in ns], "o-", label=m)
+            axes[1].plot(ns, [statistics.median(r["rank_corr"] for r in raw[m][n]) for n in ns], "o-", label=m)
+        for ax, title in zip(axes, ("median J* with the mask", f"median rank corr. with the {args.reference}-sample map")):
+            ax.set_xscale("log")
+            ax.set_xlabel("samples (the method's count parameter)")
+            ax.set_title(title, fontsize=10)
+            ax.grid(alpha=0.3)
+            ax.legend()
+        fig.suptitle(f"{args.detector} detector, demo {args.categories}", fontsize=10)
+        fig.tight_layout()
+        Path(args.png).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(args.png).with_suffix(".tmp.png")
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, args.png)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
