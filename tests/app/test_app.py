@@ -413,38 +413,6 @@ def test_heavy_methods_wait_for_run(monkeypatch):
     assert not shown(at, "compare")["pending"]
 
 
-def test_heavy_methods_stream_in_and_a_running_one_can_be_cancelled(monkeypatch, tmp_path, slow_method):
-    """Run starts the heavy methods in the background: the page answers at once with the light
-    ones and a live placeholder (elapsed of an estimate, Cancel); Cancel stops only the running
-    method, the next one still fills its cell, and the cancelled one waits for Run."""
-    import time
-
-    _Slow = slow_method
-    monkeypatch.setenv("CFX_RESULTS_DB", str(tmp_path / "r.sqlite"))  # nothing stored before
-    at = new_app("pages/compare.py", detector="vae")
-    at.selectbox(key="w_image").select("hole/006.png").run()  # no other test explains it
-    at.multiselect(key="w_compare_methods").set_value(["recon", _Slow.name, "gradient"]).run()
-    ok(at)
-    at.button(key="cmp_run").click().run()
-    ok(at)
-    stream = at.session_state["cmp_stream"][1]
-    t0 = time.time()
-    while stream.current != _Slow.name and time.time() - t0 < 60:
-        time.sleep(0.05)
-    at.run()
-    ok(at)
-    assert shown(at, "compare")["results"]["recon"].ok  # the detector's map is there at once
-    assert set(shown(at, "compare")["pending"]) == {_Slow.name, "gradient"}
-    assert any(p.text.startswith("Running") for p in at.get("progress"))
-    assert any("Queued" in i.value for i in at.info)
-    at.button(key=f"cmp_cancel_{_Slow.name}").click().run()
-    wait_stream(at)
-    assert shown(at, "compare")["results"]["gradient"].ok
-    assert shown(at, "compare")["pending"] == [_Slow.name]
-    assert any("Cancelled" in i.value for i in at.info)
-    assert any(x.key == "cmp_run" for x in at.button)
-
-
 def test_light_methods_do_not_wait_for_a_running_heavy_one():
     """The first answer (the detector's map, Grad-CAM) comes while another computation holds the
     model's lock (another session's heavy method)."""
