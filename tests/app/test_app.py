@@ -96,22 +96,8 @@ def cf_run(at: AppTest) -> AppTest:
 
 
 def run_all(at: AppTest) -> AppTest:
-    """Compare: run the heavy methods too (they stream in the background; wait for them)."""
+    """Compare: run the heavy methods too."""
     at.toggle(key="cmp_auto").set_value(True).run()
-    return wait_stream(ok(at))
-
-
-def wait_stream(at: AppTest, timeout: float = 600) -> AppTest:
-    """Compare: wait until the session's background stream of heavy methods has ended, then rerun."""
-    import time
-
-    entry = at.session_state["cmp_stream"] if "cmp_stream" in at.session_state else None
-    if entry is not None:
-        t0 = time.time()
-        while entry[1].running and time.time() - t0 < timeout:
-            time.sleep(0.1)
-        assert not entry[1].running, "the heavy methods did not finish"
-    at.run()
     return ok(at)
 
 
@@ -408,7 +394,7 @@ def test_heavy_methods_wait_for_run(monkeypatch):
     assert _ToyPath.name in shown(at, "compare")["pending"]
     assert _ToyPath.name not in shown(at, "compare")["results"]
     at.button(key="cmp_run").click().run()
-    wait_stream(ok(at))
+    ok(at)
     assert shown(at, "compare")["results"][_ToyPath.name].ok
     assert not shown(at, "compare")["pending"]
 
