@@ -8,7 +8,11 @@ Side by side in one run, interleaved, on the shipped demo weights (models warm, 
   :data:`cfx.config.FORWARD_BATCH`);
 * its parts: VAE encoder, VAE decoder, AE decoder (CLEAR decodes every sample with it).
 
-Usage: python bench/bench_scoring.py [--categories brick,tablet] [--repeats 7] [--n 256]
+With ``--detector patchcore``: the PatchCore score per image at forward batches of 1-32, and its
+EfficientNet-Lite0 trunk as the package builds it against cfx's (batch norms folded into the
+convolutions, channels-last), side by side.
+
+Usage: python bench/bench_scoring.py [--categories brick,tablet] [--repeats 7] [--n 256] [--detector patchcore]
 """
 from __future__ import annotations
 
@@ -46,12 +50,47 @@ def per_image_ms(fn, n: int) -> float:
     return (time.perf_counter() - t) * 1000 / n
 
 
+def patchcore(args) -> int:
+    from cfx.models.backbone import Lite0Features
+
+    print(f"PatchCore scoring cost — {machine()}, load before {loadavg()}\n")
+    print(f"Median of {args.repeats} interleaved repeats, {args.n} random images each, ms per image.\n")
+    print("| category | measure | ms/image |")
+    print("|---|---|---:|")
+    plain = Lite0Features(optimise=False)
+    for cat in args.categories.split(","):
+        b = load_bundle("demo", cat, device="cpu", detector="patchcore")
+        det = b.detector
+        x_np = np.random.default_rng(0).random((args.n, b.channels, b.image_size, b.image_size), dtype=np.float32)
+        x = b.to_tensor(x_np)
+        jobs = {f"trunk as packaged (batch norms, contiguous), batch {bs}":
+                (lambda bs=bs: [plain(x[i:i + bs], det.input_size) for i in range(0, args.n, bs)]) for bs in (4, 32)}
+        jobs.update({f"trunk of cfx (folded, channels-last), batch {bs}":
+                     (lambda bs=bs: [det.features(x[i:i + bs]) for i in range(0, args.n, bs)]) for bs in (4, 32)})
+        jobs.update({f"PatchCore score, batch {bs}" + (" (cfx's CPU batch)" if bs == b.forward_batch else ""):
+                     (lambda bs=bs: b.score_numpy(x_np, "score", batch=bs)) for bs in (1, 2, 4, 8, 16, 32)})
+        times: dict[str, list[float]] = {k: [] for k in jobs}
+        with torch.inference_mode():
+            for fn in jobs.values():
+                fn()  # warm
+            for _ in range(args.repeats):
+                for k, fn in jobs.items():
+                    times[k].append(per_image_ms(fn, args.n))
+        for k, v in times.items():
+            print(f"| {cat} | {k} | {statistics.median(v):.1f} |")
+    print(f"\nLoad after: {loadavg()}")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--categories", default="brick,tablet")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--n", type=int, default=256, help="images per measurement")
+    p.add_argument("--detector", default="vae", choices=("vae", "patchcore"))
     args = p.parse_args(argv)
+    if args.detector == "patchcore":
+        return patchcore(args)
     print(f"Detector scoring cost — {_dt.date.today()}, {machine()}, load before {loadavg()}\n")
     print(f"Median of {args.repeats} interleaved repeats, {args.n} random images each, ms per image.\n")
     print("| category (alpha) | measure | ms/image |")

@@ -133,6 +133,9 @@ class Detector(nn.Module):
     parts: ClassVar[dict[str, tuple[str, str]]] = {}
     #: the file of its checkpoint in a category's model folder
     filename: ClassVar[str] = ""
+    #: images per forward pass by device type where the default (:data:`cfx.config.FORWARD_BATCH`)
+    #: does not suit the detector
+    forward_batches: ClassVar[dict[str, int]] = {}
 
     def __init__(self) -> None:
         super().__init__()

