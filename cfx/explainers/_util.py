@@ -119,3 +119,31 @@ def train_images(bundle) -> np.ndarray:
                 raise DataError(f"no train/good images for {bundle.category}")
             bundle.loaded.train_images = arr.images
         return bundle.loaded.train_images
+
+
+class EarlyStop:
+    """Stop a sampling run once its top regions have not changed over the last quarter of the samples.
+
+    Args:
+        min_samples: never stop before this many samples.
+        check_every: samples between two checks.
+        top_share: the share of the regions (superpixels, latent dimensions) that counts as "top" (at least 3).
+    """
+
+    def __init__(self, min_samples: int = 200, check_every: int = 50, top_share: float = 0.05) -> None:
+        self.min_samples, self.check_every, self.top_share = int(min_samples), max(1, int(check_every)), top_share
+        self.history: list[tuple[int, frozenset[int]]] = []
+        self.stopped_at: int | None = None
+
+    def top_k(self, n_regions: int) -> int:
+        return max(3, int(round(self.top_share * n_regions)))
+
+    def stable(self, n: int, top: frozenset[int]) -> bool:
+        """Record the top regions after ``n`` samples; True when they are the same at every check
+        from the last one at or before 3/4 n up to n, and n >= ``min_samples``."""
+        self.history.append((n, top))
+        start = max((i for i, (m, _) in enumerate(self.history) if m <= 0.75 * n), default=None)
+        if n >= self.min_samples and start is not None and all(t == top for _, t in self.history[start:]):
+            self.stopped_at = n
+            return True
+        return False

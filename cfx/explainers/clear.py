@@ -4,7 +4,9 @@
 2. Sample ``n_samples`` latents from a Gaussian around z0, scaled per dimension by the spread of
    the training latents (``bundle.ae_latent_std``) times a radius drawn uniformly from
    [0, 2 * scale], so the neighbourhood reaches both sides of the boundary; decode them with the
-   AE and score them with the real model, in batches.
+   AE and score them with the real model, in batches. With ``early_stop`` (the default) the
+   samples are scored 100 at a time and sampling stops once the regression of step 3, refitted
+   after each 100, keeps the same top latent dimensions over the last quarter of the samples.
 3. Fit a logistic regression (scikit-learn, inverse regularisation ``C``) of "anomalous" (the
    target above its threshold) on the latents, each sample weighted by a Gaussian kernel of its
    distance to z0 (classes balanced).
@@ -35,6 +37,7 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 import torch
 
+from cfx.explainers._util import EarlyStop
 from cfx.explainers.base import Explanation, register
 from cfx.explainers.counterfactual import CounterfactualExplainer, Proposal, SearchContext
 
@@ -126,7 +129,8 @@ def clear_search(score_latents: Callable[[np.ndarray], np.ndarray], threshold: f
                  std: np.ndarray, want_anomalous: bool, n_samples: int = 2000, scale: float = 1.0,
                  margin: float = 0.05, max_walk: int = 12, walk_logit: float = 1.0, seed: int = 0,
                  fidelity_dims: int = 8, fidelity_range: float = 3.0, fidelity_step: float = 0.5,
-                 C: float = 10.0) -> ClearResult:
+                 C: float = 10.0, early_stop: EarlyStop | None = None,
+                 regions: Callable[[np.ndarray], frozenset[int]] | None = None) -> ClearResult:
     """CLEAR on any latent model (see the module docstring).
 
     Args:
@@ -136,6 +140,11 @@ def clear_search(score_latents: Callable[[np.ndarray], np.ndarray], threshold: f
         want_anomalous: the side the counterfactual must reach (False: normal).
         n_samples, scale, margin, max_walk, walk_logit, seed, C: see :class:`Clear`.
         fidelity_dims, fidelity_range, fidelity_step: the fidelity sweep (``fidelity_dims=-1``: skip).
+        early_stop: score the samples ``early_stop.check_every`` at a time and stop sampling once
+            the top regions of the regression's step have not changed over the last quarter of the
+            samples.
+        regions: the top regions of a step's end z' (default: the latent dimensions with the
+            largest |z'_j - z0_j| / std_j, ``early_stop.top_k`` of them).
 
     Returns:
         A :class:`ClearResult`.
@@ -146,7 +155,23 @@ def clear_search(score_latents: Callable[[np.ndarray], np.ndarray], threshold: f
     d = len(z0)
     radii = 2.0 * scale * rng.uniform(size=(n_samples, 1))
     Z = z0 + radii * std * rng.standard_normal((n_samples, d))
-    s = score_latents(Z)
+    if early_stop is None:
+        s = score_latents(Z)
+    else:
+        parts: list[np.ndarray] = []
+        for i in range(0, n_samples, early_stop.check_every):
+            parts.append(score_latents(Z[i:i + early_stop.check_every]))
+            n = i + len(parts[-1])
+            yy = np.concatenate(parts) > threshold
+            if n < n_samples and min(yy.sum(), (~yy).sum()) >= 5:
+                reg = fit_local_regression(Z[:n], yy, z0, std, kernel_width=scale, C=C)
+                step = clear_step(z0, reg.w, reg.b, 0.5 + margin if want_anomalous else 0.5 - margin)
+                top = regions(step) if regions else \
+                    frozenset(np.argsort(-np.abs(step - z0) / std)[:early_stop.top_k(d)].tolist())
+                if early_stop.stable(n, top):
+                    break
+        s = np.concatenate(parts)
+        Z = Z[:len(s)]
     y = s > threshold
     tries = 0
     while (y.sum() < 5 or (~y).sum() < 5) and tries < 2:  # widen the neighbourhood until both classes appear
@@ -243,14 +268,17 @@ class Clear(CounterfactualExplainer):
 
     name: ClassVar[str] = "clear"
     order: ClassVar[int] = 4
-    typical_evaluations: ClassVar[int | None] = 2500  # measured on demo defects (VAE): 2214 (brick) and 2714 (tablet)
+    #: the samples, the walk, the fidelity sweep and the edit search (demo defects, VAE: 439 at
+    #: n_samples 200, 664 at 400)
+    typical_evaluations: ClassVar[int | None] = 550
     label: ClassVar[str] = "CLEAR (latent regression)"
-    #: ``n_samples`` 0: this many for the cheap VAE detector, else the other (a PatchCore
-    #: evaluation costs about 10x a VAE one on the CPU; provisional until the convergence study)
-    auto_samples: ClassVar[tuple[int, int]] = (2000, 500)
-    defaults: ClassVar[dict[str, Any]] = {"n_samples": 0, "scale": 1.0, "margin": 0.05, "max_walk": 12,
+    #: ``n_samples``: the convergence study (BENCHMARKS.md) found the counterfactual's optimal
+    #: Jaccard with the mask within 0.012 of the 5000-sample reference from 50 samples (median
+    #: over the demo defects measured); 300 leaves the regression room on harder parts
+    defaults: ClassVar[dict[str, Any]] = {"n_samples": 300, "scale": 1.0, "margin": 0.05, "max_walk": 12,
                                           "walk_logit": 1.0, "path_steps": 8, "fidelity_dims": 8,
-                                          "fidelity_range": 3.0, "fidelity_step": 0.5, "C": 10.0, "batch_size": 0}
+                                          "fidelity_range": 3.0, "fidelity_step": 0.5, "C": 10.0, "batch_size": 0,
+                                          "early_stop": True, "min_samples": 200}
 
     def _propose(self, ctx: SearchContext, seed: int, params: dict[str, Any], exp: Explanation) -> list[Proposal]:
         b = self.bundle
@@ -267,16 +295,29 @@ class Clear(CounterfactualExplainer):
             out = [b.score_numpy(em.images(decode_numpy(b, Z[i:i + batch])), ctx.target) for i in range(0, len(Z), batch)]
             return np.concatenate(out) if out else np.zeros(0)
 
-        n = int(params["n_samples"]) or self.auto_samples[b.detector_name != "vae"]
+        n = int(params["n_samples"])
+        stop = EarlyStop(int(params["min_samples"]), check_every=100) if params["early_stop"] else None
+
+        def regions(z: np.ndarray, cells: int = 8) -> frozenset[int]:
+            """The top cells of an 8 x 8 grid by the change the step's decoding makes to dec(z0)."""
+            change = np.abs(decode_numpy(b, z[None])[0] - g0).mean(0)
+            h, w = change.shape
+            grid = change[: h - h % cells, : w - w % cells].reshape(cells, h // cells, cells, w // cells).mean((1, 3))
+            return frozenset(np.argsort(-grid.ravel())[:stop.top_k(cells * cells)].tolist())
+
         res = clear_search(score_latents, ctx.threshold, z0, std, False, n_samples=n, scale=float(params["scale"]),
                            margin=float(params["margin"]), max_walk=int(params["max_walk"]),
                            walk_logit=float(params["walk_logit"]), seed=seed,
                            fidelity_dims=int(params["fidelity_dims"]), fidelity_range=float(params["fidelity_range"]),
-                           fidelity_step=float(params["fidelity_step"]), C=float(params["C"]))
+                           fidelity_step=float(params["fidelity_step"]), C=float(params["C"]), early_stop=stop,
+                           regions=regions)
         exp.info.update({
             "fidelity": res.fidelity, "fidelity_dims": len(res.fidelity_detail), "fidelity_detail": res.fidelity_detail,
             "n_samples": res.n_samples, "n_anomalous_samples": res.n_anomalous, "p_target": res.p_target,
             "step_clamped": res.step_clamped, "walked": res.walked,
+            "early_stop": (f"stopped sampling after {stop.stopped_at} of {n} samples: the top {stop.top_k(64)} "
+                           "of 8 x 8 cells that the regression's step changes had not changed over the last quarter")
+            if stop and stop.stopped_at else None,
             "regression_accuracy": None if res.regression is None else res.regression.accuracy,
         })
         if res.regression is None:

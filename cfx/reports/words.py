@@ -87,10 +87,11 @@ LABELS: dict[str, str] = {
     "ensemble_crossed_at": "step where the ensemble crossed", "ensemble_members": "ensemble members",
     "checked": "steps checked", "steps": "steps to the edit", "s_normal": "score of the normal end",
     "segments": "superpixels", "r2": "surrogate fit (R²)", "intercept": "surrogate intercept",
-    "base_value": "SHAP base value", "sum": "sum of the map", "max_heat": "largest map value",
+    "base_value": "SHAP base value", "sum": "sum of the attributions", "max_heat": "largest map value",
     "alpha": "concept strength", "concepts": "concepts", "l1": "L1 distance", "edit_area": "edit area",
     "locality": "locality (share of the change on the defect)", "realism": "realism (1 = like a good part)",
     "edit_share": "share of the searched region edited",
+    "samples": "samples used", "early_stop": "early stop", "evaluations": "detector evaluations",
 }
 #: internal keys never shown as a number
 HIDDEN = frozenset({"heat_scale", "traceback", "proposal_order"})

@@ -1,0 +1,37 @@
+"""SHAP over superpixels (issue 14): the hierarchy merges neighbours first, the map is one value
+per superpixel, and the grid masker stays available."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cfx.explainers import REGISTRY, explain
+from cfx.explainers.lime import superpixels
+from cfx.explainers.shap import region_hierarchy
+
+
+def test_region_hierarchy_merges_neighbours_first():
+    segments = np.kron(np.arange(16).reshape(4, 4), np.ones((8, 8), int))  # a 4x4 grid of 8-px blocks
+    z = region_hierarchy(segments)
+    assert z.shape == (15, 4) and z[-1, 3] == 16  # K - 1 merges, the last one holds every region
+    a, b = int(z[0, 0]), int(z[0, 1])
+    (ya, xa), (yb, xb) = divmod(a, 4), divmod(b, 4)
+    assert abs(ya - yb) + abs(xa - xb) == 1  # the first merge joins two adjacent blocks
+
+
+def test_shap_map_is_one_value_per_superpixel(demo_bundle, demo_root):
+    from cfx.data.mvtec import MVTecDataset
+
+    b = demo_bundle("tablet")
+    arr = MVTecDataset(demo_root, "tablet", "test", image_size=b.image_size, channels=b.channels).arrays()
+    image = arr.images[int(np.flatnonzero(arr.labels == 1)[0])]
+    e = REGISTRY["shap"](b).attribute(image, max_evals=300)
+    seg = superpixels(image, 100, "slic", 0)
+    assert e.info["segments"] == seg.max() + 1
+    for k in range(seg.max() + 1):
+        assert np.ptp(e.heatmap[seg == k]) == 0
+    assert e.info["sum"] == pytest.approx(float(sum(e.heatmap[seg == k][0] for k in range(seg.max() + 1))), rel=1e-4)
+    g = REGISTRY["shap"](b).attribute(image, max_evals=300, regions="grid", grid=16)
+    assert g.heatmap.shape == image.shape[1:] and "segments" not in g.info
+    bad = explain(b, image, ["shap"], params={"shap": {"regions": "hexagons"}})["shap"]
+    assert bad.error and "superpixels or grid" in bad.error
