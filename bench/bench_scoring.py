@@ -50,6 +50,18 @@ def per_image_ms(fn, n: int) -> float:
     return (time.perf_counter() - t) * 1000 / n
 
 
+def interleaved(jobs: dict, repeats: int, n: int) -> dict[str, list[float]]:
+    """ms per image of each job over ``repeats`` interleaved rounds (after one warm-up call each)."""
+    times: dict[str, list[float]] = {k: [] for k in jobs}
+    with torch.inference_mode():
+        for fn in jobs.values():
+            fn()  # warm
+        for _ in range(repeats):
+            for k, fn in jobs.items():
+                times[k].append(per_image_ms(fn, n))
+    return times
+
+
 def patchcore(args) -> int:
     from cfx.models.backbone import Lite0Features
 
@@ -69,13 +81,7 @@ def patchcore(args) -> int:
                      (lambda bs=bs: [det.features(x[i:i + bs]) for i in range(0, args.n, bs)]) for bs in (4, 32)})
         jobs.update({f"PatchCore score, batch {bs}" + (" (cfx's CPU batch)" if bs == b.forward_batch else ""):
                      (lambda bs=bs: b.score_numpy(x_np, "score", batch=bs)) for bs in (1, 2, 4, 8, 16, 32)})
-        times: dict[str, list[float]] = {k: [] for k in jobs}
-        with torch.inference_mode():
-            for fn in jobs.values():
-                fn()  # warm
-            for _ in range(args.repeats):
-                for k, fn in jobs.items():
-                    times[k].append(per_image_ms(fn, args.n))
+        times = interleaved(jobs, args.repeats, args.n)
         for k, v in times.items():
             print(f"| {cat} | {k} | {statistics.median(v):.1f} |")
     print(f"\nLoad after: {loadavg()}")
@@ -112,13 +118,7 @@ def main(argv=None) -> int:
         }
         for bs in (8, 16, 32, 64, 128):
             jobs[f"combined score, batch {bs}"] = lambda bs=bs: b.score_numpy(x_np, "score", batch=bs)
-        times: dict[str, list[float]] = {k: [] for k in jobs}
-        with torch.inference_mode():
-            for fn in jobs.values():
-                fn()  # warm
-            for _ in range(args.repeats):
-                for k, fn in jobs.items():
-                    times[k].append(per_image_ms(fn, args.n))
+        times = interleaved(jobs, args.repeats, args.n)
         for k, v in times.items():
             print(f"| {cat} ({det.alpha:g}) | {k} | {statistics.median(v):.3f} |")
     print(f"\nLoad after: {loadavg()}")
