@@ -206,8 +206,9 @@ def markdown(results, args) -> str:
     total_budget = TOTAL_BUDGETS.get(args.detector, TOTAL_BUDGET)
     lines = [f"### Explainers, {args.detector} detector: {machine()}", "",
              f"Medians over {args.images} detected defect images x {args.repeats} repeats, models warm "
-             f"(defaults: LIME {d['lime']['num_samples']} samples, SHAP {d['shap']['max_evals']} evals on a "
-             f"{d['shap']['grid']}x{d['shap']['grid']} grid, CLEAR n_samples {d['clear']['n_samples'] or 'auto'}, "
+             f"(defaults: LIME {d['lime']['num_samples']} samples, SHAP {d['shap']['max_evals']} evals over "
+             + (f"{d['shap']['n_segments']} superpixels" if d['shap'].get('regions') == 'superpixels'
+                else f"a {d['shap']['grid']}x{d['shap']['grid']} grid") + f", CLEAR n_samples {d['clear']['n_samples'] or 'auto'}, "
              f"early stop {'on' if d['lime'].get('early_stop') else 'off'}, DiCE 4 CFs); baselines on "
              f"{args.baseline_images} image(s) in the same run. Load average during the run is given: the CPU is "
              f"shared, so absolute times vary; ratios are measured side by side.", ""]
