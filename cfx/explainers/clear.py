@@ -6,7 +6,8 @@
    [0, 2 * scale], so the neighbourhood reaches both sides of the boundary; decode them with the
    AE and score them with the real model, in batches. With ``early_stop`` (the default) the
    samples are scored 100 at a time and sampling stops once the regression of step 3, refitted
-   after each 100, keeps the same top latent dimensions over the last quarter of the samples.
+   after each 100, changes the same top cells of an 8 x 8 grid (:data:`CELLS`) with its step over
+   the last quarter of the samples.
 3. Fit a logistic regression (scikit-learn, inverse regularisation ``C``) of "anomalous" (the
    target above its threshold) on the latents, each sample weighted by a Gaussian kernel of its
    distance to z0 (classes balanced).
@@ -43,6 +44,8 @@ from cfx.explainers.counterfactual import CounterfactualExplainer, Proposal, Sea
 
 #: two boundary values agree when they lie within this many training SDs (White & Garcez)
 FIDELITY_TOLERANCE = 0.25
+#: the early stop compares the top cells of a CELLS x CELLS grid of the change a step makes
+CELLS = 8
 
 
 def logit(p: float) -> float:
@@ -298,12 +301,12 @@ class Clear(CounterfactualExplainer):
         n = int(params["n_samples"])
         stop = EarlyStop(int(params["min_samples"]), check_every=100) if params["early_stop"] else None
 
-        def regions(z: np.ndarray, cells: int = 8) -> frozenset[int]:
-            """The top cells of an 8 x 8 grid by the change the step's decoding makes to dec(z0)."""
+        def regions(z: np.ndarray) -> frozenset[int]:
+            """The top cells of the :data:`CELLS` grid by the change the step's decoding makes to dec(z0)."""
             change = np.abs(decode_numpy(b, z[None])[0] - g0).mean(0)
-            h, w = change.shape
-            grid = change[: h - h % cells, : w - w % cells].reshape(cells, h // cells, cells, w // cells).mean((1, 3))
-            return frozenset(np.argsort(-grid.ravel())[:stop.top_k(cells * cells)].tolist())
+            h, w, c = *change.shape, CELLS
+            grid = change[: h - h % c, : w - w % c].reshape(c, h // c, c, w // c).mean((1, 3))
+            return frozenset(np.argsort(-grid.ravel())[:stop.top_k(c * c)].tolist())
 
         res = clear_search(score_latents, ctx.threshold, z0, std, False, n_samples=n, scale=float(params["scale"]),
                            margin=float(params["margin"]), max_walk=int(params["max_walk"]),
@@ -315,8 +318,8 @@ class Clear(CounterfactualExplainer):
             "fidelity": res.fidelity, "fidelity_dims": len(res.fidelity_detail), "fidelity_detail": res.fidelity_detail,
             "n_samples": res.n_samples, "n_anomalous_samples": res.n_anomalous, "p_target": res.p_target,
             "step_clamped": res.step_clamped, "walked": res.walked,
-            "early_stop": (f"stopped sampling after {stop.stopped_at} of {n} samples: the top {stop.top_k(64)} "
-                           "of 8 x 8 cells that the regression's step changes had not changed over the last quarter")
+            "early_stop": (f"stopped sampling after {stop.stopped_at} of {n} samples: the top {stop.top_k(CELLS ** 2)} "
+                           f"of {CELLS} x {CELLS} cells that the regression's step changes had not changed over the last quarter")
             if stop and stop.stopped_at else None,
             "regression_accuracy": None if res.regression is None else res.regression.accuracy,
         })

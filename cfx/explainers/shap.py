@@ -28,24 +28,20 @@ from cfx.explainers._util import fill_image, score_images
 from cfx.explainers.base import Explainer, Explanation, register
 
 
-def _upsample(cells: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Nearest upsampling of (N, g, g) to (N, H, W) (H, W multiples of g, else index mapping)."""
-    n, g, _ = cells.shape
+def grid_segments(g: int, size: tuple[int, int]) -> np.ndarray:
+    """The cell index (row * g + column) of each pixel of an image of ``size`` cut into a g x g grid
+    (H, W multiples of g, else index mapping)."""
     h, w = size
-    iy = (np.arange(h) * g) // h
-    ix = (np.arange(w) * g) // w
-    return cells[:, iy[:, None], ix[None, :]]
+    return ((np.arange(h) * g) // h)[:, None] * g + ((np.arange(w) * g) // w)[None, :]
 
 
 def grid_model(bundle, image: np.ndarray, fill: np.ndarray, target: str, batch: int | None = None
                ) -> Callable[[np.ndarray], np.ndarray]:
     """f(cell maps (N, g, g, 1) in {0, 1}) -> target scores (N,) of the images they select."""
-    size = image.shape[-2:]
-
     def f(cells: np.ndarray) -> np.ndarray:
-        keep = _upsample(np.asarray(cells)[..., 0] > 0.5, size)[:, None]  # (N, 1, H, W)
-        imgs = np.where(keep, image[None], fill[None]).astype(np.float32)
-        return score_images(bundle, imgs, target, batch=batch)
+        cells = np.asarray(cells)
+        segments = grid_segments(cells.shape[1], image.shape[-2:])
+        return region_model(bundle, image, fill, segments, target, batch)(cells.reshape(len(cells), -1))
     return f
 
 
@@ -124,10 +120,10 @@ class Shap(Explainer):
             explainer = shap.PartitionExplainer(grid_model(b, image, fill, target), masker)
             sv = explainer(np.ones((1, g, g, 1), np.float32), max_evals=int(params["max_evals"]),
                            batch_size=int(params["batch_size"]), silent=True)
-            cells = np.asarray(sv.values)[0, ..., 0].astype(np.float32)  # (g, g): attribution of each cell
-            iy, ix = (np.arange(h) * g) // h, (np.arange(w) * g) // w
-            counts = np.bincount((iy[:, None] * g + ix[None, :]).ravel(), minlength=g * g).reshape(g, g)
-            exp.heatmap = (cells / counts)[iy[:, None], ix[None, :]].astype(np.float32)  # pixel's share of its cell
+            cells = np.asarray(sv.values)[0, ..., 0].astype(np.float32).ravel()  # attribution of each cell
+            segments = grid_segments(g, (h, w))
+            counts = np.bincount(segments.ravel(), minlength=g * g)
+            exp.heatmap = (cells / counts)[segments].astype(np.float32)  # pixel's share of its cell
             total = float(exp.heatmap.sum())
         else:
             masker = shap.maskers.Image(fill.transpose(1, 2, 0).astype(np.float64))
