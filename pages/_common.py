@@ -44,7 +44,7 @@ from pages._figures import (DETECTOR_HEAT_SCALE, DISPLAY_MAX, DISPLAY_MIN, add_c
                             heat_figure, image_figure, map_opacity, outline_shown, plot, report_downloads, rgb_uint8, wipe_image)
 from pages._results import (_arrays, _channels, _display_image, _root, analyse_one, analyse_split,  # noqa: F401
                             bundle_for, effective_params, explain_key, explain_one, image_hash, is_cached, is_heavy,
-                            load_bundle, param_inputs, registry, target_labels, verdict)
+                            load_bundle, param_inputs, registry, start_stream, stream_for, target_labels, verdict)
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "tif", "tiff", "bmp", "gif", "webp"]
 UPLOAD_OPTION = "(uploaded image)"

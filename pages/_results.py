@@ -3,7 +3,9 @@
 detector outputs and explanations with ``st.cache_data`` keyed by (model key, image hash, method,
 target, parameters, seed, mask). Every heavy explanation holds ``bundle.lock``, so sessions never
 see each other's random state; the detector's outputs and the light methods (plain forward and
-backward passes, per-call hooks) do not wait for it. Pages import these names from :mod:`pages._common`."""
+backward passes, per-call hooks) do not wait for it. Heavy methods run in a background stream
+(:func:`start_stream`) whose results fill the page as they finish. Pages import these names from
+:mod:`pages._common`."""
 from __future__ import annotations
 
 import contextlib
@@ -139,7 +141,7 @@ def analyse_split(bundle: ModelBundle, root: Path, category: str, split: str = "
 @st.cache_data(show_spinner=False, max_entries=160)
 def _explain(model_key: str, img_hash: str, method: str, target: str, params_json: str, seed: int,
              mask_hash: str, _bundle: ModelBundle, _image: np.ndarray, _mask: np.ndarray | None):
-    from cfx.audit.store import store_explanation, stored_explanation
+    from cfx.audit.store import stored_explanation
     from cfx.explainers import explain
 
     params = json.loads(params_json)
@@ -156,12 +158,66 @@ def _explain(model_key: str, img_hash: str, method: str, target: str, params_jso
     heavy = method not in REGISTRY or is_heavy(REGISTRY[method])
     with _bundle.lock if heavy else contextlib.nullcontext():
         exp = explain(_bundle, _image, [method], target, seed, {method: params}, mask=_mask)[method]
-    if db is not None:
-        try:
-            store_explanation(db, _bundle, _image, exp, params, _mask)
-        except CfxError as err:
-            log.warning("not stored: %s", err)
+    _store(db, _bundle, _image, exp, params, _mask)
     return exp
+
+
+def _store(db, bundle: ModelBundle, image: np.ndarray, exp, params: dict | None, mask: np.ndarray | None) -> None:
+    """Store a result in the results database (a failure to store is logged; the result is shown)."""
+    from cfx.audit.store import store_explanation
+
+    if db is None:
+        return
+    try:
+        store_explanation(db, bundle, image, exp, params, mask)
+    except CfxError as err:
+        log.warning("not stored: %s", err)
+
+
+# ------------------------------------------------------------------ streamed heavy methods
+STREAM_KEY = "cmp_stream"
+
+
+def _stream_key(bundle: ModelBundle, image: np.ndarray, target: str, seed: int) -> str:
+    return json.dumps([bundle.key(), image_hash(image), target, int(seed)])
+
+
+def stream_for(bundle: ModelBundle, image: np.ndarray, target: str, seed: int, params: dict[str, dict]):
+    """This session's :class:`~cfx.explainers.stream.ExplainStream` when it belongs to this model,
+    image, target and seed (its methods' parameters as now), else None; a running stream of other
+    settings is stopped (what it finished is stored)."""
+    entry = st.session_state.get(STREAM_KEY)
+    if entry is None:
+        return None
+    key, stream = entry
+    same = key == _stream_key(bundle, image, target, seed) and all(
+        effective_params(m, params.get(m)) == effective_params(m, stream.params[m]) for m in stream.methods)
+    if same:
+        return stream
+    stream.stop()
+    st.session_state[STREAM_KEY] = None
+    return None
+
+
+def start_stream(bundle: ModelBundle, image: np.ndarray, methods: Sequence[str], target: str,
+                 params: dict[str, dict], seed: int, mask: np.ndarray | None):
+    """Start the heavy ``methods`` in the background for this session (stopping its previous
+    stream); each result is stored in the results database as it finishes."""
+    from cfx.explainers.stream import ExplainStream
+
+    old = st.session_state.get(STREAM_KEY)
+    if old is not None:
+        old[1].stop()
+    p = {m: dict(params.get(m, {})) for m in methods}
+
+    def on_result(exp) -> None:
+        _store(results_db(), bundle, image, exp, p.get(exp.method), mask)
+        with _DONE_LOCK:
+            _done_keys().add(explain_key(bundle, image, exp.method, target, p.get(exp.method), seed))
+
+    stream = ExplainStream(bundle, image, methods, target, p, seed, mask, on_result=on_result).start()
+    st.session_state[STREAM_KEY] = (_stream_key(bundle, image, target, seed), stream)
+    return stream
 
 
 def results_db():

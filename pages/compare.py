@@ -1,14 +1,19 @@
 """Compare: every registered explanation method side by side on the selected image."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pandas as pd
 import streamlit as st
 
+from cfx.explainers.base import CANCELLED
+
 from cfx import reports as X
 from cfx.reports.words import numbers, sentence, value
 from pages._common import (show, target_labels, _bind, _sync, bound, current, explain_one, file_stem, heat_figure,
-                           image_figure, is_cached, is_heavy, param_inputs, plot, registry, report_downloads, require_models)
+                           image_figure, is_cached, is_heavy, param_inputs, plot, registry, report_downloads, require_models,
+                           start_stream, stream_for)
 
 NCOLS = 3
 
@@ -44,36 +49,34 @@ with st.expander("Method parameters"):
     params = param_inputs(methods, "cmp_p")
 
 # ------------------------------------------------------------------ run
+# The light methods (the detector's map among them) run here at once and never wait for a heavy
+# one; the heavy ones run in this session's background stream and fill their cells as they finish.
 done = {m for m in methods if is_cached(b, image, m, target, params.get(m), seed, sel.mask)}
-heavy_pending = [m for m in methods if m not in done and is_heavy(reg[m])]
-light = [m for m in methods if m not in done and not is_heavy(reg[m])]
-run_heavy = auto
-if heavy_pending and not auto:
-    run_heavy = st.button(f"▶ Run {len(heavy_pending)} heavy method(s): {', '.join(heavy_pending)}",
-                          type="primary", key="cmp_run")
-todo = light + (heavy_pending if run_heavy else [])
-results = {}
-if todo:
-    bar = st.progress(0.0, text="Explaining...")
-    for i, m in enumerate(todo):
-        bar.progress(i / len(todo), text=f"Running {m} ({i + 1}/{len(todo)})...")
-        results[m] = explain_one(b, image, m, target, params.get(m), seed, sel.mask)
-    bar.empty()
-    if run_heavy and heavy_pending and not auto:
-        st.rerun()  # redraw without the Run button: everything asked for is cached now
-for m in methods:
-    if m not in results and (m in done):
-        results[m] = explain_one(b, image, m, target, params.get(m), seed, sel.mask)
-pending = [m for m in methods if m not in results]
-results = {m: results[m] for m in methods if m in results}
-show("compare", results=results, pending=pending)
+results = {m: explain_one(b, image, m, target, params.get(m), seed, sel.mask)
+           for m in methods if m in done or not is_heavy(reg[m])}
+stream = stream_for(b, image, target, seed, params)
+
+
+def _streamed() -> dict:
+    """The stream's finished results of the chosen methods (a cancelled one is not a result)."""
+    if stream is None:
+        return {}
+    return {m: e for m, e in stream.snapshot().items() if m in methods and m not in results and e.error != CANCELLED}
+
+
+in_stream = set(stream.pending()) if stream is not None else set()
+waiting = [m for m in methods if m not in results and m not in _streamed() and m not in in_stream]
+# in automatic mode a method the user cancelled waits for Run
+auto_run = [m for m in waiting if not (stream is not None and stream.cancelled(m))] if auto else []
+if waiting and (auto_run or st.button(f"▶ Run {len(waiting)} heavy method(s): {', '.join(waiting)}",
+                                      type="primary", key="cmp_run")):
+    todo = auto_run or waiting
+    if stream is None or not stream.add(todo, params):
+        stream = start_stream(b, image, todo, target, params, seed, sel.mask)
+    st.rerun()
 
 # ------------------------------------------------------------------ grid
-before = next((e.score_before for e in results.values() if e.ok), None)
-st.caption(f"**{sel.name}** · target: {labels[target]}"
-           + (f" = {before:.3f}" if before is not None else "") + f" (threshold {b.threshold_for(target):.3f}). "
-           "One colour scale for every map (red: pushes the target up, blue: down; each map divided by its "
-           "scale, shown on hover); green outline: the defect mask.")
+labels_line = f"**{sel.name}** · target: {labels[target]}"
 
 
 def _metrics_line(exp) -> str:
@@ -93,40 +96,89 @@ def _metrics_line(exp) -> str:
     return " · ".join(parts)
 
 
+def _placeholder(m: str) -> None:
+    """A heavy method's cell before its result: running (elapsed of the estimate, Cancel) or
+    queued (its estimate) in the stream, or not run yet."""
+    est = stream.estimate(m) if stream is not None else None
+    about = f"about {est:.0f} s" if est is not None and est >= 1 else (
+        "under a second" if est is not None else "estimate after the first batch")
+    if stream is not None and stream.running and stream.current == m:
+        spent = time.time() - (stream.current_started or time.time())
+        st.progress(min(spent / est, 0.99) if est else 0.0, text=f"Running · {spent:.0f} s of {about}")
+        if st.button("Cancel", key=f"cmp_cancel_{m}"):
+            stream.cancel()
+    elif stream is not None and stream.running and m in stream.pending():
+        st.info(f"Queued · {about}.")
+    elif stream is not None and stream.cancelled(m):
+        st.info("Cancelled. Press Run to compute it.")
+    else:
+        st.info("Heavy method: not run yet. Press Run above.")
+
+
+def _cell(m: str, exp, first_scale: bool) -> bool:
+    """One finished method's cell; returns whether the colour scale still has to be shown."""
+    if not exp.ok:
+        st.error(sentence(exp))
+        if exp.info.get("traceback"):
+            with st.expander("details"):
+                st.code(exp.info["traceback"])
+        return first_scale
+    st.markdown(sentence(exp, sel.mask))  # the plain-words lead; the numbers are below
+    if exp.heatmap is not None:
+        plot(heat_figure(image, exp.heatmap, X.heat_scale(exp), sel.mask, height=280, display=sel.display,
+                         showscale=first_scale, label=m), f"cmp_{m}_heat")
+        first_scale = False
+    if exp.counterfactuals:
+        cf = exp.counterfactuals[0]
+        d = (cf.image - image).mean(0)
+        sc = st.columns(2)
+        with sc[0]:
+            plot(image_figure(cf.image, sel.mask, "counterfactual", height=200), f"cmp_{m}_cf")
+        with sc[1]:
+            plot(heat_figure(None, d, X.max_abs(d), sel.mask, "difference", height=200, showscale=False,
+                             label="change"), f"cmp_{m}_diff")
+    with st.expander("numbers"):
+        st.caption(_metrics_line(exp))
+    st.caption(f"✔ {m} done")
+    return first_scale
+
+
+def _head() -> str | None:
+    """The shown method the stream runs now or next (the one live cell)."""
+    return next((p for p in stream.pending() if p in methods), None)
+
+
+@st.fragment(run_every=1.0)
+def _live(m: str) -> None:
+    """The running (or next) method's cell: only this placeholder polls (the finished cells and the queued
+    ones are not redrawn every second); when the method (or the stream) ends, the page reruns once
+    to draw its result and the next method's live cell."""
+    if m in stream.snapshot() or not stream.running or _head() != m:
+        st.rerun()
+    _placeholder(m)
+
+
+results = {**results, **_streamed()}
+results = {m: results[m] for m in methods if m in results}
+show("compare", results=results, pending=[m for m in methods if m not in results])
+before = next((e.score_before for e in results.values() if e.ok), None)
+thr = b.threshold_for(target)
+verdict = "" if before is None else (" — **anomalous**" if before > thr else " — **normal**")
+st.caption(labels_line + (f" = {before:.3f}" if before is not None else "") + f" (threshold {thr:.3f})"
+           + verdict + ". One colour scale for every map (red: pushes the target up, blue: down; each map "
+           "divided by its scale, shown on hover); green outline: the defect mask.")
 first_scale = True
 for r in range(0, len(methods), NCOLS):
     cols = st.columns(NCOLS)
     for col, m in zip(cols, methods[r:r + NCOLS]):
         with col.container(border=True):
             st.markdown(f"**{reg[m].label or m}** · `{m}`")
-            if m in pending:
-                st.info("Heavy method: not run yet. Press Run above.")
-                continue
-            exp = results[m]
-            if not exp.ok:
-                st.error(sentence(exp))
-                if exp.info.get("traceback"):
-                    with st.expander("details"):
-                        st.code(exp.info["traceback"])
-                continue
-            st.markdown(sentence(exp, sel.mask))  # the plain-words lead; the numbers are below
-            if exp.heatmap is not None:
-                plot(heat_figure(image, exp.heatmap, X.heat_scale(exp), sel.mask, height=280, display=sel.display,
-                                 showscale=first_scale, label=m), f"cmp_{m}_heat")
-                first_scale = False
-            if exp.counterfactuals:
-                cf = exp.counterfactuals[0]
-                d = cf.image - image
-                d = d.mean(0)
-                sc = st.columns(2)
-                with sc[0]:
-                    plot(image_figure(cf.image, sel.mask, "counterfactual", height=200), f"cmp_{m}_cf")
-                with sc[1]:
-                    plot(heat_figure(None, d, X.max_abs(d), sel.mask, "difference", height=200, showscale=False,
-                                     label="change"), f"cmp_{m}_diff")
-            with st.expander("numbers"):
-                st.caption(_metrics_line(exp))
-            st.caption(f"✔ {m} done")
+            if m in results:
+                first_scale = _cell(m, results[m], first_scale)
+            elif stream is not None and stream.running and _head() == m:
+                _live(m)  # only the next method's cell polls; a queued one is redrawn when it comes up
+            else:
+                _placeholder(m)
 
 # ------------------------------------------------------------------ table and exports
 if results:

@@ -96,8 +96,22 @@ def cf_run(at: AppTest) -> AppTest:
 
 
 def run_all(at: AppTest) -> AppTest:
-    """Compare: run the heavy methods too."""
+    """Compare: run the heavy methods too (they stream in the background; wait for them)."""
     at.toggle(key="cmp_auto").set_value(True).run()
+    return wait_stream(ok(at))
+
+
+def wait_stream(at: AppTest, timeout: float = 600) -> AppTest:
+    """Compare: wait until the session's background stream of heavy methods has ended, then rerun."""
+    import time
+
+    entry = at.session_state["cmp_stream"] if "cmp_stream" in at.session_state else None
+    if entry is not None:
+        t0 = time.time()
+        while entry[1].running and time.time() - t0 < timeout:
+            time.sleep(0.1)
+        assert not entry[1].running, "the heavy methods did not finish"
+    at.run()
     return ok(at)
 
 
@@ -394,9 +408,41 @@ def test_heavy_methods_wait_for_run(monkeypatch):
     assert _ToyPath.name in shown(at, "compare")["pending"]
     assert _ToyPath.name not in shown(at, "compare")["results"]
     at.button(key="cmp_run").click().run()
-    ok(at)
+    wait_stream(ok(at))
     assert shown(at, "compare")["results"][_ToyPath.name].ok
     assert not shown(at, "compare")["pending"]
+
+
+def test_heavy_methods_stream_in_and_a_running_one_can_be_cancelled(monkeypatch, tmp_path, slow_method):
+    """Run starts the heavy methods in the background: the page answers at once with the light
+    ones and a live placeholder (elapsed of an estimate, Cancel); Cancel stops only the running
+    method, the next one still fills its cell, and the cancelled one waits for Run."""
+    import time
+
+    _Slow = slow_method
+    monkeypatch.setenv("CFX_RESULTS_DB", str(tmp_path / "r.sqlite"))  # nothing stored before
+    at = new_app("pages/compare.py", detector="vae")
+    at.selectbox(key="w_image").select("hole/006.png").run()  # no other test explains it
+    at.multiselect(key="w_compare_methods").set_value(["recon", _Slow.name, "gradient"]).run()
+    ok(at)
+    at.button(key="cmp_run").click().run()
+    ok(at)
+    stream = at.session_state["cmp_stream"][1]
+    t0 = time.time()
+    while stream.current != _Slow.name and time.time() - t0 < 60:
+        time.sleep(0.05)
+    at.run()
+    ok(at)
+    assert shown(at, "compare")["results"]["recon"].ok  # the detector's map is there at once
+    assert set(shown(at, "compare")["pending"]) == {_Slow.name, "gradient"}
+    assert any(p.text.startswith("Running") for p in at.get("progress"))
+    assert any("Queued" in i.value for i in at.info)
+    at.button(key=f"cmp_cancel_{_Slow.name}").click().run()
+    wait_stream(at)
+    assert shown(at, "compare")["results"]["gradient"].ok
+    assert shown(at, "compare")["pending"] == [_Slow.name]
+    assert any("Cancelled" in i.value for i in at.info)
+    assert any(x.key == "cmp_run" for x in at.button)
 
 
 def test_light_methods_do_not_wait_for_a_running_heavy_one():
