@@ -68,12 +68,10 @@ in_stream = set(stream.pending()) if stream is not None else set()
 waiting = [m for m in methods if m not in results and m not in _streamed() and m not in in_stream]
 # in automatic mode a method the user cancelled waits for Run
 auto_run = [m for m in waiting if not (stream is not None and stream.cancelled(m))] if auto else []
+todo: list[str] = []
 if waiting and (auto_run or st.button(f"▶ Run {len(waiting)} heavy method(s): {', '.join(waiting)}",
                                       type="primary", key="cmp_run")):
-    todo = auto_run or waiting
-    if stream is None or not stream.add(todo, params):
-        stream = start_stream(b, image, todo, target, params, seed, sel.mask)
-    st.rerun()
+    todo = auto_run or waiting  # started at the end of this run, after the first answer is drawn
 
 # ------------------------------------------------------------------ grid
 labels_line = f"**{sel.name}** · target: {labels[target]}"
@@ -99,6 +97,9 @@ def _metrics_line(exp) -> str:
 def _placeholder(m: str) -> None:
     """A heavy method's cell before its result: running (elapsed of the estimate, Cancel) or
     queued (its estimate) in the stream, or not run yet."""
+    if m in todo:
+        st.info("Starting...")
+        return
     est = stream.estimate(m) if stream is not None else None
     about = f"about {est:.0f} s" if est is not None and est >= 1 else (
         "under a second" if est is not None else "estimate after the first batch")
@@ -205,3 +206,11 @@ if results:
     show("compare", report=_report)
     st.markdown("**Report of the shown results**")
     report_downloads(_report, file_stem(sel, "compare"), "compare", ("png", "json", "pdf", "html"))
+
+# ------------------------------------------------------------------ start the heavy methods
+# only now: the verdict, the detector's map and the light methods above went out first, and the
+# heavy methods' threads do not compete with drawing them; the rerun draws their live cells
+if todo:
+    if stream is None or not stream.add(todo, params):
+        start_stream(b, image, todo, target, params, seed, sel.mask)
+    st.rerun()
