@@ -109,6 +109,12 @@ def _serve(workers: int) -> None:
     # the workers' statistical profiler samples the running task's stack every 10 ms: measured
     # 14.6 -> 12.4 s per image of LIME + SHAP on a worker without it
     dask.config.set({"distributed.worker.profile.enabled": False})
+    # Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536 (to hand memory back to the
+    # OS); setting it switches off glibc's dynamic mmap threshold, so every large array of an
+    # explanation (batches of perturbed images, activations) is mmap'ed and faulted in afresh:
+    # measured 16.5 / 15.6 s against 13.0 / 13.0 s per image of recon + Grad-CAM + LIME + SHAP
+    # in one single-threaded process with and without it (BENCHMARKS.md, issue 16)
+    dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None})
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None, silence_logs=logging.ERROR) as cluster:
         print(cluster.scheduler_address, flush=True)
