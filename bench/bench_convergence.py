@@ -11,6 +11,7 @@ numbers (``--json``) and a figure of the curves (``--png``).
 Usage: python bench/bench_convergence.py [--detector vae] [--categories brick,tablet] [--images 3]
        [--methods lime,shap,clear] [--counts 50,100,200,400,800,1600] [--reference 5000]
        [--png docs/benchmarks/convergence.png] [--json out.json] [--params '{"shap": {"grid": 16}}']
+       python bench/bench_convergence.py --replot "kernel=a.json,partition=b.json" --png out.png
 """
 from __future__ import annotations
 
@@ -59,7 +60,11 @@ def main() -> int:
     ap.add_argument("--png")
     ap.add_argument("--json")
     ap.add_argument("--params", default="{}", help='fixed parameters per method as JSON, e.g. {"shap": {"grid": 16}}')
+    ap.add_argument("--replot", help="only draw --png from earlier --json files: LABEL=FILE[:METHOD],... "
+                                     "(median J* and rank correlation per count, one line per label)")
     args = ap.parse_args()
+    if args.replot:
+        return replot(args.replot, args.png, args.reference)
     fixed = json.loads(args.params)
     counts = [int(c) for c in args.counts.split(",")]
     methods = args.methods.split(",")
@@ -144,6 +149,38 @@ def main() -> int:
         tmp = Path(args.png).with_suffix(".tmp.png")
         fig.savefig(tmp, dpi=110)
         os.replace(tmp, args.png)
+    return 0
+
+
+def replot(spec: str, png: str, reference: int) -> int:
+    """Curves of earlier runs (their --json) side by side in one figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for item in spec.split(","):
+        label, _, path = item.partition("=")
+        path, _, method = path.partition(":")
+        data = json.loads(Path(path).read_text())[method or "shap"]
+        ns = sorted(int(n) for n in data)
+        axes[0].plot(ns, [statistics.median(r["jaccard"] for r in data[str(n)]) for n in ns], "o-", label=label)
+        axes[1].plot(ns, [statistics.median(r["rank_corr"] for r in data[str(n)]) for n in ns], "o-", label=label)
+    for ax, title in zip(axes, ("median J* with the mask", f"median rank corr. with the {reference}-sample map")):
+        ax.set_xscale("log")
+        ax.set_xlabel("evaluations (the method's count parameter)")
+        ticks = [200, 400, 800, 1600, reference]
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(png).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(png).with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, png)
     return 0
 
 

@@ -7,7 +7,8 @@ best counterfactual is measured: validity (the detector calls the shown image no
 (share of the change inside the mask dilated by 4 px), edit area over mask area, and realism
 (PatchCore nearest-normal-patch distance of the edited region over real normal pixels).
 
-    python bench/bench_counterfactuals.py [--per-category 4] [--json out.json]
+    python bench/bench_counterfactuals.py [--per-category 4] [--categories brick,gravel,tablet,shortcut]
+        [--detectors patchcore,vae] [--methods clear,dice,gradient,concepts] [--params JSON] [--json out.json]
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from cfx.models.bundle import load_bundle, model_exists, dataset_name  # noqa: E
 METHODS = ("clear", "dice", "gradient", "concepts")
 
 
-def run(dataset: str, root: Path, cat: str, det: str, per: int, methods) -> list[dict]:
+def run(dataset: str, root: Path, cat: str, det: str, per: int, methods, params: dict | None = None) -> list[dict]:
     b = load_bundle(dataset, cat, detector=det)
     set_data_root(b, root)
     ds = MVTecDataset(root, cat, "test", image_size=b.image_size, channels=b.channels).arrays()
@@ -45,10 +46,10 @@ def run(dataset: str, root: Path, cat: str, det: str, per: int, methods) -> list
         for i in chosen:
             mask = ds.masks[i][0] if ds.masks[i].ndim == 3 else ds.masks[i]
             t0 = time.perf_counter()
-            e = REGISTRY[m](b).attribute(ds.images[i], mask=mask)
+            e = REGISTRY[m](b).attribute(ds.images[i], mask=mask, **(params or {}).get(m, {}))
             c = e.best
             rows.append({"category": cat, "detector": det, "method": m, "image": ds.samples[i].name,
-                         "seconds": time.perf_counter() - t0, "valid": bool(c is not None and c.valid),
+                         "seconds": time.perf_counter() - t0, "evaluations": e.info.get("evaluations"), "valid": bool(c is not None and c.valid),
                          "locality": c.metrics["locality"] if c else float("nan"),
                          "area_ratio": c.metrics["edit_area"] / max(float((mask > 0.5).mean()), 1e-6) if c else float("nan"),
                          "realism": c.metrics["realism"] if c else float("nan"),
@@ -59,8 +60,8 @@ def run(dataset: str, root: Path, cat: str, det: str, per: int, methods) -> list
 
 def table(rows: list[dict]) -> str:
     out = ["| data | detector | method | n | validity | median locality | median edit area / mask | "
-           "median realism | median s | content (nearest normal / reconstruction / generator) |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+           "median realism | median s | median evaluations | content (nearest normal / reconstruction / generator) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     keys = sorted({(r["data"], r["detector"], r["method"]) for r in rows}, key=lambda k: (k[0], k[1], METHODS.index(k[2])))
     for d, det, m in keys:
         rs = [r for r in rows if (r["data"], r["detector"], r["method"]) == (d, det, m)]
@@ -69,7 +70,8 @@ def table(rows: list[dict]) -> str:
         kinds = [sum(r["content"] == c for r in ok) for c in ("nearest normal", "reconstruction", "generator")]
         out.append(f"| {d} | {det} | {m} | {len(rs)} | {len(ok) / max(1, len(rs)):.2f} | {med('locality'):.2f} | "
                    f"{med('area_ratio'):.2f} | {med('realism'):.2f} | "
-                   f"{float(np.median([r['seconds'] for r in rs])):.1f} | {' / '.join(map(str, kinds))} |")
+                   f"{float(np.median([r['seconds'] for r in rs])):.1f} | "
+                   f"{float(np.median([r.get('evaluations') or 0 for r in rs])):.0f} | {' / '.join(map(str, kinds))} |")
     return "\n".join(out)
 
 
@@ -77,20 +79,27 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--per-category", type=int, default=4)
     p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--categories", default="brick,gravel,tablet,shortcut")
+    p.add_argument("--detectors", default="patchcore,vae")
+    p.add_argument("--params", default="{}", help='parameters per method as JSON, e.g. {"dice": {"max_iterations": 15}}')
+    p.add_argument("--real", action=argparse.BooleanOptionalAction, default=True,
+                   help="also the real sample's bottle defects when bottle is fitted")
     p.add_argument("--json")
     args = p.parse_args()
     methods = args.methods.split(",")
+    params = json.loads(args.params)
     rows = []
     demo = ensure_demo()
-    for cat in ("brick", "gravel", "tablet", "shortcut"):
-        for det in ("patchcore", "vae"):
-            for r in run("demo", demo, cat, det, args.per_category, methods):
+    for cat in args.categories.split(","):
+        for det in args.detectors.split(","):
+            for r in run("demo", demo, cat, det, args.per_category, methods, params):
                 rows.append({**r, "data": "demo" if cat != "shortcut" else "demo shortcut"})
     real = Path(__file__).resolve().parents[2] / "shared" / "mvtec-sample"
-    if real.is_dir() and model_exists(dataset_name(real), "bottle"):
+    if args.real and real.is_dir() and model_exists(dataset_name(real), "bottle"):
         for r in run(dataset_name(real), real, "bottle", "patchcore", 8, methods):
             rows.append({**r, "data": "bottle"})
-    print(f"\n{time.strftime('%Y-%m-%d')} on {platform.processor() or platform.machine()}, torch CPU\n")
+    print(f"\n{time.strftime('%Y-%m-%d')} on {platform.processor() or platform.machine()}, torch CPU; "
+          f"parameters {params or 'the defaults'}\n")
     print(table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

@@ -166,6 +166,7 @@ def bench_category(category, target, args, root):
         if e.error:
             print(f"  warm-up {m}: {e.error}", file=sys.stderr)
     times: dict[str, list[float]] = {m: [] for m in METHODS}
+    evals: dict[str, list[int]] = {m: [] for m in METHODS}
     errors: dict[str, str] = {}
     for img in images:
         for _ in range(args.repeats):
@@ -174,6 +175,7 @@ def bench_category(category, target, args, root):
                 if e.error:
                     errors[m] = e.error
                 times[m].append(e.seconds)
+                evals[m].append(int(e.info.get("evaluations", 0)))
     totals = []
     for img in images:
         dt, res = timed(lambda: E.explain(bundle, img, METHODS, target))
@@ -189,7 +191,8 @@ def bench_category(category, target, args, root):
                                                                           n=args.clear_baseline_n))[0])
     med = {m: statistics.median(v) for m, v in times.items() if v}
     return {"category": category, "target": target, "channels": bundle.channels, "images": names,
-            "median_s": med, "total_median_s": statistics.median(totals), "baseline_s": {
+            "median_s": med, "median_evaluations": {m: statistics.median(v) for m, v in evals.items() if v},
+            "total_median_s": statistics.median(totals), "baseline_s": {
                 k: statistics.median(v) for k, v in base.items()}, "errors": errors, "load_after": loadavg()}
 
 
@@ -206,27 +209,35 @@ def markdown(results, args) -> str:
     total_budget = TOTAL_BUDGETS.get(args.detector, TOTAL_BUDGET)
     lines = [f"### Explainers, {args.detector} detector: {machine()}", "",
              f"Medians over {args.images} detected defect images x {args.repeats} repeats, models warm "
-             f"(defaults: LIME {d['lime']['num_samples']} samples, SHAP {d['shap']['max_evals']} evals over "
+             f"(defaults: LIME {d['lime']['num_samples']} samples, SHAP ({d['shap'].get('estimator', 'partition')}) "
+             f"{d['shap']['max_evals']} evals over "
              + (f"{d['shap']['n_segments']} superpixels" if d['shap'].get('regions') == 'superpixels'
                 else f"a {d['shap']['grid']}x{d['shap']['grid']} grid") + f", CLEAR n_samples {d['clear']['n_samples'] or 'auto'}, "
-             f"early stop {'on' if d['lime'].get('early_stop') else 'off'}, DiCE 4 CFs); baselines on "
-             f"{args.baseline_images} image(s) in the same run. Load average during the run is given: the CPU is "
+             f"early stop {'on' if d['lime'].get('early_stop') else 'off'}, DiCE 4 CFs); "
+             + ("no baselines (`--no-baselines`)" if args.no_baselines else
+                f"baselines on {args.baseline_images} image(s) in the same run")
+             + ". Load average during the run is given: the CPU is "
              f"shared, so absolute times vary; ratios are measured side by side.", ""]
     for r in results:
         lines += [f"**{r['category']}** ({'gray' if r['channels'] == 1 else 'RGB'}), target `{r['target']}`; "
                   f"load after: {r['load_after']}", "",
-                  "| method | median s | budget s | baseline | baseline s | speed-up |",
-                  "|---|---:|---:|---|---:|---:|"]
+                  "| method | median s | evaluations | budget s |" + ("" if args.no_baselines else
+                                                                  " baseline | baseline s | speed-up |"),
+                  "|---|---:|---:|---:|" + ("" if args.no_baselines else "---|---:|---:|")]
         for m in METHODS:
             t = r["median_s"].get(m)
             b = r["baseline_s"].get(m)
             budget = BUDGET.get(m)
             ok = "" if budget is None or t is None else (" ✓" if t <= budget else " ✗")
-            lines.append(f"| {m} | {t:.3f}{ok} | {budget if budget else '–'} | {BASELINE_LABEL.get(m, '–')} | "
-                         f"{'–' if b is None else f'{b:.2f}'} | {'–' if b is None or not t else f'{b / t:.1f}x'} |")
+            n = r.get("median_evaluations", {}).get(m)
+            row = f"| {m} | {t:.3f}{ok} | {'–' if n is None else f'{n:.0f}'} | {budget if budget else '–'} |"
+            if not args.no_baselines:
+                row += (f" {BASELINE_LABEL.get(m, '–')} | {'–' if b is None else f'{b:.2f}'} | "
+                        f"{'–' if b is None or not t else f'{b / t:.1f}x'} |")
+            lines.append(row)
         tot = r["total_median_s"]
         lines.append(f"| **all seven** (one `explain` call) | {tot:.2f}{' ✓' if tot <= total_budget else ' ✗'} | "
-                     f"{total_budget} | | | |")
+                     f"| {total_budget} |" + ("" if args.no_baselines else " | | |"))
         if r["errors"]:
             lines.append("")
             lines += [f"- {m} failed: {e}" for m, e in r["errors"].items()]
