@@ -150,12 +150,12 @@ def _head() -> str | None:
 
 
 @st.fragment(run_every=1.0)
-def _live(m: str) -> None:
+def _live(m: str, cost_known: bool) -> None:
     """The running (or next) method's cell: only this placeholder polls (the finished cells and the queued
     ones are not redrawn every second); when the method (or the stream) ends, the page reruns once
     to draw its result and the next method's live cell."""
-    if m in stream.snapshot() or not stream.running or _head() != m:
-        st.rerun()
+    if m in stream.snapshot() or not stream.running or _head() != m or (not cost_known and stream.cost is not None):
+        st.rerun()  # also once the cost of an evaluation is measured: the queued cells' estimates
     _placeholder(m)
 
 
@@ -177,7 +177,7 @@ for r in range(0, len(methods), NCOLS):
             if m in results:
                 first_scale = _cell(m, results[m], first_scale)
             elif stream is not None and stream.running and _head() == m:
-                _live(m)  # only the next method's cell polls; a queued one is redrawn when it comes up
+                _live(m, stream.cost is not None)  # only this cell polls; the queued ones are redrawn when it ends
             else:
                 _placeholder(m)
 

@@ -157,10 +157,16 @@ def shot(page, name: str) -> None:
     page.set_viewport_size(vp)
 
 
-def wait_compare_done(page, methods) -> None:
+def wait_compare_done(page, methods, running_shot: str | None = None) -> None:
+    """Press Run (when there is something to run) and wait for every method's cell; with
+    ``running_shot``, a screenshot while the heavy methods stream in."""
     run = page.get_by_role("button", name=re.compile(r"Run \d+ heavy method"))
     if run.count():
         run.click()
+        if running_shot:
+            page.get_by_text(re.compile(r"^Running · ")).first.wait_for()
+            page.get_by_text(re.compile(r"^Queued · (about|under)")).first.wait_for()  # with its estimate
+            shot(page, running_shot)
     for m in methods:
         # every heavy method with its default sample counts on PatchCore takes minutes on 2 CPU cores
         # (CLEAR alone ~1-2 min; issue 14), and the results of one run appear together
@@ -183,7 +189,7 @@ def test_pages_in_a_browser(server, browser):
     shot(page, "inspect")
 
     goto(page, "Compare")
-    wait_compare_done(page, list(REGISTRY))
+    wait_compare_done(page, list(REGISTRY), running_shot="compare_streaming")
     no_exception(page)
     assert page.locator('[data-testid="stAlertContentError"]').count() == 0
     shot(page, "compare")
