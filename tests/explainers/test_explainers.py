@@ -32,7 +32,7 @@ FAST = {"lime": {"num_samples": 60}, "shap": {"max_evals": 80},
         "clear": {"n_samples": 150, "fidelity_dims": 2, "path_steps": 3},
         "dice": {"max_iterations": 3, "total_cfs": 2}, "gradient": {"max_steps": 60}, "concepts": {"path_steps": 3}}
 #: enough samples for the behaviour tests, still quick
-BEHAVIOUR = {"lime": {"num_samples": 250}, "shap": {},  # SHAP: its default (Kernel SHAP, 400)
+BEHAVIOUR = {"lime": {"num_samples": 250}, "shap": {"max_evals": 250},
              "clear": {"n_samples": 500, "fidelity_dims": -1, "path_steps": 2}, "dice": {"max_iterations": 15},
              "gradient": {}}
 N_HEAT = 16  # images for "heat inside the mask more often than chance" (one-sided binomial test)
