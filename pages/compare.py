@@ -65,7 +65,8 @@ def _streamed() -> dict:
 
 
 in_stream = set(stream.pending()) if stream is not None else set()
-waiting = [m for m in methods if m not in results and m not in _streamed() and m not in in_stream]
+finished = _streamed()
+waiting = [m for m in methods if m not in results and m not in finished and m not in in_stream]
 # in automatic mode a method the user cancelled waits for Run
 auto_run = [m for m in waiting if not (stream is not None and stream.cancelled(m))] if auto else []
 todo: list[str] = []
