@@ -55,17 +55,14 @@ done = {m for m in methods if is_cached(b, image, m, target, params.get(m), seed
 results = {m: explain_one(b, image, m, target, params.get(m), seed, sel.mask)
            for m in methods if m in done or not is_heavy(reg[m])}
 stream = stream_for(b, image, target, seed, params)
-
-
-def _streamed() -> dict:
-    """The stream's finished results of the chosen methods (a cancelled one is not a result)."""
-    if stream is None:
-        return {}
-    return {m: e for m, e in stream.snapshot().items() if m in methods and m not in results and e.error != CANCELLED}
-
-
-in_stream = set(stream.pending()) if stream is not None else set()
-finished = _streamed()
+# One view of the stream for the whole run: whether it was alive (read first: a stream that ends after
+# this read has all its results in the state below), then its results and pending methods together.
+alive = stream is not None and stream.running
+snap, pend = stream.state() if stream is not None else ({}, [])
+# its finished results of the chosen methods (a cancelled one is not a result)
+finished = {m: e for m, e in snap.items() if m in methods and m not in results and e.error != CANCELLED}
+in_stream = set(pend)
+head = next((p for p in pend if p in methods), None) if alive else None  # the one live cell
 waiting = [m for m in methods if m not in results and m not in finished and m not in in_stream]
 # in automatic mode a method the user cancelled waits for Run
 auto_run = [m for m in waiting if not (stream is not None and stream.cancelled(m))] if auto else []
@@ -145,22 +142,19 @@ def _cell(m: str, exp, first_scale: bool) -> bool:
     return first_scale
 
 
-def _head() -> str | None:
-    """The shown method the stream runs now or next (the one live cell)."""
-    return next((p for p in stream.pending() if p in methods), None)
-
-
 @st.fragment(run_every=1.0)
 def _live(m: str, cost_known: bool) -> None:
     """The running (or next) method's cell: only this placeholder polls (the finished cells and the queued
     ones are not redrawn every second); when the method (or the stream) ends, the page reruns once
     to draw its result and the next method's live cell."""
-    if m in stream.snapshot() or not stream.running or _head() != m or (not cost_known and stream.cost is not None):
+    done, pending = stream.state()
+    now = next((p for p in pending if p in methods), None)
+    if m in done or now != m or not stream.running or (not cost_known and stream.cost is not None):
         st.rerun()  # also once the cost of an evaluation is measured: the queued cells' estimates
     _placeholder(m)
 
 
-results = {**results, **_streamed()}
+results = {**results, **finished}
 results = {m: results[m] for m in methods if m in results}
 show("compare", results=results, pending=[m for m in methods if m not in results])
 before = next((e.score_before for e in results.values() if e.ok), None)
@@ -177,7 +171,7 @@ for r in range(0, len(methods), NCOLS):
             st.markdown(f"**{reg[m].label or m}** · `{m}`")
             if m in results:
                 first_scale = _cell(m, results[m], first_scale)
-            elif stream is not None and stream.running and _head() == m:
+            elif m == head:
                 _live(m, stream.cost is not None)  # only this cell polls; the queued ones are redrawn when it ends
             else:
                 _placeholder(m)

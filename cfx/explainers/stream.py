@@ -155,6 +155,13 @@ class ExplainStream:
         with self._lock:
             return ([self.current] if self.current else []) + list(self._queue)
 
+    def state(self) -> tuple[dict[str, Explanation], list[str]]:
+        """The finished results and the pending methods read together, under one lock: a method is
+        in exactly one of them (a page that draws from both never misses one that finished between
+        two reads)."""
+        with self._lock:
+            return dict(self.results), ([self.current] if self.current else []) + list(self._queue)
+
     def cancelled(self, method: str) -> bool:
         """Whether ``method`` was cancelled (and not queued again)."""
         with self._lock:

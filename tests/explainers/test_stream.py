@@ -82,3 +82,17 @@ def test_evaluation_cost_is_measured_once(anomaly):
     b, image, _ = anomaly
     c = evaluation_cost(b, image)
     assert 0 < c < 1 and evaluation_cost(b, image) == c
+
+
+def test_state_holds_every_method_in_exactly_one_place(anomaly):
+    b, image, _ = anomaly
+    methods = {"lime", "gradient"}
+    s = ExplainStream(b, image, ["lime", "gradient"], params={"lime": {"num_samples": 60}}).start()
+    views = []
+    while s.running:
+        views.append(s.state())
+        time.sleep(0.001)
+    views.append(s.state())
+    for done, pending in views:  # the page draws from one view: no method is missed or drawn twice
+        assert set(done) | set(pending) == methods and not set(done) & set(pending)
+    assert views[-1][1] == [] and all(e.ok for e in views[-1][0].values())
