@@ -190,7 +190,10 @@ def bench_category(category, target, args, root):
             base.setdefault("clear", []).append(timed(lambda: clear_seed(bundle, img, target,
                                                                           n=args.clear_baseline_n))[0])
     med = {m: statistics.median(v) for m, v in times.items() if v}
+    from cfx.precision import label
+
     return {"category": category, "target": target, "channels": bundle.channels, "images": names,
+            "precision": label(bundle.detector),
             "median_s": med, "median_evaluations": {m: statistics.median(v) for m, v in evals.items() if v},
             "total_median_s": statistics.median(totals), "baseline_s": {
                 k: statistics.median(v) for k, v in base.items()}, "errors": errors, "load_after": loadavg()}
@@ -219,8 +222,8 @@ def markdown(results, args) -> str:
              + ". Load average during the run is given: the CPU is "
              f"shared, so absolute times vary; ratios are measured side by side.", ""]
     for r in results:
-        lines += [f"**{r['category']}** ({'gray' if r['channels'] == 1 else 'RGB'}), target `{r['target']}`; "
-                  f"load after: {r['load_after']}", "",
+        lines += [f"**{r['category']}** ({'gray' if r['channels'] == 1 else 'RGB'}), target `{r['target']}`, "
+                  f"{r.get('precision', 'float32')}; load after: {r['load_after']}", "",
                   "| method | median s | evaluations | budget s |" + ("" if args.no_baselines else
                                                                   " baseline | baseline s | speed-up |"),
                   "|---|---:|---:|---:|" + ("" if args.no_baselines else "---|---:|---:|")]

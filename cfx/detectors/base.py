@@ -136,6 +136,10 @@ class Detector(nn.Module):
     #: images per forward pass by device type where the default (:data:`cfx.config.FORWARD_BATCH`)
     #: does not suit the detector
     forward_batches: ClassVar[dict[str, int]] = {}
+    #: the autocast dtype of the network part of a score (None: float32), decided once per loaded
+    #: detector by :func:`cfx.precision.settle` (CUDA only, where the scores stay within 1e-3)
+    amp: torch.dtype | None = None
+    amp_settled: bool = False
 
     def __init__(self) -> None:
         super().__init__()

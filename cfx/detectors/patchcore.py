@@ -31,6 +31,7 @@ from torch.nn import functional as F
 
 from cfx.detectors.base import Detector, blur_axis, gaussian_kernel
 from cfx.models.backbone import FEATURE_DIM, shared_backbone
+from cfx.precision import network
 
 #: projection size of the greedy coreset search (anomalib's sparse random projection plays this role)
 PROJECTION_DIM = 128
@@ -120,7 +121,9 @@ class PatchCore(Detector):
     # ------------------------------------------------------------------ pieces
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Backbone features (N, 152, h, w) of images (N, C, H, W) in [0, 1]."""
-        return self._backbone(x.float(), self.input_size)
+        with network(self, x):
+            f = self._backbone(x.float(), self.input_size)
+        return f.float()  # the search and the map in float32
 
     def _nearest(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Distance of each row of ``q`` (P, D) to its nearest bank row, and that row's index."""

@@ -14,6 +14,7 @@ import torch
 
 from cfx.detectors.base import Detector, blur_axis as _blur_axis, gaussian_kernel
 from cfx.models.nets import VAE
+from cfx.precision import network
 
 
 class MultiScoreDetector(Detector):
@@ -81,8 +82,10 @@ class MultiScoreDetector(Detector):
             heat scale of normal images), ``recon_score``, ``mahalanobis_score`` and ``score``
             (normalised, N each).
         """
-        z = self.vae.encode(x)
-        recon = self.vae.decode(z)
+        with network(self, x):
+            z = self.vae.encode(x)
+            recon = self.vae.decode(z)
+        z, recon = z.float(), recon.float()
         err = self.error_map(x, recon)
         r = (self.recon_raw(err) - self.norm[0]) / self.norm[1]
         m = (self.maha_raw(z) - self.norm[2]) / self.norm[3]
@@ -95,16 +98,19 @@ class MultiScoreDetector(Detector):
         """One score (N,) computing only what it needs: ``score`` (combined), ``recon_score`` or
         ``mahalanobis_score``. The decoder (more than half the cost) is skipped for the
         Mahalanobis part and for a combined score with alpha = 0; equal to :meth:`analyse`'s."""
-        z = self.vae.encode(x)
+        with network(self, x):
+            z = self.vae.encode(x)
         need_recon = which == "recon_score" or (which == "score" and self.alpha != 0.0)
         need_maha = which == "mahalanobis_score" or (which == "score" and self.alpha != 1.0)
         r = m = 0.0
         if need_recon:
-            r = (self.recon_raw(self.error_map(x, self.vae.decode(z))) - self.norm[0]) / self.norm[1]
+            with network(self, x):
+                recon = self.vae.decode(z)
+            r = (self.recon_raw(self.error_map(x, recon.float())) - self.norm[0]) / self.norm[1]
             if which == "recon_score":
                 return r
         if need_maha:
-            m = (self.maha_raw(z) - self.norm[2]) / self.norm[3]
+            m = (self.maha_raw(z.float()) - self.norm[2]) / self.norm[3]
             if which == "mahalanobis_score":
                 return m
         if which != "score":

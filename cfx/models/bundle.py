@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cfx import config
+from cfx import config, precision
 from cfx.detectors import DETECTORS, Detector, MultiScoreDetector, load_detector, read_checkpoint, write_checkpoint
 from cfx.errors import ModelMissingError
 from cfx.meter import tick
@@ -242,6 +242,9 @@ class ModelBundle:
         images = np.asarray(images, dtype=np.float32)
         if images.ndim == 3:
             images = images[None]
+        if target != "classifier" and not self.detector.amp_settled and len(images):
+            with self.lock:  # the detector's precision, decided once on the first batch it scores
+                precision.settle(self.detector, self.to_tensor(images[:batch]))
         out = [self.score(self.to_tensor(images[i:i + batch]), target).double().cpu().numpy()
                for i in range(0, len(images), batch)]
         return np.concatenate(out) if out else np.zeros(0)
