@@ -6,10 +6,14 @@ Needs the categories fitted (``python -m cfx train --data-root DIR --category C 
 patchcore``; use ``CFX_MODELS_DIR`` to keep those weights out of the project).
 
     python bench/bench_shap_real.py --data-root ../shared/mvtec-sample --categories bottle,screw [--images 5]
+        [--settings '{"LIME 1000, no early stop": ["lime", {"num_samples": 1000, "early_stop": false}]}']
+
+``--settings`` replaces the compared settings (label -> [method, parameters]).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -35,7 +39,9 @@ def main() -> int:
     ap.add_argument("--categories", default="bottle,screw")
     ap.add_argument("--detector", default="patchcore")
     ap.add_argument("--images", type=int, default=5)
+    ap.add_argument("--settings", help="JSON: label -> [method, parameters] (default: the SHAP comparison)")
     args = ap.parse_args()
+    settings = {k: tuple(v) for k, v in json.loads(args.settings).items()} if args.settings else SETTINGS
     root = Path(args.data_root)
     rows = []
     for cat in args.categories.split(","):
@@ -46,7 +52,7 @@ def main() -> int:
         idx = [i for i in np.flatnonzero(arr.labels == 1) if s[i] > b.threshold and arr.masks[i].any()]
         pick = [idx[int(k)] for k in np.unique(np.linspace(0, len(idx) - 1, args.images).round())]
         for i in pick:
-            for label, (m, p) in SETTINGS.items():
+            for label, (m, p) in settings.items():
                 t0 = time.perf_counter()
                 e = explain(b, arr.images[i], [m], params={m: p}, mask=arr.masks[i])[m]
                 h = explanation_map(e)
@@ -54,12 +60,12 @@ def main() -> int:
                 rows.append({"category": cat, "image": arr.samples[i].name, "setting": label, "jaccard": j,
                              "seconds": time.perf_counter() - t0, "evaluations": e.info.get("evaluations")})
                 print(rows[-1], file=sys.stderr, flush=True)
-    print(f"### SHAP's estimators on real images ({time.strftime('%Y-%m-%d')}, {args.detector}, "
+    print(f"### {'SHAP' if settings is SETTINGS else 'Settings'} on real images ({time.strftime('%Y-%m-%d')}, {args.detector}, "
           f"{args.data_root}, {args.images} detected defects per category)\n")
     print("| category | setting | n | J* (median) | J* per image | median s | evaluations |")
     print("|---|---|---:|---:|---|---:|---:|")
     for cat in args.categories.split(","):
-        for label in SETTINGS:
+        for label in settings:
             rs = [r for r in rows if r["category"] == cat and r["setting"] == label]
             if rs:
                 print(f"| {cat} | {label} | {len(rs)} | {statistics.median(r['jaccard'] for r in rs):.3f} | "
