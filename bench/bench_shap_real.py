@@ -28,7 +28,7 @@ from cfx.explainers import explain, set_data_root  # noqa: E402
 from cfx.metrics import explanation_map, optimal_jaccard  # noqa: E402
 from cfx.models.bundle import dataset_name, load_bundle  # noqa: E402
 
-SETTINGS = {"SHAP kernel 400": ("shap", {}),
+SETTINGS = {"SHAP kernel 400": ("shap", {"estimator": "kernel", "max_evals": 400}),
             "SHAP partition 1500 (the default)": ("shap", {"estimator": "partition", "max_evals": 1500}),
             "LIME (default)": ("lime", {})}
 
