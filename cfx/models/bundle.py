@@ -225,6 +225,9 @@ class ModelBundle:
         t = self.target(target)
         if t.name == "classifier":
             return self.classifier.proba(x)
+        if not self.detector.amp_settled and len(x):
+            with self.lock:  # the detector's precision, decided once on the first batch it scores
+                precision.settle(self.detector, x.detach())
         if t.name == "score":
             return self.detector.score(x)
         return self.detector.part_score(x, t.key)
@@ -242,9 +245,6 @@ class ModelBundle:
         images = np.asarray(images, dtype=np.float32)
         if images.ndim == 3:
             images = images[None]
-        if target != "classifier" and not self.detector.amp_settled and len(images):
-            with self.lock:  # the detector's precision, decided once on the first batch it scores
-                precision.settle(self.detector, self.to_tensor(images[:batch]))
         out = [self.score(self.to_tensor(images[i:i + batch]), target).double().cpu().numpy()
                for i in range(0, len(images), batch)]
         return np.concatenate(out) if out else np.zeros(0)
