@@ -62,7 +62,14 @@ snap, pend = stream.state() if stream is not None else ({}, [])
 # its finished results of the chosen methods (a cancelled one is not a result)
 finished = {m: e for m, e in snap.items() if m in methods and m not in results and e.error != CANCELLED}
 in_stream = set(pend)
-head = next((p for p in pend if p in methods), None) if alive else None  # the one live cell
+
+
+def _shown_head(pending: list[str]) -> str | None:
+    """The first of the stream's pending methods that the page shows (the one live cell)."""
+    return next((p for p in pending if p in methods), None)
+
+
+head = _shown_head(pend) if alive else None
 waiting = [m for m in methods if m not in results and m not in finished and m not in in_stream]
 # in automatic mode a method the user cancelled waits for Run
 auto_run = [m for m in waiting if not (stream is not None and stream.cancelled(m))] if auto else []
@@ -148,8 +155,7 @@ def _live(m: str, cost_known: bool) -> None:
     ones are not redrawn every second); when the method (or the stream) ends, the page reruns once
     to draw its result and the next method's live cell."""
     done, pending = stream.state()
-    now = next((p for p in pending if p in methods), None)
-    if m in done or now != m or not stream.running or (not cost_known and stream.cost is not None):
+    if m in done or _shown_head(pending) != m or not stream.running or (not cost_known and stream.cost is not None):
         st.rerun()  # also once the cost of an evaluation is measured: the queued cells' estimates
     _placeholder(m)
 
