@@ -13,6 +13,7 @@ Pages, export, metrics and the audit use only this type.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import traceback
@@ -23,6 +24,7 @@ from typing import Any, ClassVar, Iterable
 import numpy as np
 import torch
 
+from cfx.blas import quiet_blas
 from cfx.meter import Cancelled, metered
 
 #: the error of a method the user cancelled (never stored; the next run computes it)
@@ -203,7 +205,7 @@ class Explainer(ABC):
         torch.manual_seed(seed)
         self.mask = None if mask is None else np.asarray(mask)
         t0 = time.perf_counter()
-        with metered(cancel) as meter:
+        with metered(cancel) as meter, quiet_blas() if self.heavy else contextlib.nullcontext():
             exp = self._explain(image, target, seed, p)
         exp.seconds = time.perf_counter() - t0
         exp.params, exp.seed = p, seed

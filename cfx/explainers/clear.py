@@ -293,8 +293,10 @@ class Clear(CounterfactualExplainer):
         g0, gc = decode_numpy(b, np.concatenate([z0[None], zc]))
         em = ctx.edit_model(g0, gc)
         batch = int(params["batch_size"]) or b.forward_batch
+        decodes = [2]  # the AE's decodings (besides the target's evaluations): dec(z0), dec(content)
 
         def score_latents(Z: np.ndarray) -> np.ndarray:
+            decodes[0] += len(Z)
             out = [b.score_numpy(em.images(decode_numpy(b, Z[i:i + batch])), ctx.target) for i in range(0, len(Z), batch)]
             return np.concatenate(out) if out else np.zeros(0)
 
@@ -303,6 +305,7 @@ class Clear(CounterfactualExplainer):
 
         def regions(z: np.ndarray) -> frozenset[int]:
             """The top cells of the :data:`CELLS` grid by the change the step's decoding makes to dec(z0)."""
+            decodes[0] += 1
             change = np.abs(decode_numpy(b, z[None])[0] - g0).mean(0)
             h, w, c = *change.shape, CELLS
             grid = change[: h - h % c, : w - w % c].reshape(c, h // c, c, w // c).mean((1, 3))
@@ -336,4 +339,5 @@ class Clear(CounterfactualExplainer):
         z_cf = res.z_cf if res.z_cf is not None else res.candidates[-1]
         line = z0 + np.linspace(0, 1, max(2, int(params["path_steps"])))[:, None] * (z_cf - z0)
         path = decode_numpy(b, line)
+        exp.info["decodes"] = decodes[0] + len(line)
         return [Proposal(path[-1], g0, z_cf.astype(np.float32), z0.astype(np.float32), path)]

@@ -64,7 +64,7 @@ def batched_data_labels(self, image: np.ndarray, fudged_image: np.ndarray, segme
     step = min(batch_size, stop.check_every) if stop else batch_size
     labels = []
     for i in range(0, num_samples, step):
-        keep = data[i:i + step].astype(bool)[:, segments]  # (B, H, W)
+        keep = np.take(data[i:i + step].astype(bool), segments, axis=1)  # (B, H, W), row-major (see shap.py)
         imgs = np.where(keep[..., None], image[None], fudged_image[None])
         labels.append(np.asarray(classifier_fn(imgs)))
         n = min(i + step, num_samples)

@@ -55,8 +55,12 @@ def region_model(bundle, image: np.ndarray, fill: np.ndarray, segments: np.ndarr
     """f(region masks (N, K) in {0, 1}) -> target scores (N,) of the images they select (region k
     shown where ``segments == k``, the fill elsewhere)."""
     def f(keep: np.ndarray) -> np.ndarray:
-        k = (np.asarray(keep) > 0.5)[:, segments][:, None]  # (N, 1, H, W)
-        return score_images(bundle, np.where(k, image[None], fill[None]).astype(np.float32), target, batch=batch)
+        # np.take, not keep[:, segments]: numpy lays that result out with the batch as its fastest
+        # axis, and each batch's copy into the detector's layout then gathers scattered floats
+        # (0.35 ms an image, a fifth of a VAE evaluation)
+        k = np.take(np.asarray(keep) > 0.5, segments, axis=1)[:, None]  # (N, 1, H, W), row-major
+        return score_images(bundle, np.where(k, image[None], fill[None]).astype(np.float32, copy=False), target,
+                            batch=batch)
     return f
 
 
