@@ -51,3 +51,7 @@ except BaseException as exc:
         _sidebar_if_missing()
     raise
 _sidebar_if_missing()
+
+from cfx import warm  # noqa: E402 - after the page is drawn: the libraries' imports and shap's compilation
+
+warm.start()  # once per process, in a low-priority background thread (cfx/warm.py)

@@ -55,9 +55,6 @@ def _root(data_root: str | None) -> Path:
 def _bundle(dataset: str, category: str, models_dir: str, stamp: float) -> ModelBundle:
     b = load_bundle(dataset, category)
     print(f"cfx: loaded models {b.key()} from {models_dir}", file=sys.stderr, flush=True)
-    from cfx.explainers import warm
-
-    warm.start()  # once per process: shap's numba compilation and the libraries' imports, in the background
     return b
 
 

@@ -5,8 +5,10 @@ In a fresh process the first SHAP run costs about 11 s more than the next ones o
 uses (shap does not cache them on disk, and numba's on-disk cache of them crashed the process that
 read it back). LIME and DiCE pay their imports (scikit-learn, scikit-image, pandas, dice-ml) the
 same way. :func:`start` runs all of that once per process in a background thread at the lowest
-scheduling priority, so that a Compare page opened a few seconds after the models load shows SHAP's
-real cost; the app starts it when it first loads a category's models (BENCHMARKS.md).
+scheduling priority, so that a SHAP run started some seconds later shows SHAP's real cost. The app
+starts it at the end of its first script run, after the page is drawn: its first second or two
+(loading llvmlite, the imports) holds the interpreter and can delay an answer asked for meanwhile
+by up to 2.5 s on the 2-core CPU (BENCHMARKS.md). Importing this module imports nothing heavy.
 """
 from __future__ import annotations
 

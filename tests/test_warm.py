@@ -2,7 +2,7 @@
 shap's Partition explainer runs."""
 from __future__ import annotations
 
-from cfx.explainers import warm
+from cfx import warm
 
 
 def test_started_once_and_compiles_shaps_partition():
