@@ -1,4 +1,4 @@
-"""The first SHAP of a fresh process, cold and after :mod:`cfx.explainers.warm` (issue 14).
+"""The first SHAP of a fresh process, cold and after :mod:`cfx.warm` (issue 14).
 
 Runs itself twice as a child process: ``cold`` explains a detected demo defect with SHAP twice;
 ``warm`` first starts the background warm-up, meanwhile times the detector's answer for one image
