@@ -11,6 +11,7 @@ numbers (``--json``) and a figure of the curves (``--png``).
 Usage: python bench/bench_convergence.py [--detector vae] [--categories brick,tablet] [--images 3]
        [--methods lime,shap,clear] [--counts 50,100,200,400,800,1600] [--reference 5000]
        [--png docs/benchmarks/convergence.png] [--json out.json] [--params '{"shap": {"grid": 16}}']
+       [--reference-params '{"shap": {"context": "both"}}']
        python bench/bench_convergence.py --replot "kernel=a.json,partition=b.json" --png out.png
        python bench/bench_convergence.py --table out.json [--reference 5000]
 """
@@ -61,6 +62,9 @@ def main() -> int:
     ap.add_argument("--png")
     ap.add_argument("--json")
     ap.add_argument("--params", default="{}", help='fixed parameters per method as JSON, e.g. {"shap": {"grid": 16}}')
+    ap.add_argument("--reference-params", default="{}",
+                    help="parameters per method of the reference run only, over --params, e.g. "
+                         '{"shap": {"context": "both"}}: an estimator measured against another one\'s reference')
     ap.add_argument("--replot", help="only draw --png from earlier --json files: LABEL=FILE[:METHOD],... "
                                      "(median J* and rank correlation per count, one line per label)")
     ap.add_argument("--table", help="only print the table of an earlier --json file")
@@ -74,6 +78,7 @@ def main() -> int:
     if args.replot:
         return replot(args.replot, args.png, args.reference)
     fixed = json.loads(args.params)
+    ref_fixed = json.loads(args.reference_params)
     counts = [int(c) for c in args.counts.split(",")]
     methods = args.methods.split(",")
     root = resolve_root(None)
@@ -88,10 +93,10 @@ def main() -> int:
         for i in pick:
             image, mask = arr.images[i], arr.masks[i]
             for m in methods:
-                def par(n: int, m: str = m) -> dict:
-                    return {m: {**NO_STOP.get(m, {}), **fixed.get(m, {}), COUNT_PARAM[m]: n}}
+                def par(n: int, m: str = m, extra: dict | None = None) -> dict:
+                    return {m: {**NO_STOP.get(m, {}), **fixed.get(m, {}), **(extra or {}), COUNT_PARAM[m]: n}}
 
-                ref = explain(b, image, [m], params=par(args.reference), mask=mask)[m]
+                ref = explain(b, image, [m], params=par(args.reference, extra=ref_fixed.get(m)), mask=mask)[m]
                 ref_map = explanation_map(ref)
                 if ref.error or ref_map is None:
                     print(f"{cat}/{arr.samples[i].name} {m} reference: {ref.error or 'no map'}", file=sys.stderr)
@@ -108,6 +113,7 @@ def main() -> int:
     print(f"### Convergence with the number of evaluations ({_dt.date.today().isoformat()}, {platform.node()}, "
           f"{os.cpu_count()} CPUs, {device_label()}, {args.detector} detector, demo {args.categories}, "
           f"{args.images} detected defects each, reference {args.reference}, fixed parameters {fixed or 'none'}, "
+          f"reference's parameters {ref_fixed or 'as the others'}, "
           f"no early stop, load average {load:.1f})\n")
     print_table(raw, methods, counts, args.reference)
     if args.json:

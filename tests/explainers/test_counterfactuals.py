@@ -146,6 +146,69 @@ def test_minimal_edit_is_the_smallest_valid_region():
     assert changed[12:18, 12:18].any() and not changed[:, 26:].any()
 
 
+def test_minimal_edit_scans_levels_in_batches_with_the_result_of_scoring_all_at_once():
+    """The levels are scored from the smallest up a forward batch at a time: the edit is the one
+    that scoring every level and content in one batch picks (smallest valid level, preferred
+    content, margin levels), and a defect that a small region fixes costs fewer evaluations."""
+
+    class Counting(_Toy):
+        def __init__(self, forward_batch, thr):
+            self.forward_batch, self.thr, self.calls = forward_batch, thr, 0
+
+        def threshold_for(self, target):
+            return self.thr
+
+        def score_numpy(self, images, target="score", batch=None):
+            self.calls += len(images)
+            return super().score_numpy(images, target, batch)
+
+    rng = np.random.default_rng(0)
+    cheaper = 0
+    for t in range(60):
+        x = rng.random((1, 32, 32)).astype(np.float32)
+        heat = rng.random((32, 32)).astype(np.float32)
+        contents = {"a": rng.random((1, 32, 32)).astype(np.float32) * rng.random(),
+                    "b": rng.random((1, 32, 32)).astype(np.float32) * rng.random()}
+        thr, margin = float(rng.uniform(0.2, 0.6)), int(t % 3)
+        every = E.minimal_edit(Counting(10_000, thr), x, "score", heat, contents, None, margin_levels=margin)
+        b = Counting(int(rng.choice([1, 2, 4])), thr)
+        scan = E.minimal_edit(b, x, "score", heat, contents, None, margin_levels=margin)
+        assert np.array_equal(scan.image, every.image) and (scan.share, scan.content, scan.score, scan.valid) == (
+            every.share, every.content, every.score, every.valid)
+        assert every.evaluations == 2 * len(E.SHARES) and scan.evaluations == b.calls <= every.evaluations
+        cheaper += scan.evaluations < every.evaluations
+    assert cheaper > 10
+
+
+def test_edit_model_scores_each_distinct_edit_once():
+    """A search's edit is a function of its strength alone: generator images that give the same
+    strength (all those clipped at 1 above all) are one image, scored once, with the scores that
+    scoring every edited image would give."""
+
+    class Counting(_Toy):
+        calls = 0
+
+        def score_numpy(self, images, target="score", batch=None):
+            self.calls += len(images)
+            return super().score_numpy(images, target, batch)
+
+    rng = np.random.default_rng(1)
+    x = np.ones((1, 32, 32), np.float32)
+    g0 = np.zeros_like(x)
+    region = np.zeros((32, 32), np.float32)
+    region[8:24, 8:24] = 1.0
+    em = E.EditModel(x, g0, np.zeros_like(x), region, np.full_like(x, 0.5))  # tau: half of 0.5
+    g = np.concatenate([rng.uniform(0, 0.2, (5, 1, 32, 32)), rng.uniform(0.5, 1, (7, 1, 32, 32)),
+                        np.full((3, 1, 32, 32), 0.1)]).astype(np.float32)
+    b = Counting()
+    s = em.scores(b, g, "score")
+    assert np.allclose(s, _Toy().score_numpy(em.images(g)))
+    distinct = len(np.unique(em.strength(g)))
+    assert distinct == 5 + 1 + 1 and b.calls == em.evaluations == distinct  # 7 clipped at 1, 3 equal
+    again = em.scores(b, g[:4], "score")
+    assert b.calls == distinct and np.array_equal(again, s[:4])  # seen before: no new evaluation
+
+
 def test_locality_and_edit_area():
     x = np.zeros((3, 20, 20), np.float32)
     cf = x.copy()
