@@ -96,7 +96,7 @@ def main() -> int:
                 rows.append({**r, "data": "demo" if cat != "shortcut" else "demo shortcut"})
     real = Path(__file__).resolve().parents[2] / "shared" / "mvtec-sample"
     if args.real and real.is_dir() and model_exists(dataset_name(real), "bottle"):
-        for r in run(dataset_name(real), real, "bottle", "patchcore", 8, methods):
+        for r in run(dataset_name(real), real, "bottle", "patchcore", 8, methods, params):
             rows.append({**r, "data": "bottle"})
     print(f"\n{time.strftime('%Y-%m-%d')} on {platform.processor() or platform.machine()}, torch CPU; "
           f"parameters {params or 'the defaults'}\n")

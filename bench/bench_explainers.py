@@ -212,8 +212,8 @@ def markdown(results, args) -> str:
     total_budget = TOTAL_BUDGETS.get(args.detector, TOTAL_BUDGET)
     lines = [f"### Explainers, {args.detector} detector: {machine()}", "",
              f"Medians over {args.images} detected defect images x {args.repeats} repeats, models warm "
-             f"(defaults: LIME {d['lime']['num_samples']} samples, SHAP ({d['shap'].get('estimator', 'partition')}) "
-             f"{d['shap']['max_evals']} evals over "
+             f"(defaults: LIME {d['lime']['num_samples']} samples, SHAP ({d['shap'].get('estimator', 'partition')}, "
+             f"context {d['shap'].get('context', 'owen')}) at most {d['shap']['max_evals']} evals over "
              + (f"{d['shap']['n_segments']} superpixels" if d['shap'].get('regions') == 'superpixels'
                 else f"a {d['shap']['grid']}x{d['shap']['grid']} grid") + f", CLEAR n_samples {d['clear']['n_samples'] or 'auto'}, "
              f"early stop {'on' if d['lime'].get('early_stop') else 'off'}, DiCE 4 CFs); "

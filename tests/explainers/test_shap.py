@@ -7,7 +7,7 @@ import pytest
 
 from cfx.explainers import REGISTRY, explain
 from cfx.explainers.lime import superpixels
-from cfx.explainers.shap import region_hierarchy
+from cfx.explainers.shap import complete_tree_values, partition_values, region_hierarchy
 
 
 def test_region_hierarchy_merges_neighbours_first():
@@ -37,18 +37,51 @@ def test_shap_map_is_one_value_per_superpixel(demo_bundle, demo_root):
     assert bad.error and "superpixels or grid" in bad.error
 
 
+@pytest.mark.parametrize("context", ["hidden", "shown", "average"])
+def test_complete_trees_in_one_batch_equal_shaps_partition_explainer(context):
+    """The whole fixed-context trees scored in one batch give shap's own values (its
+    PartitionExplainer with ``fixed_context``) on a non-additive model, with 2k - 2 evaluations a
+    tree besides "nothing" and "everything"."""
+    import shap
+    from scipy.cluster.hierarchy import linkage
+
+    rng = np.random.default_rng(0)
+    k = 23
+    w, v = rng.normal(size=k), rng.normal(size=(k, k)) * 0.3
+    calls = []
+
+    def f(m):
+        m = np.asarray(m, np.float64)
+        calls.append(len(m))
+        return m @ w + np.einsum("ni,ij,nj->n", m, v, m) + np.max(m * w, axis=1)
+
+    z = linkage(rng.random((k, 2)), "ward")
+    values, base = complete_tree_values(f, z, k, context)
+    trees = 2 if context == "average" else 1
+    assert calls == [2 + trees * (2 * k - 2)]
+    explainer = shap.PartitionExplainer(f, shap.maskers.Partition(np.zeros((1, k)), clustering=z))
+    expected, expected_base = partition_values(explainer, np.ones((1, k)), context, 10_000, 512)
+    assert np.allclose(values, expected[0], atol=1e-12) and base == pytest.approx(float(np.ravel(expected_base)[0]))
+    assert values.sum() == pytest.approx(f(np.ones((1, k)))[0] - f(np.zeros((1, k)))[0])
+
+
+def _detected_brick(demo_bundle, demo_root):
+    """The demo brick's bundle, its test arrays and the indices of the defects it detects."""
+    from cfx.data.mvtec import MVTecDataset
+
+    b = demo_bundle("brick")
+    arr = MVTecDataset(demo_root, "brick", "test", image_size=b.image_size, channels=b.channels).arrays()
+    return b, arr, np.flatnonzero((arr.labels == 1) & (b.score_numpy(arr.images) > b.threshold))
+
+
 def test_kernel_shap_is_seeded_and_puts_its_top_region_on_the_defect(demo_bundle, demo_root):
     """Kernel SHAP over superpixels (``estimator="kernel"``, 400 samples): the same seed gives the
     same map, the global numpy generator is left as it was, and on detected demo defects the
     highest superpixel lies on the marked defect; Partition stays the default."""
-    from cfx.data.mvtec import MVTecDataset
-
     assert REGISTRY["shap"].defaults["estimator"] == "partition"
-    b = demo_bundle("brick")
-    arr = MVTecDataset(demo_root, "brick", "test", image_size=b.image_size, channels=b.channels).arrays()
-    scores = b.score_numpy(arr.images)
+    b, arr, detected = _detected_brick(demo_bundle, demo_root)
     hits = n = 0
-    for i in np.flatnonzero((arr.labels == 1) & (scores > b.threshold))[:4]:
+    for i in detected[:4]:
         image, mask = arr.images[i], arr.masks[i] > 0.5
         np.random.seed(123)
         before = np.random.get_state()[1].copy()
@@ -74,20 +107,17 @@ def test_default_context_completes_both_trees_and_keeps_efficiency(demo_bundle, 
     evaluations a merge a tree, so about 4K in all instead of Owen's 1,500, and still every
     superpixel gets its own value. The values add up to f(image) - f(fill), the top superpixel
     lies on the detected demo defect, and the single-context and Owen variants stay available."""
-    from cfx.data.mvtec import MVTecDataset
     from cfx.explainers._util import fill_image, score_images
 
     assert REGISTRY["shap"].defaults["context"] == "average"
-    b = demo_bundle("brick")
-    arr = MVTecDataset(demo_root, "brick", "test", image_size=b.image_size, channels=b.channels).arrays()
-    scores = b.score_numpy(arr.images)
+    b, arr, detected = _detected_brick(demo_bundle, demo_root)
     hits = n = 0
-    for i in np.flatnonzero((arr.labels == 1) & (scores > b.threshold))[:3]:
+    for i in detected[:3]:
         image, mask = arr.images[i], arr.masks[i] > 0.5
         e = REGISTRY["shap"](b).attribute(image)
         k = e.info["segments"]
         assert e.ok and e.info["context"] == "average"
-        assert e.info["evaluations"] == 2 * (2 * (k - 1) + 2) + 1  # two whole trees and the original
+        assert e.info["evaluations"] == 4 * k - 2 + 1  # nothing, everything, 2 x (2k - 2) groups; the original
         seg = superpixels(image, 100, "slic", 0)
         assert len({float(e.heatmap[seg == r][0]) for r in range(k)}) > k // 2  # split down to superpixels
         f1, f0 = score_images(b, np.stack([image, fill_image(b, image, "auto")]), "score")
