@@ -14,13 +14,13 @@ the superpixels' centroids (neighbours merge first), scored in large batches, de
 * ``average`` (the default): the mean of the ``hidden`` and ``shown`` values, both trees complete
   (4K - 2 evaluations, about 380). At the top split this is the Owen value exactly; below it,
   Owen's average over every state of the siblings is approximated by its two extremes.
+* ``owen``: Owen values, each split averaged over both states of the sibling at every level, so
+  the (group, context) pairs double with depth; ``max_evals`` caps them and the groups not split
+  by then keep their value, shared by size (1,200-1,400 evaluations to converge on the demo).
 
 With a fixed context every mask is known in advance, so when ``max_evals`` covers the whole trees
 they are scored in one batch (:func:`complete_tree_values`, equal to shap's explainer to 1e-15);
 otherwise shap's ``PartitionExplainer`` spends the budget, shared between the trees, level by level.
-* ``owen``: Owen values, each split averaged over both states of the sibling at every level, so
-  the (group, context) pairs double with depth; ``max_evals`` caps them and the groups not split
-  by then keep their value, shared by size (1,200-1,400 evaluations to converge on the demo).
 
 Measured (BENCHMARKS.md, issue 14, sixth part; PatchCore): ``average`` reached the optimal Jaccard
 J* with the mask of the 5000-evaluation Owen reference on all six demo defects (Owen values at
@@ -70,10 +70,12 @@ def partition_values(explainer, x: np.ndarray, context: str, max_evals: int, bat
     return values, np.asarray(runs[0].base_values)
 
 
-def complete_tree_evaluations(k: int, context: str) -> int | None:
-    """Evaluations of :func:`complete_tree_values` for ``k`` regions (None for Owen values)."""
-    trees = CONTEXTS[context]
-    return None if None in trees else 2 + len(trees) * (2 * k - 2)
+def complete_tree_evaluations(k: int, context: str, max_evals: int) -> int | None:
+    """Evaluations of :func:`complete_tree_values` for ``k`` regions, or None when it does not
+    apply: Owen values (or an unknown context), or a budget short of the whole trees."""
+    trees = CONTEXTS.get(context, (None,))
+    whole = None if None in trees else 2 + len(trees) * (2 * k - 2)
+    return whole if whole is not None and whole <= max_evals else None
 
 
 def complete_tree_values(f: Callable[[np.ndarray], np.ndarray], linkage: np.ndarray, k: int,
@@ -197,12 +199,12 @@ class Shap(Explainer):
     def planned_evaluations(cls, params: dict[str, Any]) -> int | None:
         if params["regions"] == "superpixels" and params["estimator"] == "kernel":
             return int(params["max_evals"]) + 3  # the samples, the fill, the image, the original
-        trees = CONTEXTS.get(params["context"], (None,))
-        if params["regions"] == "superpixels" and None not in trees:
-            whole = complete_tree_evaluations(int(params["n_segments"]), params["context"])
-            if whole is not None and whole <= int(params["max_evals"]):
+        if params["regions"] == "superpixels":
+            whole = complete_tree_evaluations(int(params["n_segments"]), params["context"], int(params["max_evals"]))
+            if whole is not None:
                 return whole + 1  # the whole trees (about n_segments regions) and the original
-            return len(trees) * (int(params["max_evals"]) // len(trees)) + 1
+            trees = len(CONTEXTS.get(params["context"], (None,)))
+            return trees * (int(params["max_evals"]) // trees) + 1  # the budget, shared by the trees
         return int(params["max_evals"]) + 1  # the budget and the original
 
     def _explain(self, image: np.ndarray, target: str, seed: int, params: dict[str, Any]) -> Explanation:
@@ -240,8 +242,7 @@ class Shap(Explainer):
                 exp.info["estimator"] = "kernel"
             else:
                 tree = region_hierarchy(segments)
-                whole = complete_tree_evaluations(k, params["context"])
-                if whole is not None and whole <= int(params["max_evals"]):
+                if complete_tree_evaluations(k, params["context"], int(params["max_evals"])) is not None:
                     vals, base = complete_tree_values(f, tree, k, params["context"])
                     vals = vals[None]
                 else:  # Owen values, or a budget short of the whole tree: shap's budgeted traversal
