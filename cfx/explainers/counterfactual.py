@@ -13,6 +13,10 @@ generator's image of the original ``G0``. The base class does the rest, the same
 * validity, metrics (``locality``, ``edit_area``, ``realism``, ``l1``, ``l2``), the slider path
   (the original morphing into the edit, inside the edited region only) and the order (closest
   valid first). "No counterfactual found" is a result with a message.
+
+What every search on an image starts from (the detector's map, the normal content, the region
+``R*`` and the scores of the edits' compositions) is computed once per models, target and image
+and shared by the methods (:meth:`CounterfactualExplainer.setup`).
 """
 from __future__ import annotations
 
@@ -57,11 +61,13 @@ class SearchContext:
     heat: np.ndarray
     content: np.ndarray
     region: np.ndarray  # R*: the smallest region whose real-content fill the target calls normal
+    #: the resolution of the edit models' strength table (the method's ``strength_cells``; 0: none)
+    cells: int = 0
 
     def edit_model(self, reference: np.ndarray, g_content: np.ndarray) -> E.EditModel:
         """Edits of the original from a generator whose image of the original is ``reference`` and
         of the normal content ``g_content``."""
-        return E.EditModel(self.image, reference, self.content, self.region, g_content)
+        return E.EditModel(self.image, reference, self.content, self.region, g_content, cells=self.cells)
 
 
 def counterfactual_metrics(bundle, original: np.ndarray, images: np.ndarray, target: str, mask: np.ndarray | None = None,
@@ -91,6 +97,25 @@ def counterfactual_metrics(bundle, original: np.ndarray, images: np.ndarray, tar
     return out
 
 
+@dataclass
+class EditSetup:
+    """What every counterfactual search on one image starts from (:meth:`CounterfactualExplainer.setup`).
+
+    Attributes:
+        heat: the detector's map of the image (H, W).
+        fills: the real contents by name (the nearest normal image; the VAE's reconstruction).
+        content_info: where the nearest normal content came from (:func:`~cfx.explainers.edit.normal_content`).
+        base_edit: the smallest edit that the fills make valid (its region is ``R*``).
+        scored: the target's scores of the edits' compositions by image (:func:`~cfx.explainers.edit.score_once`).
+    """
+
+    heat: np.ndarray
+    fills: dict[str, np.ndarray]
+    content_info: dict[str, Any]
+    base_edit: E.Edit
+    scored: dict[bytes, float]
+
+
 class CounterfactualExplainer(Explainer):
     """Base of the counterfactual methods (see the module docstring); subclasses implement
     :meth:`_propose`."""
@@ -101,6 +126,38 @@ class CounterfactualExplainer(Explainer):
     contents: ClassVar[tuple[str, ...]] = ("nearest normal", "reconstruction", "generator")
     #: slider steps from the original to the edit
     path_steps: ClassVar[int] = 8
+
+    def setup(self, image: np.ndarray, target: str) -> tuple["EditSetup", bool]:
+        """What every search on ``image`` starts from, computed once per (models, target, image)
+        and kept in the bundle's :attr:`~cfx.models.parts.LoadedParts.edit_setups` (so CLEAR, DiCE,
+        the gradient and concepts on one image share it; each is a function of the models and
+        the image alone). Returns (the setup, whether it was computed by this call)."""
+        import hashlib
+
+        from cfx.models.parts import EDIT_SETUPS
+
+        b = self.bundle
+        key = (b.key(), target, hashlib.blake2b(image.tobytes(), digest_size=16).digest())
+        cache = b.loaded.edit_setups
+        with b.lock:
+            if key in cache:
+                cache.move_to_end(key)
+                return cache[key], False
+        heat = E.detector_heat(b, image)
+        near, cinfo = E.normal_content(b, image, target, heat)
+        fills = {"nearest normal": near}
+        if b.detector_name == "vae":  # measured: the VAE rejects pasted texture seams, accepts its own recon
+            from cfx.explainers._util import reconstruction
+
+            fills["reconstruction"] = reconstruction(b, image)
+        scored: dict[bytes, float] = {}  # the edits' compositions, each scored once
+        base_edit = E.minimal_edit(b, image, target, heat, fills, None, margin_levels=0, scored=scored)
+        out = EditSetup(heat, fills, cinfo, base_edit, scored)
+        with b.lock:
+            cache[key] = out
+            while len(cache) > EDIT_SETUPS:
+                cache.popitem(last=False)
+        return out, True
 
     @abstractmethod
     def _propose(self, ctx: SearchContext, seed: int, params: dict[str, Any], exp: Explanation) -> list[Proposal]:
@@ -113,17 +170,11 @@ class CounterfactualExplainer(Explainer):
             exp.counterfactuals = counterfactual_metrics(b, image, image[None], target, self.mask)
             exp.info["message"] = "already normal: the counterfactual is the image itself (no edit)"
             return exp
-        heat = E.detector_heat(b, image)
-        near, cinfo = E.normal_content(b, image, target, heat)
-        fills = {"nearest normal": near}
-        if b.detector_name == "vae":  # measured: the VAE rejects pasted texture seams, accepts its own recon
-            from cfx.explainers._util import reconstruction
-
-            fills["reconstruction"] = reconstruction(b, image)
-        base_edit = E.minimal_edit(b, image, target, heat, fills, None, margin_levels=0)
+        setup, fresh = self.setup(image, target)
+        heat, fills, cinfo, base_edit, scored = setup.heat, setup.fills, setup.content_info, setup.base_edit, setup.scored
         content = base_edit.content_image
         region = E.soft(base_edit.region, 2.0)
-        ctx = SearchContext(image, target, exp.threshold, heat, content, region)
+        ctx = SearchContext(image, target, exp.threshold, heat, content, region, int(params.get("strength_cells", 0)))
         proposals = self._propose(ctx, seed, params, exp)
         if not proposals:
             exp.info.setdefault("message", "no counterfactual found")
@@ -132,24 +183,37 @@ class CounterfactualExplainer(Explainer):
         for p in proposals:
             cands = {**fills, "generator": np.clip(p.image, 0, 1).astype(np.float32)}
             cands = {k: v for k, v in cands.items() if k in self.contents}
-            edits.append(E.minimal_edit(b, image, target, heat, cands, E.change_map(p.image, p.reference)))
+            edits.append(E.minimal_edit(b, image, target, heat, cands, E.change_map(p.image, p.reference),
+                                        scored=scored))
         lat = [p.latent for p in proposals]
         cfs = counterfactual_metrics(b, image, np.stack([e.image for e in edits]), target, self.mask,
                     proposals[0].latent0, None if any(z is None for z in lat) else np.stack(lat))
         for c, e, p in zip(cfs, edits, proposals):
             c.metrics["edit_share"] = e.share
             c.path_images = self._path(image, e, p, int(params.get("path_steps", self.path_steps)))
-            c.path_scores = b.score_numpy(c.path_images, target)
+            c.path_scores = self._path_scores(image, exp.score_before, c, target)
             c.content, c.region = e.content, e.region
         order = sorted(range(len(cfs)), key=lambda i: (not cfs[i].valid, cfs[i].metrics["l1"]))
         exp.counterfactuals = [cfs[i] for i in order]
-        exp.info.update({"content": [edits[i].content for i in order], "proposal_order": order, "edit_evaluations": base_edit.evaluations + sum(e.evaluations for e in edits),
-                         "search_region_share": base_edit.share,
-                         "normal_content": cinfo, "search_content": base_edit.content})
+        exp.info.update({"content": [edits[i].content for i in order], "proposal_order": order,
+                         "edit_evaluations": base_edit.evaluations * fresh + sum(e.evaluations for e in edits),
+                         "setup_shared": not fresh, "search_region_share": base_edit.share,
+                         "normal_content": dict(cinfo), "search_content": base_edit.content})
         if not any(c.valid for c in cfs):
             exp.info["message"] = ("no counterfactual found: even replacing the whole image with the nearest "
                                    "normal training image does not make the target call it normal")
         return exp
+
+    def _path_scores(self, x: np.ndarray, score_x: float, cf: Counterfactual, target: str) -> np.ndarray:
+        """The target's scores of a slider's images; its ends, the original and the edit itself
+        when they are exactly those images, take the scores already known."""
+        known = [score_x if np.array_equal(p, x) else cf.score_after if np.array_equal(p, cf.image) else None
+                 for p in cf.path_images]
+        todo = [i for i, k in enumerate(known) if k is None]
+        out = np.array([np.nan if k is None else k for k in known], np.float64)
+        if todo:
+            out[todo] = self.bundle.score_numpy(cf.path_images[todo], target)
+        return out
 
     @staticmethod
     def _path(x: np.ndarray, e: E.Edit, p: Proposal, steps: int) -> np.ndarray:

@@ -32,6 +32,7 @@ from cfx.explainers._util import to_probability, train_images
 from cfx.explainers.base import Explanation, register
 from cfx.metrics.edits import diversity
 from cfx.explainers.counterfactual import CounterfactualExplainer, Proposal, SearchContext
+from cfx.explainers.edit import STRENGTH_CELLS
 
 N_COMPONENTS = 64
 OUTCOME = "anomalous"
@@ -63,7 +64,8 @@ class ProbaModel:
     column 1 = P(anomalous) of the row's inverse-PCA image as a local edit of the query
     (:class:`~cfx.explainers.edit.EditModel`; 0.5 at the target's threshold). Predictions are
     memoised by row (dice-ml asks again for rows it has seen); one model per query, since the
-    edits are edits of that query."""
+    edits are edits of that query. The scores come from the edit model's table of the score by
+    edit strength (``strength_cells``)."""
 
     def __init__(self, bundle, pca, target: str, shape: tuple[int, ...], edit, batch: int | None = None) -> None:
         self.bundle, self.pca, self.target, self.shape, self.edit, self.batch = bundle, pca, target, shape, edit, batch
@@ -121,7 +123,7 @@ class Dice(CounterfactualExplainer):
     label: ClassVar[str] = "DiCE (PCA features)"
     defaults: ClassVar[dict[str, Any]] = {"total_cfs": 4, "method": "genetic", "proximity_weight": 0.5,
                                           "diversity_weight": 1.0, "posthoc_sparsity": False, "max_iterations": 30,
-                                          "max_evaluations": 3000}
+                                          "max_evaluations": 3000, "strength_cells": STRENGTH_CELLS}
 
     def _propose(self, ctx: SearchContext, seed: int, params: dict[str, Any], exp: Explanation) -> list[Proposal]:
         # dice-ml draws from the global random generators: one DiCE search per bundle at a time

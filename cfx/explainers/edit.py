@@ -30,7 +30,13 @@ changes there, ``x + a R* (C - x)`` with ``a = clip(mean_R* |G - G0| / (tau mean
 where ``G_C`` is the generator's own image of the content (a move half as far as the one that
 takes the generator's image of the original to its image of the normal content fills it fully); so CLEAR's
 regression and DiCE's search see a boundary under a detector that rejects every decoding, and it
-lies where the method moves far enough where the detector looks.
+lies where the method moves far enough where the detector looks. Since such an edit is a function
+of its strength ``a`` alone, a search's hundreds of candidates lie on one line of images, and the
+target's score along it is a function of one number: the searches read it from a table of exact
+scores, :data:`STRENGTH_CELLS` cells wide, refined where it crosses the threshold
+(:meth:`EditModel.score_strengths`; measured on demo and real defects: the same side of the
+threshold for every strength read and the same counterfactuals as scoring every strength, for a
+fraction of the evaluations).
 
 **Metrics** (:func:`cfx.metrics.edits.edit_metrics`): ``locality`` (share of ``|x' - x|`` inside the defect mask
 dilated by :data:`~cfx.metrics.edits.LOCALITY_DILATION` px), ``edit_area`` (share of pixels changed by more than
@@ -58,6 +64,9 @@ EDGE_SIGMA = 1.5
 TAU = 0.5
 #: shifts (px) tried to align the normal content with the original
 ALIGN_SHIFT = 3
+#: resolution of a search's table of the score by edit strength (:meth:`EditModel.score_strengths`):
+#: cells of width 1/32 of the strength
+STRENGTH_CELLS = 32
 #: levels added to the smallest valid one, so the edit is normal with a margin and its seam
 #: does not sit in the detector's halo of what is left (measured: realism)
 MARGIN_LEVELS = 1
@@ -162,8 +171,25 @@ class Edit:
     content_image: np.ndarray = field(repr=False, default=None)  # type: ignore[assignment]
 
 
+def score_once(bundle, images: np.ndarray, target: str, scored: dict[bytes, float] | None) -> tuple[np.ndarray, int]:
+    """The target's scores of ``images``, those already in ``scored`` (by the images' bytes) not
+    scored again; returns (scores, images scored). ``scored`` takes the new ones."""
+    if scored is None:
+        return bundle.score_numpy(images, target), len(images)
+    import hashlib
+
+    keys = [hashlib.blake2b(im.tobytes(), digest_size=16, person=target.encode()[:16]).digest() for im in images]
+    new = list(dict.fromkeys(k for k in keys if k not in scored))
+    if new:
+        first = {k: i for i, k in reversed(list(enumerate(keys)))}
+        s = bundle.score_numpy(images[[first[k] for k in new]], target)
+        scored.update({k: float(v) for k, v in zip(new, s)})
+    return np.array([scored[k] for k in keys], np.float64), len(new)
+
+
 def minimal_edit(bundle, x: np.ndarray, target: str, heat: np.ndarray, contents: dict[str, np.ndarray],
-                 change: np.ndarray | None, margin_levels: int = MARGIN_LEVELS, chunk: int | None = None) -> Edit:
+                 change: np.ndarray | None, margin_levels: int = MARGIN_LEVELS, chunk: int | None = None,
+                 scored: dict[bytes, float] | None = None) -> Edit:
     """The smallest region (of :data:`SHARES`) and content whose composition the target calls normal.
 
     The levels are scored from the smallest up, ``chunk`` images at a time (every content of a
@@ -179,6 +205,8 @@ def minimal_edit(bundle, x: np.ndarray, target: str, heat: np.ndarray, contents:
         margin_levels: levels added to the smallest valid one (while still valid).
         chunk: images scored at a time (default: the bundle's forward batch, where a smaller
             batch costs as much per image as a full one).
+        scored: scores by image already known (:func:`score_once`), shared by the edits of one
+            explanation: proposals whose top regions agree compose the same images.
 
     Returns:
         The :class:`Edit` (``valid`` False, whole image and the best-scoring content, when none is).
@@ -189,11 +217,13 @@ def minimal_edit(bundle, x: np.ndarray, target: str, heat: np.ndarray, contents:
     thr = bundle.threshold_for(target)
     step = max(1, int(chunk or getattr(bundle, "forward_batch", 0) or n_lv * len(names)) // len(names))
     s = np.full((len(names), n_lv), np.inf)
-    done = 0
+    done = evaluations = 0
     while done < n_lv:
         lv = slice(done, min(n_lv, done + step))
         batch = np.concatenate([compose(x, contents[n], regions[lv]) for n in names])
-        s[:, lv] = bundle.score_numpy(batch, target).reshape(len(names), -1)
+        scores, n_new = score_once(bundle, batch, target, scored)
+        s[:, lv] = scores.reshape(len(names), -1)
+        evaluations += n_new
         done = lv.stop
         ok = s <= thr
         if ok.any() and done > min(n_lv - 1, int(np.argmax(ok.any(0))) + margin_levels):
@@ -208,7 +238,7 @@ def minimal_edit(bundle, x: np.ndarray, target: str, heat: np.ndarray, contents:
     else:
         lvl, c = n_lv - 1, int(np.argmin(s[:, -1]))
     return Edit(compose(x, contents[names[c]], regions[lvl]), regions[lvl], float(SHARES[lvl]), names[c],
-                float(s[c, lvl]), bool(ok[c, lvl]), int(len(names) * done), contents[names[c]])
+                float(s[c, lvl]), bool(ok[c, lvl]), evaluations, contents[names[c]])
 
 
 class EditModel:
@@ -216,19 +246,29 @@ class EditModel:
     ``compose(x, content, a * region)``, ``a = clip(mean over region of |G - G0| / scale, 0, 1)``
     with ``scale = tau * mean over region of |g_content - G0|`` (see the module docstring).
 
+    Every edit is a function of its strength ``a`` alone, so the target's score along a search is
+    a function of one number, ``s(a)`` on [0, 1]; :meth:`scores` reads it from a table of exact
+    scores (see there).
+
     Args:
         x: the original; g0: the generator's image of it; content: the real normal content;
         region: ``R*``; g_content: the generator's image of ``content``.
+        cells: the strength table's resolution: ``s(a)`` is scored exactly at the ends of the
+            cell of width ``1 / cells`` that holds ``a``, and read between them where both lie on
+            the same side of the threshold (0: every distinct strength is scored).
     """
 
     def __init__(self, x: np.ndarray, g0: np.ndarray, content: np.ndarray, region: np.ndarray,
-                 g_content: np.ndarray, tau: float = TAU) -> None:
+                 g_content: np.ndarray, tau: float = TAU, cells: int = 0) -> None:
         self.x, self.g0, self.content, self.region = x, g0, content, region
         self.w = region / max(float(region.sum()), 1e-12)
         self.tau = max(float(tau) * float((np.abs(g_content - g0).mean(0) * self.w).sum()), 1e-3)
-        #: target scores by strength ``a`` (:meth:`scores`), and how many images the model scored
+        self.cells = max(0, int(cells))
+        #: exact target scores by strength ``a`` (:meth:`scores`), and how many images the model scored
         self.memo: dict[tuple[str, float], float] = {}
         self.evaluations = 0
+        #: strengths whose score was read from the table rather than scored
+        self.read = 0
 
     def strength(self, g: np.ndarray) -> np.ndarray:
         """``a`` of each image (N,)."""
@@ -242,17 +282,77 @@ class EditModel:
         return compose(self.x, self.content, self.regions(np.asarray(g, np.float32)))
 
     def scores(self, bundle, g: np.ndarray, target: str, batch: int | None = None) -> np.ndarray:
-        """The target's scores (N,) of the edits of generator images ``g``, each distinct edit
-        scored once. An edit is a function of its strength ``a`` alone, so generator images with
-        the same ``a`` (every one that moves at least as far as the content, ``a`` = 1, above all)
-        are the same image: the model scores the distinct strengths not seen before by this edit
-        model (measured on demo defects: DiCE's 462 edits held 11-128 distinct strengths)."""
+        """The target's scores (N,) of the edits of generator images ``g``.
+
+        An edit is a function of its strength ``a`` alone, so generator images with the same ``a``
+        (every one that moves at least as far as the content, ``a`` = 1, above all) are the same
+        image, scored once (measured on demo defects: DiCE's 462 edits held 11-128 distinct
+        strengths). With ``cells`` the scores come from a table of ``s(a)``
+        (:meth:`score_strengths`): a search's hundreds of edits lie on one line of images, and
+        its decisions need their side of the threshold."""
         a = self.strength(np.asarray(g, np.float32)).astype(np.float64)
-        keys = [(target, float(v)) for v in a]
-        new = sorted({k[1] for k in keys if k not in self.memo})
-        if new:
-            strengths = np.asarray(new, np.float32)[:, None, None]
-            s = bundle.score_numpy(compose(self.x, self.content, strengths * self.region[None]), target, batch=batch)
-            self.evaluations += len(new)
-            self.memo.update({(target, v): float(x) for v, x in zip(new, s)})
-        return np.array([self.memo[k] for k in keys], np.float64)
+        return self.score_strengths(bundle, a, target, batch)
+
+    def score_strengths(self, bundle, a: np.ndarray, target: str, batch: int | None = None,
+                        exact: bool = False) -> np.ndarray:
+        """``s(a)`` at strengths ``a`` (N,).
+
+        Without ``cells`` (or with ``exact``) every distinct strength not seen before is scored.
+        With ``cells``, a strength is read from the table when the exactly scored strengths
+        nearest to it on either side lie within one cell of each other and on the same side of
+        the threshold (the score is then their linear interpolation, and its side theirs); the
+        rest are scored: first the ends of their cells, then, inside a cell whose ends lie on
+        either side of the threshold, the middle one of those in each gap, until every strength
+        is scored or read. Each strength's side of the threshold is then exact unless the score
+        crosses the threshold twice within one cell (measured on demo and real defects: see
+        BENCHMARKS.md); the strengths next to a crossing are always scored.
+        """
+        a = np.asarray(a, np.float64)
+        want = sorted(set(a.tolist()))
+        seen = {v for t, v in self.memo if t == target}
+        new = [v for v in want if v not in seen]
+        if exact or not self.cells:
+            self._score(bundle, new, target, batch)
+            return np.array([self.memo[(target, float(v))] for v in a], np.float64)
+        thr = bundle.threshold_for(target)
+        # the cells' ends, shared by every later call of the search (scored even where a call has
+        # fewer strengths than ends: the next calls read from them)
+        self._score(bundle, sorted({c for v in new for c in self._cell(v)} - seen), target, batch)
+        while True:
+            known = np.array(sorted(v for t, v in self.memo if t == target))
+            vals = np.array([self.memo[(target, v)] for v in known])
+            todo = [v for v in want if (target, v) not in self.memo]
+            gaps: dict[int, list[float]] = {}
+            for v in todo:
+                j = int(np.searchsorted(known, v))  # known[j - 1] < v < known[j]
+                if (vals[j - 1] > thr) != (vals[j] > thr) or known[j] - known[j - 1] > 1.0 / self.cells + 1e-12:
+                    gaps.setdefault(j, []).append(v)
+            if not gaps:
+                break
+            self._score(bundle, [g[len(g) // 2] for g in gaps.values()], target, batch)
+        out = np.empty(len(a))
+        for i, v in enumerate(a):
+            if (target, float(v)) in self.memo:
+                out[i] = self.memo[(target, float(v))]
+            else:
+                j = int(np.searchsorted(known, v))
+                t = (v - known[j - 1]) / (known[j] - known[j - 1])
+                out[i] = (1 - t) * vals[j - 1] + t * vals[j]
+                self.read += 1
+        return out
+
+    def _cell(self, v: float) -> tuple[float, float]:
+        """The ends of the table's cell that holds strength ``v`` (both ``v`` on a node)."""
+        k = self.cells
+        lo, hi = int(np.floor(v * k)), int(np.ceil(v * k))
+        lo -= lo / k > v  # rounding of v * k
+        hi += hi / k < v
+        return max(lo, 0) / k, min(hi, k) / k
+
+    def _score(self, bundle, strengths: list[float], target: str, batch: int | None) -> None:
+        if not strengths:
+            return
+        st = np.asarray(strengths, np.float32)[:, None, None]
+        s = bundle.score_numpy(compose(self.x, self.content, st * self.region[None]), target, batch=batch)
+        self.evaluations += len(strengths)
+        self.memo.update({(target, float(v)): float(x) for v, x in zip(strengths, s)})

@@ -11,8 +11,9 @@ unlike the probability itself, does not saturate far inside a class:
 
 The trajectory is checked with the real model: the proposal is the first step (every
 ``check_every``-th) whose VAE decoding, as a local edit of the original
-(:class:`~cfx.explainers.edit.EditModel`), the target calls normal; it then becomes the smallest
-valid edit (:mod:`cfx.explainers.counterfactual`).
+(:class:`~cfx.explainers.edit.EditModel`, its scores read from the table of the score by edit
+strength, ``strength_cells``), the target calls normal; it then becomes the smallest valid edit
+(:mod:`cfx.explainers.counterfactual`).
 
 The ensemble lives in ``<models>/<dataset>/<category>/ensemble.pt`` (written by
 ``python -m cfx train``, through :func:`cfx.training.ensemble.train_latent_ensemble`); it is loaded
@@ -32,6 +33,7 @@ from torch import nn
 from cfx.errors import ModelMissingError
 from cfx.explainers.base import Explanation, register
 from cfx.explainers.counterfactual import CounterfactualExplainer, Proposal, SearchContext
+from cfx.explainers.edit import STRENGTH_CELLS
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +121,7 @@ class LatentGradient(CounterfactualExplainer):
     typical_evaluations: ClassVar[int | None] = 130  # measured on demo defects: 81-139 (VAE), 42-109 (PatchCore)
     label: ClassVar[str] = "Latent gradient (ensemble)"
     defaults: ClassVar[dict[str, Any]] = {"max_steps": 300, "lr": 0.05, "proximity": 0.05, "check_every": 5,
-                                          "path_steps": 8}
+                                          "path_steps": 8, "strength_cells": STRENGTH_CELLS}
 
     def _propose(self, ctx: SearchContext, seed: int, params: dict[str, Any], exp: Explanation) -> list[Proposal]:
         b = self.bundle

@@ -7,12 +7,16 @@ the models themselves; each part is filled once, under the bundle's lock. Result
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from torch import nn
+
+#: counterfactual search setups kept per bundle (each: two images and a few hundred scores)
+EDIT_SETUPS = 8
 
 
 @dataclass
@@ -25,6 +29,10 @@ class LoadedParts:
         pca_rows: the train images in that PCA (DiCE's reference rows), by number of components.
         latent_ensemble: the gradient method's latent classifier ensemble (``ensemble.pt``).
         concepts: the concept generator (``concepts.pt``).
+        edit_setups: what every counterfactual search of one image starts from (the detector's
+            map, the normal content, the smallest edit ``R*`` and the scores of the edits'
+            compositions), by (bundle key, target, image); the last :data:`EDIT_SETUPS` only
+            (:meth:`cfx.explainers.counterfactual.CounterfactualExplainer.setup`).
     """
 
     data_root: Path | None = None
@@ -33,6 +41,7 @@ class LoadedParts:
     pca_rows: dict[int, np.ndarray] = field(default_factory=dict)
     latent_ensemble: nn.Module | None = None
     concepts: nn.Module | None = None
+    edit_setups: OrderedDict = field(default_factory=OrderedDict)
 
     def set_data_root(self, root: str | Path) -> None:
         """Point at another data root; what was read from the previous one is dropped."""
@@ -42,3 +51,4 @@ class LoadedParts:
             self.train_images = None
             self.pca.clear()
             self.pca_rows.clear()
+            self.edit_setups.clear()  # the normal content came from the train images

@@ -65,6 +65,26 @@ def test_valid_on_the_real_detector_for_90_percent(bundle, demo_root, method, de
     assert np.mean(valid) >= 0.9, f"{method} on {detector}: valid on {sum(valid)}/{len(valid)} flagged defects"
 
 
+# ------------------------------------------------------------------ one setup per image
+def test_the_searches_on_one_image_share_their_setup(bundle, demo_root):
+    """CLEAR after DiCE on the same image reuses the map, the normal content and R* (fewer
+    evaluations, ``setup_shared``) and shows the same counterfactual as on its own."""
+    b = bundle("brick", "patchcore")
+    images, masks = flagged(b, demo_root, "brick", 1)
+    b.loaded.edit_setups.clear()
+    alone = REGISTRY["clear"](b).attribute(images[0], mask=masks[0], **QUICK["clear"])
+    assert alone.info["setup_shared"] is False and len(b.loaded.edit_setups) == 1
+    b.loaded.edit_setups.clear()
+    REGISTRY["dice"](b).attribute(images[0], mask=masks[0], **QUICK["dice"])
+    after = REGISTRY["clear"](b).attribute(images[0], mask=masks[0], **QUICK["clear"])
+    assert after.info["setup_shared"] is True
+    assert after.info["evaluations"] < alone.info["evaluations"]
+    assert np.array_equal(after.best.image, alone.best.image) and after.best.valid
+    assert after.info["normal_content"] == alone.info["normal_content"]
+    other = REGISTRY["clear"](b.using("vae")).attribute(images[0], mask=masks[0], **QUICK["clear"])
+    assert other.info["setup_shared"] is False  # another detector: its own setup
+
+
 # ------------------------------------------------------------------ already normal: no edit
 @pytest.mark.parametrize("detector", ["patchcore", "vae"])
 def test_a_normal_image_is_its_own_counterfactual(bundle, demo_root, detector):
@@ -180,6 +200,32 @@ def test_minimal_edit_scans_levels_in_batches_with_the_result_of_scoring_all_at_
     assert cheaper > 10
 
 
+def test_edits_of_one_explanation_score_each_composition_once():
+    """Proposals whose priority maps agree compose the same images: with a shared ``scored``
+    the second search scores none of them again and finds the same edit."""
+
+    class Counting(_Toy):
+        forward_batch = 4
+        calls = 0
+
+        def score_numpy(self, images, target="score", batch=None):
+            self.calls += len(images)
+            return super().score_numpy(images, target, batch)
+
+    x = np.zeros((1, 32, 32), np.float32)
+    x[0, 12:18, 12:18] = 1.0  # a bright defect in the scored patch
+    heat = np.zeros((32, 32))
+    heat[12:18, 12:18] = 1.0
+    contents = {"nearest normal": np.zeros_like(x)}
+    b, scored = Counting(), {}
+    first = E.minimal_edit(b, x, "score", heat, contents, None, scored=scored)
+    n = b.calls
+    again = E.minimal_edit(b, x, "score", heat, contents, None, scored=scored)
+    assert first.valid and n == first.evaluations > 0
+    assert b.calls == n and again.evaluations == 0 and np.array_equal(again.image, first.image)
+    assert again.score == first.score and again.share == first.share
+
+
 def test_edit_model_scores_each_distinct_edit_once():
     """A search's edit is a function of its strength alone: generator images that give the same
     strength (all those clipped at 1 above all) are one image, scored once, with the scores that
@@ -207,6 +253,64 @@ def test_edit_model_scores_each_distinct_edit_once():
     assert distinct == 5 + 1 + 1 and b.calls == em.evaluations == distinct  # 7 clipped at 1, 3 equal
     again = em.scores(b, g[:4], "score")
     assert b.calls == distinct and np.array_equal(again, s[:4])  # seen before: no new evaluation
+
+
+class _Wavy(_Toy):
+    """Scores an edit of a white image towards black by its strength a: 0.5 + 0.4 sin(7 (1 - a)),
+    which crosses the threshold 0.5 at a = 1, 0.551 and 0.102; counts the images it scores."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def score_numpy(self, images, target="score", batch=None):
+        self.calls += len(images)
+        return 0.5 + 0.4 * np.sin(7 * super().score_numpy(images, target, batch))
+
+
+def _wavy_model(cells):
+    x = np.ones((1, 32, 32), np.float32)
+    return E.EditModel(x, np.zeros_like(x), np.zeros_like(x), np.ones((32, 32), np.float32), np.ones_like(x),
+                       cells=cells)
+
+
+def test_the_strength_table_gives_every_strength_its_exact_side_for_far_fewer_evaluations():
+    """A search's edits lie on one line of images, so the score is a function s(a) of the strength:
+    with a table of 32 cells, 400 strengths get the side of the threshold that scoring each gives,
+    from the cells' ends and a few strengths inside the cells where s crosses; the strengths next
+    to each crossing are scored, and a strength read lies between exact scores one cell apart."""
+    a = np.random.default_rng(0).uniform(0, 1, 400)
+    exact_b, table_b = _Wavy(), _Wavy()
+    exact = _wavy_model(0).score_strengths(exact_b, a, "score")
+    em = _wavy_model(32)
+    s = em.score_strengths(table_b, a, "score")
+    assert exact_b.calls == 400
+    assert table_b.calls == em.evaluations < 60  # 33 cell ends and a few inside the 3 crossing cells
+    assert em.read == sum(("score", float(v)) not in em.memo for v in a) > 350
+    assert np.array_equal(s > 0.5, exact > 0.5)
+    known = np.array(sorted(v for _, v in em.memo))
+    order = np.argsort(a)
+    side = (exact > 0.5)[order]
+    for i in np.flatnonzero(side[1:] != side[:-1]):  # the strengths either side of a crossing
+        assert ("score", float(a[order][i])) in em.memo and ("score", float(a[order][i + 1])) in em.memo
+    for v, got in zip(a, s):
+        if ("score", float(v)) in em.memo:
+            assert got == exact[a == v][0]
+            continue
+        j = int(np.searchsorted(known, v))
+        lo, hi = known[j - 1], known[j]
+        assert hi - lo <= 1 / 32 + 1e-12
+        assert got == pytest.approx(np.interp(v, [lo, hi], [em.memo[("score", lo)], em.memo[("score", hi)]]))
+
+
+def test_the_strength_table_scores_exactly_when_asked():
+    """``exact`` scores every new strength, and a strength seen before is not scored again."""
+    b = _Wavy()
+    em = _wavy_model(32)
+    many = np.linspace(0.2, 0.3, 50)
+    assert np.allclose(em.score_strengths(b, many, "score", exact=True), 0.5 + 0.4 * np.sin(7 * (1 - many)), atol=1e-6)
+    assert b.calls == 50 and em.read == 0
+    em.score_strengths(b, many, "score")  # all seen: nothing new
+    assert b.calls == 50 and em.read == 0
 
 
 def test_locality_and_edit_area():

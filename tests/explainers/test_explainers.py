@@ -130,6 +130,8 @@ def test_matrix_shapes_and_types(load, detected, method, target, category):
         assert best.path_images is not None and best.path_images.shape[1:] == img.shape
         assert np.array_equal(best.path_images[0], img)  # the slider starts at the original
         assert best.path_scores.shape == (len(best.path_images),)
+        # the slider's scores are the real model's (its ends reuse the original's and the edit's)
+        np.testing.assert_allclose(best.path_scores, b.score_numpy(best.path_images, target), rtol=1e-3, atol=1e-3)
 
 
 # ------------------------------------------------------------------ where the heat is
@@ -250,6 +252,26 @@ def test_clear_on_a_linear_toy_model_lands_just_past_the_boundary():
         assert -0.1 * s0 < s_cf < 0 and res.walked <= 3
         # White & Garcez fidelity: the regression's boundary per dimension matches the sweep's
         assert res.fidelity >= 0.75
+
+
+def test_clear_fidelity_finds_the_boundary_between_exact_scores():
+    """With a table of scores that has every side right but not the values (as the edit model's
+    table may between its cells' ends), the sweep's boundary comes from the exact scores of the
+    points either side of the sign change: 0.7 SD, not the 0.75 that the table's values give."""
+    from cfx.explainers.clear import LocalRegression, clear_fidelity
+
+    def exact(Z):
+        return np.asarray(Z)[:, 0] - 0.7
+
+    def table(Z):  # the right side, not the right value
+        return np.sign(exact(Z))
+
+    reg = LocalRegression(np.array([1.0, 0.0]), -0.7, 1.0)
+    z0, std = np.zeros(2), np.ones(2)
+    _, rough = clear_fidelity(table, 0.0, z0, std, reg, dims=1)
+    fid, detail = clear_fidelity(table, 0.0, z0, std, reg, dims=1, exact_scores=exact)
+    assert rough[0]["found_sd"] == pytest.approx(0.75) and detail[0]["found_sd"] == pytest.approx(0.7)
+    assert detail[0]["predicted_sd"] == pytest.approx(0.7) and fid == 1.0
 
 
 # ------------------------------------------------------------------ Grad-CAM under threads
