@@ -5,6 +5,9 @@ Environment variables:
     CFX_MODELS_DIR: where checkpoints live (default: ``models/`` beside the package).
     CFX_CACHE_DIR: where the demo dataset and resized-array caches go (default: ``.cfx-cache/``
         beside the package, ignored by git).
+    CFX_BATCH_WORKERS: at most this many single-threaded workers score a call's batches on the
+        CPU (default: torch's threads; 1 scores them one at a time on torch's threads;
+        :mod:`cfx.batches`).
 """
 from __future__ import annotations
 

@@ -136,6 +136,9 @@ class Detector(nn.Module):
     #: images per forward pass by device type where the default (:data:`cfx.config.FORWARD_BATCH`)
     #: does not suit the detector
     forward_batches: ClassVar[dict[str, int]] = {}
+    #: device types where a call's several batches are scored by single-threaded workers
+    #: (:mod:`cfx.batches`), where that was measured faster than one batch at a time
+    parallel_batches: ClassVar[frozenset[str]] = frozenset()
     #: the autocast dtype of the network part of a score (None: float32), decided once per loaded
     #: detector by :func:`cfx.precision.settle` (CUDA only, where the scores stay within 1e-3)
     amp: torch.dtype | None = None

@@ -86,6 +86,9 @@ class PatchCore(Detector):
     #: on the CPU the trunk's activations at 224 px fit the caches only for a few images: 14.6 ms
     #: per image in batches of 4 against 42 ms in batches of 32 (bench/bench_scoring.py)
     forward_batches: ClassVar[dict[str, int]] = {"cpu": 4}
+    #: the trunk's depthwise convolutions keep two threads on one batch waiting for each other:
+    #: two one-thread workers scored LIME's and SHAP's batches 1.4x faster (bench/bench_scoring.py)
+    parallel_batches: ClassVar[frozenset[str]] = frozenset({"cpu"})
 
     def __init__(self, input_size: int = 224, coreset_fraction: float = 0.01, max_bank: int = 16384,
                  num_neighbors: int = 9, sigma: float = 4.0, bank_size: int = 1) -> None:

@@ -30,14 +30,15 @@ _MEMO_LOCK = threading.Lock()
 
 
 def evaluation_cost(bundle, image: np.ndarray, target: str = "score") -> float:
-    """Seconds per image of one batched evaluation of ``target`` on this device (one batch of
-    copies of ``image`` at the bundle's batch size, at most 16, after a warm-up; measured once per
-    model, target and device in this process)."""
+    """Seconds per image of one batched evaluation of ``target`` on this device (copies of
+    ``image``, two of the bundle's batches but at most 16 images, scored in one call as the
+    methods score theirs, after a warm-up; measured once per model, target and device in this
+    process)."""
     key = (bundle.key(), target, str(bundle.device))
     with _MEMO_LOCK:
         if key in _COSTS:
             return _COSTS[key]
-    n = max(2, min(int(bundle.forward_batch), 16))
+    n = max(2, min(2 * int(bundle.forward_batch), 16))
     batch = np.repeat(np.asarray(image, np.float32)[None], n, axis=0)
     bundle.score_numpy(batch[:2], target)
     t0 = time.perf_counter()

@@ -22,6 +22,7 @@ import torch
 from cfx import config, precision
 from cfx.detectors import DETECTORS, Detector, MultiScoreDetector, load_detector, read_checkpoint, write_checkpoint
 from cfx.errors import ModelMissingError
+from cfx.batches import map_batches, workers_for
 from cfx.meter import tick
 from cfx.models.nets import VAE, Classifier, ConvAutoencoder
 from cfx.models.parts import LoadedParts
@@ -222,6 +223,10 @@ class ModelBundle:
         Counted as N evaluations (:func:`cfx.meter.tick`; raises :class:`cfx.meter.Cancelled`
         in a cancelled computation)."""
         tick(len(x))
+        return self._evaluate(x, target)
+
+    def _evaluate(self, x: torch.Tensor, target: str) -> torch.Tensor:
+        """:meth:`score` without the count."""
         t = self.target(target)
         if t.name == "classifier":
             return self.classifier.proba(x)
@@ -240,14 +245,25 @@ class ModelBundle:
 
     @torch.inference_mode()
     def score_numpy(self, images: np.ndarray, target: str = "score", batch: int | None = None) -> np.ndarray:
-        """Scores of float arrays (N, C, H, W) in [0, 1], batched (default: :attr:`forward_batch`), as float64."""
+        """Scores of float arrays (N, C, H, W) in [0, 1], batched (default: :attr:`forward_batch`), as float64.
+
+        Where the detector asks for it (:attr:`Detector.parallel_batches`), several batches are
+        scored by single-threaded workers (:mod:`cfx.batches`), each batch counted (:func:`cfx.meter.tick`) in the calling thread as its result is taken."""
         batch = int(batch or self.forward_batch)
         images = np.asarray(images, dtype=np.float32)
         if images.ndim == 3:
             images = images[None]
-        out = [self.score(self.to_tensor(images[i:i + batch]), target).double().cpu().numpy()
-               for i in range(0, len(images), batch)]
-        return np.concatenate(out) if out else np.zeros(0)
+        chunks = [images[i:i + batch] for i in range(0, len(images), batch)]
+        if not chunks:
+            return np.zeros(0)
+        out = []
+        if not self.detector.amp_settled:  # settled once, in this thread, on the first batch
+            out.append(self.score(self.to_tensor(chunks[0]), target).double().cpu().numpy())
+            chunks = chunks[1:]
+        workers = workers_for(self.device, len(chunks)) if self.device.type in self.detector.parallel_batches else 1
+        out += map_batches(lambda c: self._evaluate(self.to_tensor(c), target).double().cpu().numpy(), chunks,
+                           workers, before=lambda c: tick(len(c)))
+        return np.concatenate(out)
 
     @torch.inference_mode()
     def analyse(self, images: np.ndarray, batch: int | None = None) -> dict[str, np.ndarray]:
