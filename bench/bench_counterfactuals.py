@@ -31,24 +31,30 @@ from cfx.models.bundle import load_bundle, model_exists, dataset_name  # noqa: E
 METHODS = ("clear", "dice", "gradient", "concepts")
 
 
-def run(dataset: str, root: Path, cat: str, det: str, per: int, methods, params: dict | None = None) -> list[dict]:
-    b = load_bundle(dataset, cat, detector=det)
-    set_data_root(b, root)
+def flagged_defects(b, root: Path, cat: str, per: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """``per`` defect test images with masks that the bundle's detector flags, spread over the
+    defect types: (name, image, mask (H, W))."""
     ds = MVTecDataset(root, cat, "test", image_size=b.image_size, channels=b.channels).arrays()
     bad = [i for i in range(len(ds)) if ds.labels[i] == 1 and ds.has_mask[i]]
     a = b.analyse(ds.images[bad])
     flagged = [i for i, an in zip(bad, a["anomalous"]) if an]
-    chosen = flagged[::max(1, len(flagged) // per)][:per]  # spread over the defect types
+    return [(ds.samples[i].name, ds.images[i], ds.masks[i][0] if ds.masks[i].ndim == 3 else ds.masks[i])
+            for i in flagged[::max(1, len(flagged) // per)][:per]]
+
+
+def run(dataset: str, root: Path, cat: str, det: str, per: int, methods, params: dict | None = None) -> list[dict]:
+    b = load_bundle(dataset, cat, detector=det)
+    set_data_root(b, root)
+    chosen = flagged_defects(b, root, cat, per)
     rows = []
     for m in methods:
         if m in ("clear", "gradient", "concepts") and not b.has("ae"):
             continue
-        for i in chosen:
-            mask = ds.masks[i][0] if ds.masks[i].ndim == 3 else ds.masks[i]
+        for name, image, mask in chosen:
             t0 = time.perf_counter()
-            e = REGISTRY[m](b).attribute(ds.images[i], mask=mask, **(params or {}).get(m, {}))
+            e = REGISTRY[m](b).attribute(image, mask=mask, **(params or {}).get(m, {}))
             c = e.best
-            rows.append({"category": cat, "detector": det, "method": m, "image": ds.samples[i].name,
+            rows.append({"category": cat, "detector": det, "method": m, "image": name,
                          "seconds": time.perf_counter() - t0, "evaluations": e.info.get("evaluations"), "valid": bool(c is not None and c.valid),
                          "locality": c.metrics["locality"] if c else float("nan"),
                          "area_ratio": c.metrics["edit_area"] / max(float((mask > 0.5).mean()), 1e-6) if c else float("nan"),

@@ -8,15 +8,18 @@ Side by side in one run, interleaved, on the shipped demo weights (models warm, 
   :data:`cfx.config.FORWARD_BATCH`);
 * its parts: VAE encoder, VAE decoder, AE decoder (CLEAR decodes every sample with it).
 
-With ``--detector patchcore``: the PatchCore score per image at forward batches of 1-32, and its
-EfficientNet-Lite0 trunk as the package builds it against cfx's (batch norms folded into the
-convolutions, channels-last), side by side.
+With ``--detector patchcore``: the PatchCore score per image at forward batches of 1-32, one batch
+at a time on torch's threads and (cfx's default on the CPU) by one-thread workers
+(:mod:`cfx.batches`), and its EfficientNet-Lite0 trunk as the package builds it against cfx's
+(batch norms folded into the convolutions, channels-last), side by side. The VAE's combined score
+is measured both ways too.
 
 Usage: python bench/bench_scoring.py [--categories brick,tablet] [--repeats 7] [--n 256] [--detector patchcore]
 """
 from __future__ import annotations
 
 import argparse
+import os
 import datetime as _dt
 import statistics
 import sys
@@ -62,6 +65,25 @@ def interleaved(jobs: dict, repeats: int, n: int) -> dict[str, list[float]]:
     return times
 
 
+def one_at_a_time(b, x_np: np.ndarray, batch: int) -> np.ndarray:
+    """``score_numpy`` with the batches scored one at a time on torch's threads (no workers)."""
+    old = os.environ.get("CFX_BATCH_WORKERS")
+    os.environ["CFX_BATCH_WORKERS"] = "1"
+    try:
+        return b.score_numpy(x_np, "score", batch=batch)
+    finally:
+        os.environ.pop("CFX_BATCH_WORKERS") if old is None else os.environ.__setitem__("CFX_BATCH_WORKERS", old)
+
+
+def with_workers(b, x_np: np.ndarray, batch: int) -> list:
+    """The VAE's batches through :func:`cfx.batches.map_batches`'s workers (which cfx does not use
+    for the VAE: measured no faster)."""
+    from cfx.batches import map_batches, workers_for
+
+    chunks = [x_np[i:i + batch] for i in range(0, len(x_np), batch)]
+    return map_batches(lambda c: b.score(b.to_tensor(c)), chunks, workers_for(b.device, len(chunks)))
+
+
 def patchcore(args) -> int:
     from cfx.models.backbone import Lite0Features
 
@@ -79,8 +101,11 @@ def patchcore(args) -> int:
                 (lambda bs=bs: [plain(x[i:i + bs], det.input_size) for i in range(0, args.n, bs)]) for bs in (4, 32)}
         jobs.update({f"trunk of cfx (folded, channels-last), batch {bs}":
                      (lambda bs=bs: [det.features(x[i:i + bs]) for i in range(0, args.n, bs)]) for bs in (4, 32)})
-        jobs.update({f"PatchCore score, batch {bs}" + (" (cfx's CPU batch)" if bs == b.forward_batch else ""):
-                     (lambda bs=bs: b.score_numpy(x_np, "score", batch=bs)) for bs in (1, 2, 4, 8, 16, 32)})
+        jobs.update({f"PatchCore score, batch {bs}, one batch at a time on torch's threads"
+                     + (" (cfx's CPU batch)" if bs == b.forward_batch else ""):
+                     (lambda bs=bs: one_at_a_time(b, x_np, bs)) for bs in (1, 2, 4, 8, 16, 32)})
+        jobs.update({f"PatchCore score, batch {bs}, one-thread workers (cfx.batches, cfx's default)":
+                     (lambda bs=bs: b.score_numpy(x_np, "score", batch=bs)) for bs in (2, 4, 8)})
         times = interleaved(jobs, args.repeats, args.n)
         for k, v in times.items():
             print(f"| {cat} | {k} | {statistics.median(v):.1f} |")
@@ -102,7 +127,7 @@ def main(argv=None) -> int:
     print("| category (alpha) | measure | ms/image |")
     print("|---|---|---:|")
     for cat in args.categories.split(","):
-        b = load_bundle("demo", cat, device="cpu")
+        b = load_bundle("demo", cat, device="cpu", detector="vae")
         det = b.detector
         rng = np.random.default_rng(0)
         x_np = rng.random((args.n, b.channels, b.image_size, b.image_size), dtype=np.float32)
@@ -118,6 +143,9 @@ def main(argv=None) -> int:
         }
         for bs in (8, 16, 32, 64, 128):
             jobs[f"combined score, batch {bs}"] = lambda bs=bs: b.score_numpy(x_np, "score", batch=bs)
+        for bs in (8, 32):
+            jobs[f"combined score, batch {bs}, one-thread workers (not used for the VAE)"] = \
+                lambda bs=bs: with_workers(b, x_np, bs)
         times = interleaved(jobs, args.repeats, args.n)
         for k, v in times.items():
             print(f"| {cat} ({det.alpha:g}) | {k} | {statistics.median(v):.3f} |")

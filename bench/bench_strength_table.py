@@ -34,13 +34,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cfx.data.demo import ensure_demo  # noqa: E402
-from cfx.data.mvtec import MVTecDataset  # noqa: E402
 from cfx.errors import ModelMissingError  # noqa: E402
 from cfx.explainers import REGISTRY, set_data_root  # noqa: E402
 from cfx.explainers import edit as E  # noqa: E402
 from cfx.models.bundle import dataset_name, load_bundle, model_exists  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_counterfactuals import flagged_defects  # noqa: E402
 from bench_explainers import loadavg, machine  # noqa: E402
 
 
@@ -81,24 +81,16 @@ class Recorder:
         return len(self.read), wrong
 
 
-def chosen_images(b, root: Path, cat: str, per: int):
-    ds = MVTecDataset(root, cat, "test", image_size=b.image_size, channels=b.channels).arrays()
-    bad = [i for i in range(len(ds)) if ds.labels[i] == 1 and ds.has_mask[i]]
-    a = b.analyse(ds.images[bad])
-    flagged = [i for i, an in zip(bad, a["anomalous"]) if an]
-    for i in flagged[::max(1, len(flagged) // per)][:per]:
-        yield ds.samples[i].name, ds.images[i], ds.masks[i][0] if ds.masks[i].ndim == 3 else ds.masks[i]
-
-
 def run(dataset: str, root: Path, cat: str, det: str, per: int, methods, cells: int) -> list[dict]:
     b = load_bundle(dataset, cat, detector=det)
     set_data_root(b, root)
     rows = []
-    for name, img, mask in chosen_images(b, root, cat, per):
+    for name, img, mask in flagged_defects(b, root, cat, per):
         for m in methods:
             out = {}
             try:
                 for k in (0, cells):
+                    b.loaded.edit_setups.clear()  # each run computes its own setup
                     with Recorder() as rec:
                         t0 = time.perf_counter()
                         e = REGISTRY[m](b).attribute(img, mask=mask, strength_cells=k)

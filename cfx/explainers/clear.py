@@ -290,9 +290,9 @@ class Clear(CounterfactualExplainer):
 
     name: ClassVar[str] = "clear"
     order: ClassVar[int] = 4
-    #: the samples, the walk, the fidelity sweep and the edit search, distinct edits scored once
-    #: (demo defects: 314-621 with the VAE, 183-578 with PatchCore)
-    typical_evaluations: ClassVar[int | None] = 450
+    #: the setup, the strength table of the samples, the walk and the fidelity sweep, and the edit
+    #: search (demo defects, setup included: 109-136 with the VAE, 74-96 with PatchCore)
+    typical_evaluations: ClassVar[int | None] = 110
     label: ClassVar[str] = "CLEAR (latent regression)"
     #: ``n_samples``: the convergence study (BENCHMARKS.md) found the counterfactual's optimal
     #: Jaccard with the mask within 0.012 of the 5000-sample reference from 50 samples (median

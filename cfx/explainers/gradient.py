@@ -118,7 +118,7 @@ class LatentGradient(CounterfactualExplainer):
 
     name: ClassVar[str] = "gradient"
     order: ClassVar[int] = 6
-    typical_evaluations: ClassVar[int | None] = 130  # measured on demo defects: 81-139 (VAE), 42-109 (PatchCore)
+    typical_evaluations: ClassVar[int | None] = 70  # demo defects, setup included: 80-90 (VAE), 42-55 (PatchCore)
     label: ClassVar[str] = "Latent gradient (ensemble)"
     defaults: ClassVar[dict[str, Any]] = {"max_steps": 300, "lr": 0.05, "proximity": 0.05, "check_every": 5,
                                           "path_steps": 8, "strength_cells": STRENGTH_CELLS}
