@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
@@ -42,11 +42,12 @@ def pool(workers: int) -> ThreadPoolExecutor:
         return _POOLS[workers]
 
 
-def workers_for(device: torch.device, batches: int) -> int:
+def workers_for(device: torch.device, batches: int, devices: Collection[str] = ("cpu",)) -> int:
     """How many workers score ``batches`` batches on ``device``: one per torch thread of the
-    calling thread on the CPU when there are at least two batches (at most ``$CFX_BATCH_WORKERS``),
-    else 1 (the calling thread)."""
-    if device.type != "cpu" or batches < 2:
+    calling thread on the CPU when there are at least two batches (at most ``$CFX_BATCH_WORKERS``)
+    and ``devices`` (the detector's :attr:`~cfx.detectors.base.Detector.parallel_batches`) holds
+    the CPU, else 1 (the calling thread)."""
+    if device.type != "cpu" or device.type not in devices or batches < 2:
         return 1
     cap = int(os.environ.get("CFX_BATCH_WORKERS") or 0) or torch.get_num_threads()
     return max(1, min(torch.get_num_threads(), cap, batches))

@@ -171,7 +171,7 @@ class CounterfactualExplainer(Explainer):
             exp.info["message"] = "already normal: the counterfactual is the image itself (no edit)"
             return exp
         setup, fresh = self.setup(image, target)
-        heat, fills, cinfo, base_edit, scored = setup.heat, setup.fills, setup.content_info, setup.base_edit, setup.scored
+        heat, fills, cinfo, base_edit = setup.heat, setup.fills, setup.content_info, setup.base_edit
         content = base_edit.content_image
         region = E.soft(base_edit.region, 2.0)
         ctx = SearchContext(image, target, exp.threshold, heat, content, region, int(params.get("strength_cells", 0)))
@@ -184,7 +184,7 @@ class CounterfactualExplainer(Explainer):
             cands = {**fills, "generator": np.clip(p.image, 0, 1).astype(np.float32)}
             cands = {k: v for k, v in cands.items() if k in self.contents}
             edits.append(E.minimal_edit(b, image, target, heat, cands, E.change_map(p.image, p.reference),
-                                        scored=scored))
+                                        scored=setup.scored))
         lat = [p.latent for p in proposals]
         cfs = counterfactual_metrics(b, image, np.stack([e.image for e in edits]), target, self.mask,
                     proposals[0].latent0, None if any(z is None for z in lat) else np.stack(lat))

@@ -20,9 +20,10 @@ import numpy as np
 import torch
 
 from cfx import config, precision
+from cfx.atomic import file_sha256
 from cfx.detectors import DETECTORS, Detector, MultiScoreDetector, load_detector, read_checkpoint, write_checkpoint
-from cfx.errors import ModelMissingError
 from cfx.batches import map_batches, workers_for
+from cfx.errors import ModelMissingError
 from cfx.meter import tick
 from cfx.models.nets import VAE, Classifier, ConvAutoencoder
 from cfx.models.parts import LoadedParts
@@ -239,8 +240,7 @@ class ModelBundle:
 
     def to_tensor(self, images: np.ndarray) -> torch.Tensor:
         t = torch.as_tensor(np.asarray(images, dtype=np.float32))
-        if t.ndim == 3:
-            t = t[None]
+        t = t[None] if t.ndim == 3 else t
         return t.to(self.device).contiguous(memory_format=torch.channels_last)
 
     @torch.inference_mode()
@@ -248,22 +248,19 @@ class ModelBundle:
         """Scores of float arrays (N, C, H, W) in [0, 1], batched (default: :attr:`forward_batch`), as float64.
 
         Where the detector asks for it (:attr:`Detector.parallel_batches`), several batches are
-        scored by single-threaded workers (:mod:`cfx.batches`), each batch counted (:func:`cfx.meter.tick`) in the calling thread as its result is taken."""
+        scored by single-threaded workers (:mod:`cfx.batches`), each batch counted
+        (:func:`cfx.meter.tick`) in the calling thread as its result is taken."""
         batch = int(batch or self.forward_batch)
         images = np.asarray(images, dtype=np.float32)
-        if images.ndim == 3:
-            images = images[None]
+        images = images[None] if images.ndim == 3 else images
         chunks = [images[i:i + batch] for i in range(0, len(images), batch)]
-        if not chunks:
-            return np.zeros(0)
-        out = []
-        if not self.detector.amp_settled:  # settled once, in this thread, on the first batch
-            out.append(self.score(self.to_tensor(chunks[0]), target).double().cpu().numpy())
-            chunks = chunks[1:]
-        workers = workers_for(self.device, len(chunks)) if self.device.type in self.detector.parallel_batches else 1
-        out += map_batches(lambda c: self._evaluate(self.to_tensor(c), target).double().cpu().numpy(), chunks,
-                           workers, before=lambda c: tick(len(c)))
-        return np.concatenate(out)
+        first = [] if self.detector.amp_settled else chunks[:1]  # the precision settles in this thread
+        out = [self.score(self.to_tensor(c), target).double().cpu().numpy() for c in first]
+        rest = chunks[len(first):]
+        out += map_batches(lambda c: self._evaluate(self.to_tensor(c), target).double().cpu().numpy(), rest,
+                           workers_for(self.device, len(rest), self.detector.parallel_batches),
+                           before=lambda c: tick(len(c)))
+        return np.concatenate(out) if out else np.zeros(0)
 
     @torch.inference_mode()
     def analyse(self, images: np.ndarray, batch: int | None = None) -> dict[str, np.ndarray]:
@@ -272,8 +269,7 @@ class ModelBundle:
         classifier also ``classifier`` (P(anomalous)) and ``classifier_anomalous``."""
         batch = int(batch or self.forward_batch)
         images = np.asarray(images, dtype=np.float32)
-        if images.ndim == 3:
-            images = images[None]
+        images = images[None] if images.ndim == 3 else images
         parts: dict[str, list] = {}
         clf = self.parts.get("classifier")
         for i in range(0, len(images), batch):
@@ -320,23 +316,18 @@ def check_file(path: Path, card: dict[str, Any], dataset: str, category: str) ->
     Raises:
         ModelMissingError: one line naming the file and the command that retrains it.
     """
-    import hashlib
-
     want = card.get("files", {}).get(path.name)
     for info in card.get("detectors", {}).values():
         if isinstance(info, dict) and info.get("file") == path.name:
             want = want or info.get("sha256")
     if want:
         try:
-            h = hashlib.sha256()
-            with open(path, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
+            got = file_sha256(path)
         except OSError as exc:
             raise ModelMissingError(f"cannot read model file {path} ({type(exc).__name__}): run "
                                     f"{_train_hint(dataset, category)}") from exc
-        if h.hexdigest() != want:
-            raise ModelMissingError(f"the model file {path} does not match its card (sha256 {h.hexdigest()[:12]}, "
+        if got != want:
+            raise ModelMissingError(f"the model file {path} does not match its card (sha256 {got[:12]}, "
                                     f"card {str(want)[:12]}): run {_train_hint(dataset, category)}")
     return path
 
@@ -355,9 +346,7 @@ def model_exists(dataset: str, category: str) -> bool:
 
 def available_models(dataset: str) -> list[str]:
     root = config.models_dir() / dataset
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir() if model_exists(dataset, p.name))
+    return sorted(p.name for p in root.iterdir() if model_exists(dataset, p.name)) if root.is_dir() else []
 
 
 def load_bundle(dataset: str, category: str, device: torch.device | str | None = None,
