@@ -262,6 +262,12 @@ class EditModel:
                  g_content: np.ndarray, tau: float = TAU, cells: int = 0) -> None:
         self.x, self.g0, self.content, self.region = x, g0, content, region
         self.w = region / max(float(region.sum()), 1e-12)
+        # the strength reads only the region's bounding box (the weights are 0 outside it)
+        ys, xs = np.nonzero(region > 0)
+        self._box = (slice(int(ys.min()), int(ys.max()) + 1), slice(int(xs.min()), int(xs.max()) + 1)) \
+            if len(ys) else (slice(0, 0), slice(0, 0))
+        self._w_box = self.w[self._box]
+        self._g0_box = np.asarray(g0, np.float32)[(slice(None), *self._box)]
         self.tau = max(float(tau) * float((np.abs(g_content - g0).mean(0) * self.w).sum()), 1e-3)
         self.cells = max(0, int(cells))
         #: exact target scores by strength ``a`` (:meth:`scores`), and how many images the model scored
@@ -271,9 +277,9 @@ class EditModel:
         self.read = 0
 
     def strength(self, g: np.ndarray) -> np.ndarray:
-        """``a`` of each image (N,)."""
-        d = np.abs(np.asarray(g, np.float32) - self.g0).mean(1)
-        return np.clip((d * self.w).sum((1, 2)) / self.tau, 0, 1)
+        """``a`` of each image (N,) (read inside the region's bounding box, where its weights are)."""
+        d = np.abs(np.asarray(g, np.float32)[(slice(None), slice(None), *self._box)] - self._g0_box).mean(1)
+        return np.clip((d * self._w_box).sum((1, 2)) / self.tau, 0, 1)
 
     def regions(self, g: np.ndarray) -> np.ndarray:
         return (self.strength(g)[:, None, None] * self.region[None]).astype(np.float32)
