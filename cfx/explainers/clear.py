@@ -319,7 +319,7 @@ class Clear(CounterfactualExplainer):
             if not len(Z):
                 return np.zeros(0)
             g = np.concatenate([decode_numpy(b, Z[i:i + batch]) for i in range(0, len(Z), batch)])
-            return em.score_strengths(b, em.strength(g).astype(np.float64), ctx.target, batch, exact=exact)
+            return em.scores(b, g, ctx.target, batch, exact=exact)
 
         n = int(params["n_samples"])
         stop = EarlyStop(int(params["min_samples"]), check_every=100) if params["early_stop"] else None

@@ -287,17 +287,18 @@ class EditModel:
     def images(self, g: np.ndarray) -> np.ndarray:
         return compose(self.x, self.content, self.regions(np.asarray(g, np.float32)))
 
-    def scores(self, bundle, g: np.ndarray, target: str, batch: int | None = None) -> np.ndarray:
+    def scores(self, bundle, g: np.ndarray, target: str, batch: int | None = None,
+               exact: bool = False) -> np.ndarray:
         """The target's scores (N,) of the edits of generator images ``g``.
 
         An edit is a function of its strength ``a`` alone, so generator images with the same ``a``
         (every one that moves at least as far as the content, ``a`` = 1, above all) are the same
         image, scored once (measured on demo defects: DiCE's 462 edits held 11-128 distinct
         strengths). With ``cells`` the scores come from a table of ``s(a)``
-        (:meth:`score_strengths`): a search's hundreds of edits lie on one line of images, and
-        its decisions need their side of the threshold."""
+        (:meth:`score_strengths`: a search's hundreds of edits lie on one line of images, and
+        its decisions need their side of the threshold; ``exact`` scores every one)."""
         a = self.strength(np.asarray(g, np.float32)).astype(np.float64)
-        return self.score_strengths(bundle, a, target, batch)
+        return self.score_strengths(bundle, a, target, batch, exact=exact)
 
     def score_strengths(self, bundle, a: np.ndarray, target: str, batch: int | None = None,
                         exact: bool = False) -> np.ndarray:
