@@ -8,7 +8,9 @@ method on another image). Each run counts the images it scored (``info["evaluati
 target is at most 1.15. Gradient-based methods also run backward passes, which the forward cost
 does not include (their ratio is reported, marked). CLEAR decodes every latent it scores with the
 AE (its generator) before the target sees it; a second ratio counts those decodings at the AE's
-batched cost (``info["decodes"]``), measured at the start of the run too.
+batched cost (``info["decodes"]``), measured at the start of the run too: whole images, and for
+the latents it only decodes within R*'s bounding box (``info["decodes_cropped"]``,
+``info["decode_box"]``), the cost of that crop, measured after the run.
 
 Usage: python bench/bench_overhead.py [--category brick] [--detectors vae,patchcore] [--images 2]
        [--methods lime,shap,clear,dice,gradient,concepts] [--json out.json]
@@ -55,9 +57,9 @@ def batched_cost(bundle, image: np.ndarray, repeats: int = 7) -> float:
     return statistics.median(out)
 
 
-def decode_cost(bundle, image: np.ndarray, repeats: int = 7) -> float:
+def decode_cost(bundle, image: np.ndarray, repeats: int = 7, box=None) -> float:
     """Median seconds per latent of the AE's decoding (CLEAR's generator) at the bundle's forward
-    batch, as CLEAR decodes its samples (after a warm-up)."""
+    batch, as CLEAR decodes its samples (after a warm-up): whole images, or their crop to ``box``."""
     import torch
 
     from cfx.explainers.clear import decode_numpy
@@ -65,11 +67,11 @@ def decode_cost(bundle, image: np.ndarray, repeats: int = 7) -> float:
     with torch.inference_mode():
         z = bundle.ae.encode(bundle.to_tensor(image[None])).double().cpu().numpy()
     zs = np.repeat(z, int(bundle.forward_batch), axis=0)
-    decode_numpy(bundle, zs)
+    decode_numpy(bundle, zs, box)
     out = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        decode_numpy(bundle, zs)
+        decode_numpy(bundle, zs, box)
         out.append((time.perf_counter() - t0) / len(zs))
     return statistics.median(out)
 
@@ -97,7 +99,7 @@ def main() -> int:
         cost = batched_cost(b, arr.images[imgs[0]])
         dcost = decode_cost(b, arr.images[imgs[0]])
         for m in methods:
-            walls, evals, decs = [], [], []
+            walls, evals, decs, ndecs = [], [], [], []
             for i in imgs:
                 b.loaded.edit_setups.clear()  # each run computes its own counterfactual setup
                 e = explain(b, arr.images[i], [m], mask=arr.masks[i])[m]
@@ -106,16 +108,22 @@ def main() -> int:
                     continue
                 walls.append(e.seconds)
                 evals.append(e.info["evaluations"])
-                decs.append(e.info.get("decodes"))
+                if "decodes" in e.info:  # decodings at the cost of the AE's batched decoding (whole or cropped)
+                    n_crop, box = e.info["decodes_cropped"], tuple(map(tuple, e.info["decode_box"]))
+                    decs.append((e.info["decodes"] - n_crop) * dcost
+                                + n_crop * decode_cost(b, arr.images[imgs[0]], box=box))
+                    ndecs.append(e.info["decodes"])
+                else:
+                    decs.append(None)
             if not walls:
                 continue
             ratio = statistics.median(w / (n * cost) for w, n in zip(walls, evals))
             with_dec = None if None in decs else statistics.median(
-                w / (n * cost + d * dcost) for w, n, d in zip(walls, evals, decs))
+                w / (n * cost + d) for w, n, d in zip(walls, evals, decs))
             rows.append((det, m, statistics.median(evals), statistics.median(walls), cost * 1e3, ratio, with_dec,
-                         None if None in decs else statistics.median(decs)))
-            raw[f"{det}/{m}"] = {"walls": walls, "evaluations": evals, "decodes": decs, "cost_s": cost,
-                                 "decode_cost_s": dcost}
+                         statistics.median(ndecs) if ndecs else None))
+            raw[f"{det}/{m}"] = {"walls": walls, "evaluations": evals, "decodes": ndecs, "decode_s": decs,
+                                 "cost_s": cost, "decode_cost_s": dcost}
             print(f"{det} {m}: {rows[-1]}", file=sys.stderr, flush=True)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"### Method overhead over its evaluations ({_dt.date.today().isoformat()}, {platform.node()}, "

@@ -273,9 +273,16 @@ def clear_fidelity(score_latents: Callable[[np.ndarray], np.ndarray], threshold:
 
 
 @torch.inference_mode()
-def decode_numpy(bundle, Z: np.ndarray) -> np.ndarray:
+def decode_numpy(bundle, Z: np.ndarray, box: tuple[tuple[int, int], tuple[int, int]] | None = None) -> np.ndarray:
+    """The AE's decodings of latents ``Z`` (N, d): whole images, or only their crop to ``box``
+    (``((r0, r1), (c0, c1))``, :meth:`~cfx.models.nets.ConvAutoencoder.decode_crop`)."""
     z = torch.as_tensor(np.asarray(Z), dtype=torch.float32, device=bundle.device)
-    return bundle.ae.decode(z).float().cpu().numpy()
+    if box is None:
+        return bundle.ae.decode(z).float().cpu().numpy()
+    (r0, r1), (c0, c1) = box
+    if r1 <= r0 or c1 <= c0:
+        return np.zeros((len(z), bundle.channels, max(0, r1 - r0), max(0, c1 - c0)), np.float32)
+    return bundle.ae.decode_crop(z, box[0], box[1]).float().cpu().numpy()
 
 
 @register
@@ -312,13 +319,16 @@ class Clear(CounterfactualExplainer):
         g0, gc = decode_numpy(b, np.concatenate([z0[None], zc]))
         em = ctx.edit_model(g0, gc)
         batch = int(params["batch_size"]) or b.forward_batch
-        decodes = [2]  # the AE's decodings (besides the target's evaluations): dec(z0), dec(content)
+        # the AE's decodings (besides the target's evaluations): dec(z0), dec(content); of them cropped
+        decodes, cropped = [2], [0]
 
         def score_latents(Z: np.ndarray, exact: bool = False) -> np.ndarray:
             decodes[0] += len(Z)
+            cropped[0] += len(Z)
             if not len(Z):
                 return np.zeros(0)
-            g = np.concatenate([decode_numpy(b, Z[i:i + batch]) for i in range(0, len(Z), batch)])
+            # the strength reads only R*'s bounding box: decode just that
+            g = np.concatenate([decode_numpy(b, Z[i:i + batch], em.box) for i in range(0, len(Z), batch)])
             return em.scores(b, g, ctx.target, batch, exact=exact)
 
         n = int(params["n_samples"])
@@ -361,5 +371,6 @@ class Clear(CounterfactualExplainer):
         z_cf = res.z_cf if res.z_cf is not None else res.candidates[-1]
         line = z0 + np.linspace(0, 1, max(2, int(params["path_steps"])))[:, None] * (z_cf - z0)
         path = decode_numpy(b, line)
-        exp.info["decodes"] = decodes[0] + len(line)
+        exp.info.update({"decodes": decodes[0] + len(line), "decodes_cropped": cropped[0],
+                         "decode_box": [list(r) for r in em.box]})
         return [Proposal(path[-1], g0, z_cf.astype(np.float32), z0.astype(np.float32), path)]

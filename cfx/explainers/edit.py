@@ -276,9 +276,19 @@ class EditModel:
         #: strengths whose score was read from the table rather than scored
         self.read = 0
 
+    @property
+    def box(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """The bounding box of ``R*``, ``((r0, r1), (c0, c1))`` half-open: the only pixels of a
+        generator's image that its strength reads (a generator may decode just these)."""
+        return tuple((int(sl.start), int(sl.stop)) for sl in self._box)  # type: ignore[return-value]
+
     def strength(self, g: np.ndarray) -> np.ndarray:
-        """``a`` of each image (N,) (read inside the region's bounding box, where its weights are)."""
-        d = np.abs(np.asarray(g, np.float32)[(slice(None), slice(None), *self._box)] - self._g0_box).mean(1)
+        """``a`` of each image (N,) (read inside the region's bounding box, where its weights are).
+        ``g`` is (N, C, H, W) generator images, or their crops to :attr:`box` (N, C, h, w)."""
+        g = np.asarray(g, np.float32)
+        if g.shape[-2:] != self._w_box.shape:
+            g = g[(slice(None), slice(None), *self._box)]
+        d = np.abs(g - self._g0_box).mean(1)
         return np.clip((d * self._w_box).sum((1, 2)) / self.tau, 0, 1)
 
     def regions(self, g: np.ndarray) -> np.ndarray:
@@ -289,7 +299,8 @@ class EditModel:
 
     def scores(self, bundle, g: np.ndarray, target: str, batch: int | None = None,
                exact: bool = False) -> np.ndarray:
-        """The target's scores (N,) of the edits of generator images ``g``.
+        """The target's scores (N,) of the edits of generator images ``g`` (whole, or cropped to
+        :attr:`box`).
 
         An edit is a function of its strength ``a`` alone, so generator images with the same ``a``
         (every one that moves at least as far as the content, ``a`` = 1, above all) are the same

@@ -58,8 +58,57 @@ class ConvAutoencoder(nn.Module):
         h = torch.nn.functional.leaky_relu(self.from_latent(z), 0.2)
         return self.dec(h.view(-1, self.widths[-1], self.feat, self.feat))
 
+    def decode_crop(self, z: torch.Tensor, rows: tuple[int, int], cols: tuple[int, int]) -> torch.Tensor:
+        """``decode(z)[:, :, r0:r1, c0:c1]``, computed from only the feature cells each layer needs.
+
+        Each transposed convolution is run without padding on the crop of its input that reaches
+        the wanted output, and the padding is then taken off the crop's own ends; the first linear
+        layer computes only the cells of its map that the crop needs. The same sums as
+        :meth:`decode` (equal to float rounding), at a fraction of its cost when the crop is small
+        (CLEAR reads only the bounding box of its edit region).
+
+        Args:
+            z: latents (N, latent_dim).
+            rows, cols: the half-open output ranges ``(start, stop)``, within the image.
+
+        Returns:
+            (N, C, r1 - r0, c1 - c0).
+        """
+        convs = [m for m in self.dec if isinstance(m, nn.ConvTranspose2d)]
+        # the input range each layer needs for the output range wanted of it, last layer first
+        want = [((rows[0], rows[1] - 1), (cols[0], cols[1] - 1))]
+        size = self.image_size
+        for conv in reversed(convs):
+            size //= conv.stride[0]
+            want.append(tuple(_needed(lo, hi, conv, size) for lo, hi in want[-1]))
+        want.reverse()
+        (y0, y1), (x0, x1) = want[0]
+        w = self.from_latent.weight.view(self.widths[-1], self.feat, self.feat, -1)[:, y0:y1 + 1, x0:x1 + 1]
+        b = self.from_latent.bias.view(self.widths[-1], self.feat, self.feat)[:, y0:y1 + 1, x0:x1 + 1]
+        h = torch.nn.functional.leaky_relu(torch.nn.functional.linear(z, w.reshape(-1, w.shape[-1]), b.reshape(-1)), 0.2)
+        h = h.view(len(z), self.widths[-1], y1 - y0 + 1, x1 - x0 + 1)
+        k = 0
+        for m in self.dec:
+            if not isinstance(m, nn.ConvTranspose2d):
+                h = m(h)
+                continue
+            (i0, _), (j0, _) = want[k]
+            (o0, o1), (p0, p1) = want[k + 1]
+            h = torch.nn.functional.conv_transpose2d(h, m.weight, m.bias, m.stride)
+            (s, t), (pr, pc) = m.stride, m.padding
+            h = h[:, :, o0 + pr - s * i0: o1 + pr - s * i0 + 1, p0 + pc - t * j0: p1 + pc - t * j0 + 1]
+            k += 1
+        return h
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
+
+
+def _needed(lo: int, hi: int, conv: nn.ConvTranspose2d, n: int) -> tuple[int, int]:
+    """The input cells (inclusive range, within ``0..n-1``) of a transposed convolution that reach
+    its output cells ``lo..hi``: full (unpadded) output ``f = s * i + k`` for kernel tap ``k``."""
+    s, p, k = conv.stride[0], conv.padding[0], conv.kernel_size[0]
+    return max(0, -(-(lo + p - k + 1) // s)), min(n - 1, (hi + p) // s)
 
 
 class VAE(ConvAutoencoder):

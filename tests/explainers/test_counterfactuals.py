@@ -255,6 +255,41 @@ def test_edit_model_scores_each_distinct_edit_once():
     assert b.calls == distinct and np.array_equal(again, s[:4])  # seen before: no new evaluation
 
 
+def test_the_edit_model_reads_a_crop_to_its_box_as_the_whole_image():
+    """CLEAR decodes only R*'s bounding box: the strengths of those crops are those of the whole
+    images (the region's weights are 0 outside the box)."""
+    rng = np.random.default_rng(2)
+    x = np.ones((3, 32, 32), np.float32)
+    region = np.zeros((32, 32), np.float32)
+    region[5:12, 20:30] = rng.uniform(0.1, 1, (7, 10))
+    em = E.EditModel(x, np.zeros_like(x), np.zeros_like(x), region, np.ones_like(x))
+    assert em.box == ((5, 12), (20, 30))
+    g = rng.uniform(0, 0.3, (6, 3, 32, 32)).astype(np.float32)
+    a = em.strength(g)
+    assert ((a > 0) & (a < 1)).all() and np.array_equal(em.strength(g[:, :, 5:12, 20:30]), a)
+    assert not np.array_equal(em.strength(g[:, :, 4:11, 20:30]), em.strength(g))  # a crop elsewhere differs
+
+
+def test_dice_precisions_are_those_dice_ml_computes():
+    """DiCE passes dice-ml the precision it would compute itself (it rounds its counterfactuals to
+    it): the same numbers, from float32 modes of distinct and repeated values, at any scale."""
+    import dice_ml
+    import pandas as pd
+
+    from cfx.explainers.dice import decimal_precisions
+
+    rng = np.random.default_rng(3)
+    table = rng.normal(0, 1, (141, 6)) * np.array([1e-3, 0.1, 1, 10, 300, 1])
+    table[:50, 5] = 0.25  # a repeated value is the column's only mode
+    table[::7, 2] = table[0, 2]
+    cols = [f"pc{i}" for i in range(6)]
+    df = pd.DataFrame(table, columns=cols).astype(np.float64)
+    df["y"] = (table[:, 0] > 0).astype(int)
+    theirs = dice_ml.Data(dataframe=df, continuous_features=cols, outcome_name="y")
+    assert decimal_precisions(table, cols) == dict(theirs.get_decimal_precisions(output_type="dict"))
+    assert decimal_precisions(table, cols)["pc5"] == 2
+
+
 class _Wavy(_Toy):
     """Scores an edit of a white image towards black by its strength a: 0.5 + 0.4 sin(7 (1 - a)),
     which crosses the threshold 0.5 at a = 1, 0.551 and 0.102; counts the images it scores."""

@@ -94,6 +94,23 @@ def test_classifier_pools_the_top_location_logits():
     torch.testing.assert_close(clf.logit_from_features(f), clf.head(f.mean((2, 3))).squeeze(1))
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_cropped_decoding_is_the_crop_of_the_whole_decoding(channels):
+    """decode_crop runs each layer on only the cells its output crop needs: the same pixels as
+    cropping decode's image, at the image's borders and corners too."""
+    from cfx.models.nets import ConvAutoencoder
+
+    torch.manual_seed(0)
+    ae = ConvAutoencoder(channels, 16, 64).eval()
+    z = torch.randn(3, 16)
+    with torch.inference_mode():
+        whole = ae.decode(z)
+        for rows, cols in [((0, 64), (0, 64)), ((20, 37), (5, 19)), ((0, 1), (63, 64)), ((63, 64), (0, 3)),
+                           ((30, 31), (30, 31)), ((0, 64), (40, 41))]:
+            crop = ae.decode_crop(z, rows, cols)
+            torch.testing.assert_close(crop, whole[:, :, rows[0]:rows[1], cols[0]:cols[1]], rtol=0, atol=1e-6)
+
+
 def test_auroc_standard_error_matches_hanley_mcneil():
     from cfx.metrics.detection import auroc_standard_error
 
