@@ -1,4 +1,4 @@
-"""Two exact cuts in the counterfactual methods, each against the old way, alternating in one process.
+"""Exact cuts in the counterfactual methods, against the old way, alternating in one process.
 
 * **CLEAR's cropped decoding.** A latent's edit strength is read inside the bounding box of R*
   only, so CLEAR decodes just that crop of the latents it samples
@@ -8,6 +8,11 @@
   reference table, one pandas column at a time, and rounds its counterfactuals to it; cfx now
   passes it the same numbers (:func:`cfx.explainers.dice.decimal_precisions`). The old way lets
   dice-ml compute them.
+* **The proposals' edits in lockstep** (all methods with several proposals: DiCE's 4). Each
+  proposal's smallest valid edit is scanned a forward batch at a time from the smallest region
+  up; :func:`cfx.explainers.edit.minimal_edits` scans them together, one call per round, and the
+  sliders' images of all counterfactuals are scored in one call. The old way scans (and scores
+  the sliders of) one proposal after another.
 
 For each detector and demo category, each method runs with its defaults on ``--images`` detected
 defects, ``--repeats`` times each way, alternating, after a warm-up of each way; every timed run
@@ -31,6 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cfx.explainers.clear as C  # noqa: E402
 import cfx.explainers.dice as D  # noqa: E402
 from cfx.data.demo import ensure_demo  # noqa: E402
+from cfx.explainers import edit as E  # noqa: E402
+from cfx.explainers.counterfactual import CounterfactualExplainer  # noqa: E402
 from cfx.explainers import REGISTRY, set_data_root  # noqa: E402
 from cfx.models.bundle import load_bundle  # noqa: E402
 
@@ -38,7 +45,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_counterfactuals import flagged_defects  # noqa: E402
 from bench_explainers import loadavg, machine  # noqa: E402
 
-CROPPED, PRECISIONS = C.decode_numpy, D.decimal_precisions
+CROPPED, PRECISIONS, LOCKSTEP, PATHS = C.decode_numpy, D.decimal_precisions, E.minimal_edits, \
+    CounterfactualExplainer._path_scores
+
+
+def one_after_another(bundle, x, target, heat, contents, changes, margin_levels=E.MARGIN_LEVELS, chunk=None,
+                      scored=None):
+    """The old way: each proposal's scan in turn."""
+    return [LOCKSTEP(bundle, x, target, heat, [c], [ch], margin_levels, chunk, scored)[0]
+            for c, ch in zip(contents, changes)]
+
+
+def paths_one_by_one(self, x, score_x, cfs, target):
+    """The old way: each slider scored in its own call."""
+    for c in cfs:
+        PATHS(self, x, score_x, [c], target)
 
 
 def whole_then_crop(bundle, Z, box=None):
@@ -53,6 +74,8 @@ def whole_then_crop(bundle, Z, box=None):
 def set_way(new: bool) -> None:
     C.decode_numpy = CROPPED if new else whole_then_crop
     D.decimal_precisions = PRECISIONS if new else (lambda table, cols: {})
+    E.minimal_edits = LOCKSTEP if new else one_after_another
+    CounterfactualExplainer._path_scores = PATHS if new else paths_one_by_one
 
 
 def run(b, image, method: str, new: bool):

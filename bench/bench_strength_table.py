@@ -1,7 +1,7 @@
 """The counterfactual searches' table of the score by edit strength, against scoring every strength.
 
 Inside CLEAR, DiCE and the latent gradient every candidate is an edit ``x + a R* (C - x)``, a
-function of its strength ``a`` alone (:class:`cfx.explainers.edit.EditModel`). With
+function of its strength ``a`` alone (:class:`cfx.explainers.edit_model.EditModel`). With
 ``strength_cells`` K the search reads ``s(a)`` from a table: exact scores at the ends of the
 1/K-wide cell of each strength, more inside a cell where the threshold is crossed, and the rest
 read between them. This benchmark runs each method twice on the same images, side by side,
@@ -37,6 +37,7 @@ from cfx.data.demo import ensure_demo  # noqa: E402
 from cfx.errors import ModelMissingError  # noqa: E402
 from cfx.explainers import REGISTRY, set_data_root  # noqa: E402
 from cfx.explainers import edit as E  # noqa: E402
+from cfx.explainers.edit_model import EditModel  # noqa: E402
 from cfx.models.bundle import dataset_name, load_bundle, model_exists  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -48,8 +49,8 @@ class Recorder:
     """Wraps :meth:`EditModel.score_strengths` to keep every strength a table read, with its score."""
 
     def __init__(self) -> None:
-        self.read: list[tuple[E.EditModel, str, float, float]] = []
-        self._orig = E.EditModel.score_strengths
+        self.read: list[tuple[EditModel, str, float, float]] = []
+        self._orig = EditModel.score_strengths
 
     def __enter__(self) -> "Recorder":
         rec, orig = self, self._orig
@@ -61,11 +62,11 @@ class Recorder:
                     rec.read.append((em, target, float(v), float(s)))
             return out
 
-        E.EditModel.score_strengths = wrapped
+        EditModel.score_strengths = wrapped
         return self
 
     def __exit__(self, *exc) -> None:
-        E.EditModel.score_strengths = self._orig
+        EditModel.score_strengths = self._orig
 
     def side_errors(self, bundle) -> tuple[int, int]:
         """(strengths read, of them on the wrong side of the threshold once scored exactly)."""

@@ -155,7 +155,7 @@ def clear_search(score_latents: Callable[[np.ndarray], np.ndarray], threshold: f
         regions: the top regions of a step's end z' (default: the latent dimensions with the
             largest |z'_j - z0_j| / std_j, ``early_stop.top_k`` of them).
         exact_scores: the real model's exact scores, where ``score_latents`` may read some from a
-            table (:class:`~cfx.explainers.edit.EditModel`): the fidelity sweep's points next
+            table (:class:`~cfx.explainers.edit_model.EditModel`): the fidelity sweep's points next
             to a sign change are scored with it.
 
     Returns:
@@ -290,7 +290,7 @@ class Clear(CounterfactualExplainer):
     """CLEAR: a local logistic regression in the AE latent, its minimal step, fidelity.
 
     The real model scores each latent's decoding as a local edit of the original
-    (:class:`~cfx.explainers.edit.EditModel`: the decoding's change from ``dec(z0)`` sets the
+    (:class:`~cfx.explainers.edit_model.EditModel`: the decoding's change from ``dec(z0)`` sets the
     region, real normal content fills it), so the regression sees a boundary even under a
     detector that rejects every decoding. ``batch_size`` is the number of latents decoded and
     scored per forward pass; 0 takes the device's (:attr:`ModelBundle.forward_batch`)."""

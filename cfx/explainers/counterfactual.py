@@ -28,6 +28,7 @@ import numpy as np
 
 from cfx.explainers import edit as E
 from cfx.explainers.base import Counterfactual, Explainer, Explanation
+from cfx.explainers.edit_model import EditModel
 from cfx.metrics.edits import edit_metrics
 
 
@@ -53,7 +54,7 @@ class Proposal:
 @dataclass
 class SearchContext:
     """What every search may use: the original, the detector's map of it, real normal content, the
-    region ``R*`` and :class:`~cfx.explainers.edit.EditModel` s built from them."""
+    region ``R*`` and :class:`~cfx.explainers.edit_model.EditModel` s built from them."""
 
     image: np.ndarray
     target: str
@@ -64,10 +65,10 @@ class SearchContext:
     #: the resolution of the edit models' strength table (the method's ``strength_cells``; 0: none)
     cells: int = 0
 
-    def edit_model(self, reference: np.ndarray, g_content: np.ndarray) -> E.EditModel:
+    def edit_model(self, reference: np.ndarray, g_content: np.ndarray) -> EditModel:
         """Edits of the original from a generator whose image of the original is ``reference`` and
         of the normal content ``g_content``."""
-        return E.EditModel(self.image, reference, self.content, self.region, g_content, cells=self.cells)
+        return EditModel(self.image, reference, self.content, self.region, g_content, cells=self.cells)
 
 
 def counterfactual_metrics(bundle, original: np.ndarray, images: np.ndarray, target: str, mask: np.ndarray | None = None,
@@ -179,20 +180,19 @@ class CounterfactualExplainer(Explainer):
         if not proposals:
             exp.info.setdefault("message", "no counterfactual found")
             return exp
-        edits = []
-        for p in proposals:
-            cands = {**fills, "generator": np.clip(p.image, 0, 1).astype(np.float32)}
-            cands = {k: v for k, v in cands.items() if k in self.contents}
-            edits.append(E.minimal_edit(b, image, target, heat, cands, E.change_map(p.image, p.reference),
-                                        scored=setup.scored))
+        cands = [{k: v for k, v in {**fills, "generator": np.clip(p.image, 0, 1).astype(np.float32)}.items()
+                  if k in self.contents} for p in proposals]
+        # the proposals' scans in lockstep: their small chunks share the device's batches
+        edits = E.minimal_edits(b, image, target, heat, cands, [E.change_map(p.image, p.reference) for p in proposals],
+                                scored=setup.scored)
         lat = [p.latent for p in proposals]
         cfs = counterfactual_metrics(b, image, np.stack([e.image for e in edits]), target, self.mask,
                     proposals[0].latent0, None if any(z is None for z in lat) else np.stack(lat))
         for c, e, p in zip(cfs, edits, proposals):
             c.metrics["edit_share"] = e.share
             c.path_images = self._path(image, e, p, int(params.get("path_steps", self.path_steps)))
-            c.path_scores = self._path_scores(image, exp.score_before, c, target)
             c.content, c.region = e.content, e.region
+        self._path_scores(image, exp.score_before, cfs, target)
         order = sorted(range(len(cfs)), key=lambda i: (not cfs[i].valid, cfs[i].metrics["l1"]))
         exp.counterfactuals = [cfs[i] for i in order]
         exp.info.update({"content": [edits[i].content for i in order], "proposal_order": order,
@@ -204,16 +204,22 @@ class CounterfactualExplainer(Explainer):
                                    "normal training image does not make the target call it normal")
         return exp
 
-    def _path_scores(self, x: np.ndarray, score_x: float, cf: Counterfactual, target: str) -> np.ndarray:
-        """The target's scores of a slider's images; its ends, the original and the edit itself
-        when they are exactly those images, take the scores already known."""
-        known = [score_x if np.array_equal(p, x) else cf.score_after if np.array_equal(p, cf.image) else None
-                 for p in cf.path_images]
-        todo = [i for i, k in enumerate(known) if k is None]
-        out = np.array([np.nan if k is None else k for k in known], np.float64)
+    def _path_scores(self, x: np.ndarray, score_x: float, cfs: list[Counterfactual], target: str) -> None:
+        """Set the target's scores of the sliders' images (``path_scores``), all scored in one
+        call; a slider's ends, the original and the edit itself when they are exactly those
+        images, take the scores already known."""
+        todo, out = [], []
+        for c in cfs:
+            known = [score_x if np.array_equal(p, x) else c.score_after if np.array_equal(p, c.image) else None
+                     for p in c.path_images]
+            out.append(np.array([np.nan if k is None else k for k in known], np.float64))
+            todo += [(len(out) - 1, i) for i, k in enumerate(known) if k is None]
         if todo:
-            out[todo] = self.bundle.score_numpy(cf.path_images[todo], target)
-        return out
+            s = self.bundle.score_numpy(np.stack([cfs[j].path_images[i] for j, i in todo]), target)
+            for (j, i), v in zip(todo, s):
+                out[j][i] = v
+        for c, o in zip(cfs, out):
+            c.path_scores = o
 
     @staticmethod
     def _path(x: np.ndarray, e: E.Edit, p: Proposal, steps: int) -> np.ndarray:

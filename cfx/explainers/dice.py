@@ -4,7 +4,7 @@ A PCA with 64 components, fitted on the category's train/good images (scikit-lea
 bundle in ``bundle.loaded``), turns images into a 64-column table; dice-ml's genetic method
 generates ``total_cfs`` diverse counterfactuals of the query's row for the model wrapped to return
 probabilities on PCA features: P(anomalous) of the image ``inverse_pca(row)`` as a local edit of
-the original (:class:`~cfx.explainers.edit.EditModel`: the row's change from the query's
+the original (:class:`~cfx.explainers.edit_model.EditModel`: the row's change from the query's
 projection sets the region, real normal content fills it), calibrated so that 0.5 is exactly the
 target's threshold (the detector's z-scores through a sigmoid around the threshold; the
 classifier's probability shifted on the logit scale). Each found row then becomes the smallest
@@ -78,7 +78,7 @@ class BudgetExhausted(RuntimeError):
 class ProbaModel:
     """An sklearn-style classifier on PCA rows for dice-ml: ``predict_proba`` -> (N, 2) with
     column 1 = P(anomalous) of the row's inverse-PCA image as a local edit of the query
-    (:class:`~cfx.explainers.edit.EditModel`; 0.5 at the target's threshold). Predictions are
+    (:class:`~cfx.explainers.edit_model.EditModel`; 0.5 at the target's threshold). Predictions are
     memoised by row (dice-ml asks again for rows it has seen); one model per query, since the
     edits are edits of that query. The scores come from the edit model's table of the score by
     edit strength (``strength_cells``)."""

@@ -24,8 +24,8 @@ possible, and checks validity on the selected detector:
    :data:`MARGIN_LEVELS` level(s) so the edit's seam is not in the halo of what is left.
 
 Inside the searches the same composition gives a detector that a generator's image can cross
-(:class:`EditModel`): within the smallest region whose real-content fill the detector accepts
-(the minimal edit without a method, ``R*``), ``G`` sets how strongly it is filled by how much it
+(:class:`~cfx.explainers.edit_model.EditModel`): within the smallest region whose real-content
+fill the detector accepts (the minimal edit without a method, ``R*``), ``G`` sets how strongly it is filled by how much it
 changes there, ``x + a R* (C - x)`` with ``a = clip(mean_R* |G - G0| / (tau mean_R* |G_C - G0|), 0, 1)``
 where ``G_C`` is the generator's own image of the content (a move half as far as the one that
 takes the generator's image of the original to its image of the normal content fills it fully); so CLEAR's
@@ -34,8 +34,8 @@ lies where the method moves far enough where the detector looks. Since such an e
 of its strength ``a`` alone, a search's hundreds of candidates lie on one line of images, and the
 target's score along it is a function of one number: the searches read it from a table of exact
 scores, :data:`STRENGTH_CELLS` cells wide, refined where it crosses the threshold
-(:meth:`EditModel.score_strengths`; measured on demo and real defects: the same side of the
-threshold for every strength read and the same counterfactuals as scoring every strength, for a
+(:meth:`~cfx.explainers.edit_model.EditModel.score_strengths`; measured on demo and real defects:
+the same side of the threshold for every strength read and the same counterfactuals as scoring every strength, for a
 fraction of the evaluations).
 
 **Metrics** (:func:`cfx.metrics.edits.edit_metrics`): ``locality`` (share of ``|x' - x|`` inside the defect mask
@@ -64,7 +64,7 @@ EDGE_SIGMA = 1.5
 TAU = 0.5
 #: shifts (px) tried to align the normal content with the original
 ALIGN_SHIFT = 3
-#: resolution of a search's table of the score by edit strength (:meth:`EditModel.score_strengths`):
+#: resolution of a search's table of the score by edit strength (:meth:`~cfx.explainers.edit_model.EditModel.score_strengths`):
 #: cells of width 1/32 of the strength
 STRENGTH_CELLS = 32
 #: levels added to the smallest valid one, so the edit is normal with a margin and its seam
@@ -171,14 +171,19 @@ class Edit:
     content_image: np.ndarray = field(repr=False, default=None)  # type: ignore[assignment]
 
 
+def image_keys(images: np.ndarray, target: str) -> list[bytes]:
+    """The keys of :func:`score_once`'s memo: a hash of each image's bytes, per target."""
+    import hashlib
+
+    return [hashlib.blake2b(im.tobytes(), digest_size=16, person=target.encode()[:16]).digest() for im in images]
+
+
 def score_once(bundle, images: np.ndarray, target: str, scored: dict[bytes, float] | None) -> tuple[np.ndarray, int]:
     """The target's scores of ``images``, those already in ``scored`` (by the images' bytes) not
     scored again; returns (scores, images scored). ``scored`` takes the new ones."""
     if scored is None:
         return bundle.score_numpy(images, target), len(images)
-    import hashlib
-
-    keys = [hashlib.blake2b(im.tobytes(), digest_size=16, person=target.encode()[:16]).digest() for im in images]
+    keys = image_keys(images, target)
     new = list(dict.fromkeys(k for k in keys if k not in scored))
     if new:
         first = {k: i for i, k in reversed(list(enumerate(keys)))}
@@ -211,23 +216,56 @@ def minimal_edit(bundle, x: np.ndarray, target: str, heat: np.ndarray, contents:
     Returns:
         The :class:`Edit` (``valid`` False, whole image and the best-scoring content, when none is).
     """
-    regions = level_regions(priority_map(heat, change))
-    names = list(contents)
-    n_lv = len(regions)
+    return minimal_edits(bundle, x, target, heat, [contents], [change], margin_levels, chunk, scored)[0]
+
+
+def minimal_edits(bundle, x: np.ndarray, target: str, heat: np.ndarray, contents: list[dict[str, np.ndarray]],
+                  changes: list[np.ndarray | None], margin_levels: int = MARGIN_LEVELS, chunk: int | None = None,
+                  scored: dict[bytes, float] | None = None) -> list[Edit]:
+    """:func:`minimal_edit` of several proposals (``contents[i]``, ``changes[i]``), their scans in
+    lockstep: each round scores the next chunk of every scan still open in one call, so small
+    chunks fill the device's batches; each scan scores the same images and stops where it would
+    alone. An image two scans compose is scored once, counted in the first one's evaluations."""
     thr = bundle.threshold_for(target)
-    step = max(1, int(chunk or getattr(bundle, "forward_batch", 0) or n_lv * len(names)) // len(names))
-    s = np.full((len(names), n_lv), np.inf)
-    done = evaluations = 0
-    while done < n_lv:
-        lv = slice(done, min(n_lv, done + step))
-        batch = np.concatenate([compose(x, contents[n], regions[lv]) for n in names])
-        scores, n_new = score_once(bundle, batch, target, scored)
-        s[:, lv] = scores.reshape(len(names), -1)
-        evaluations += n_new
-        done = lv.stop
-        ok = s <= thr
-        if ok.any() and done > min(n_lv - 1, int(np.argmax(ok.any(0))) + margin_levels):
-            break  # the smallest valid level and its margin levels are scored
+    memo = scored if scored is not None or len(contents) == 1 else {}
+    scans = []
+    for cont, change in zip(contents, changes):
+        regions, names = level_regions(priority_map(heat, change)), list(cont)
+        step = max(1, int(chunk or getattr(bundle, "forward_batch", 0) or len(regions) * len(names)) // len(names))
+        scans.append({"cont": cont, "regions": regions, "names": names, "step": step, "done": 0, "ev": 0,
+                      "s": np.full((len(names), len(regions)), np.inf)})
+    live = list(scans)
+    while live:
+        parts = []
+        for sc in live:
+            sc["lv"] = slice(sc["done"], min(len(sc["regions"]), sc["done"] + sc["step"]))
+            parts.append(np.concatenate([compose(x, sc["cont"][n], sc["regions"][sc["lv"]]) for n in sc["names"]]))
+        batch = np.concatenate(parts)
+        keys = None if memo is None else image_keys(batch, target)
+        fresh = None if memo is None else [k not in memo for k in keys]
+        scores, _ = score_once(bundle, batch, target, memo)
+        at, counted = 0, set()
+        for sc, part in zip(live, parts):
+            n_lv = len(sc["regions"])
+            sc["s"][:, sc["lv"]] = scores[at:at + len(part)].reshape(len(sc["names"]), -1)
+            if memo is None:
+                sc["ev"] += len(part)
+            else:
+                for k, f in zip(keys[at:at + len(part)], fresh[at:at + len(part)]):
+                    sc["ev"] += f and k not in counted
+                    counted.add(k)
+            at += len(part)
+            sc["done"] = sc["lv"].stop
+            ok = sc["s"] <= thr
+            sc["open"] = sc["done"] < n_lv and not (ok.any() and sc["done"] > min(
+                n_lv - 1, int(np.argmax(ok.any(0))) + margin_levels))  # the smallest valid level and its margin
+        live = [sc for sc in live if sc["open"]]
+    return [_chosen(x, sc, thr, margin_levels) for sc in scans]
+
+
+def _chosen(x: np.ndarray, sc: dict[str, Any], thr: float, margin_levels: int) -> Edit:
+    """The edit a finished scan of :func:`minimal_edits` found."""
+    s, regions, names, n_lv = sc["s"], sc["regions"], sc["names"], len(sc["regions"])
     ok = s <= thr
     if ok.any():
         lvl = int(np.argmax(ok.any(0)))
@@ -237,140 +275,6 @@ def minimal_edit(bundle, x: np.ndarray, target: str, heat: np.ndarray, contents:
                 lvl += 1
     else:
         lvl, c = n_lv - 1, int(np.argmin(s[:, -1]))
-    return Edit(compose(x, contents[names[c]], regions[lvl]), regions[lvl], float(SHARES[lvl]), names[c],
-                float(s[c, lvl]), bool(ok[c, lvl]), evaluations, contents[names[c]])
-
-
-class EditModel:
-    """A generator's images turned into local edits of ``x`` for a search: ``G`` (N, C, H, W) ->
-    ``compose(x, content, a * region)``, ``a = clip(mean over region of |G - G0| / scale, 0, 1)``
-    with ``scale = tau * mean over region of |g_content - G0|`` (see the module docstring).
-
-    Every edit is a function of its strength ``a`` alone, so the target's score along a search is
-    a function of one number, ``s(a)`` on [0, 1]; :meth:`scores` reads it from a table of exact
-    scores (see there).
-
-    Args:
-        x: the original; g0: the generator's image of it; content: the real normal content;
-        region: ``R*``; g_content: the generator's image of ``content``.
-        cells: the strength table's resolution: ``s(a)`` is scored exactly at the ends of the
-            cell of width ``1 / cells`` that holds ``a``, and read between them where both lie on
-            the same side of the threshold (0: every distinct strength is scored).
-    """
-
-    def __init__(self, x: np.ndarray, g0: np.ndarray, content: np.ndarray, region: np.ndarray,
-                 g_content: np.ndarray, tau: float = TAU, cells: int = 0) -> None:
-        self.x, self.g0, self.content, self.region = x, g0, content, region
-        self.w = region / max(float(region.sum()), 1e-12)
-        # the strength reads only the region's bounding box (the weights are 0 outside it)
-        ys, xs = np.nonzero(region > 0)
-        self._box = (slice(int(ys.min()), int(ys.max()) + 1), slice(int(xs.min()), int(xs.max()) + 1)) \
-            if len(ys) else (slice(0, 0), slice(0, 0))
-        self._w_box = self.w[self._box]
-        self._g0_box = np.asarray(g0, np.float32)[(slice(None), *self._box)]
-        self.tau = max(float(tau) * float((np.abs(g_content - g0).mean(0) * self.w).sum()), 1e-3)
-        self.cells = max(0, int(cells))
-        #: exact target scores by strength ``a`` (:meth:`scores`), and how many images the model scored
-        self.memo: dict[tuple[str, float], float] = {}
-        self.evaluations = 0
-        #: strengths whose score was read from the table rather than scored
-        self.read = 0
-
-    @property
-    def box(self) -> tuple[tuple[int, int], tuple[int, int]]:
-        """The bounding box of ``R*``, ``((r0, r1), (c0, c1))`` half-open: the only pixels of a
-        generator's image that its strength reads (a generator may decode just these)."""
-        return tuple((int(sl.start), int(sl.stop)) for sl in self._box)  # type: ignore[return-value]
-
-    def strength(self, g: np.ndarray) -> np.ndarray:
-        """``a`` of each image (N,) (read inside the region's bounding box, where its weights are).
-        ``g`` is (N, C, H, W) generator images, or their crops to :attr:`box` (N, C, h, w)."""
-        g = np.asarray(g, np.float32)
-        if g.shape[-2:] != self._w_box.shape:
-            g = g[(slice(None), slice(None), *self._box)]
-        d = np.abs(g - self._g0_box).mean(1)
-        return np.clip((d * self._w_box).sum((1, 2)) / self.tau, 0, 1)
-
-    def regions(self, g: np.ndarray) -> np.ndarray:
-        return (self.strength(g)[:, None, None] * self.region[None]).astype(np.float32)
-
-    def images(self, g: np.ndarray) -> np.ndarray:
-        return compose(self.x, self.content, self.regions(np.asarray(g, np.float32)))
-
-    def scores(self, bundle, g: np.ndarray, target: str, batch: int | None = None,
-               exact: bool = False) -> np.ndarray:
-        """The target's scores (N,) of the edits of generator images ``g`` (whole, or cropped to
-        :attr:`box`).
-
-        An edit is a function of its strength ``a`` alone, so generator images with the same ``a``
-        (every one that moves at least as far as the content, ``a`` = 1, above all) are the same
-        image, scored once (measured on demo defects: DiCE's 462 edits held 11-128 distinct
-        strengths). With ``cells`` the scores come from a table of ``s(a)``
-        (:meth:`score_strengths`: a search's hundreds of edits lie on one line of images, and
-        its decisions need their side of the threshold; ``exact`` scores every one)."""
-        a = self.strength(np.asarray(g, np.float32)).astype(np.float64)
-        return self.score_strengths(bundle, a, target, batch, exact=exact)
-
-    def score_strengths(self, bundle, a: np.ndarray, target: str, batch: int | None = None,
-                        exact: bool = False) -> np.ndarray:
-        """``s(a)`` at strengths ``a`` (N,).
-
-        Without ``cells`` (or with ``exact``) every distinct strength not seen before is scored.
-        With ``cells``, a strength is read from the table when the exactly scored strengths
-        nearest to it on either side lie within one cell of each other and on the same side of
-        the threshold (the score is then their linear interpolation, and its side theirs); the
-        rest are scored: first the ends of their cells, then, inside a cell whose ends lie on
-        either side of the threshold, the middle one of those in each gap, until every strength
-        is scored or read. Each strength's side of the threshold is then exact unless the score
-        crosses the threshold twice within one cell (measured on demo and real defects: see
-        BENCHMARKS.md); the strengths next to a crossing are always scored.
-        """
-        a = np.asarray(a, np.float64)
-        want = sorted(set(a.tolist()))
-        seen = {v for t, v in self.memo if t == target}
-        new = [v for v in want if v not in seen]
-        if exact or not self.cells:
-            self._score(bundle, new, target, batch)
-            return np.array([self.memo[(target, float(v))] for v in a], np.float64)
-        thr = bundle.threshold_for(target)
-        # the cells' ends, shared by every later call of the search (scored even where a call has
-        # fewer strengths than ends: the next calls read from them)
-        self._score(bundle, sorted({c for v in new for c in self._cell(v)} - seen), target, batch)
-        while True:
-            known = np.array(sorted(v for t, v in self.memo if t == target))
-            vals = np.array([self.memo[(target, v)] for v in known])
-            todo = [v for v in want if (target, v) not in self.memo]
-            gaps: dict[int, list[float]] = {}
-            for v in todo:
-                j = int(np.searchsorted(known, v))  # known[j - 1] < v < known[j]
-                if (vals[j - 1] > thr) != (vals[j] > thr) or known[j] - known[j - 1] > 1.0 / self.cells + 1e-12:
-                    gaps.setdefault(j, []).append(v)
-            if not gaps:
-                break
-            self._score(bundle, [g[len(g) // 2] for g in gaps.values()], target, batch)
-        out = np.empty(len(a))
-        for i, v in enumerate(a):
-            if (target, float(v)) in self.memo:
-                out[i] = self.memo[(target, float(v))]
-            else:
-                j = int(np.searchsorted(known, v))
-                t = (v - known[j - 1]) / (known[j] - known[j - 1])
-                out[i] = (1 - t) * vals[j - 1] + t * vals[j]
-                self.read += 1
-        return out
-
-    def _cell(self, v: float) -> tuple[float, float]:
-        """The ends of the table's cell that holds strength ``v`` (both ``v`` on a node)."""
-        k = self.cells
-        lo, hi = int(np.floor(v * k)), int(np.ceil(v * k))
-        lo -= lo / k > v  # rounding of v * k
-        hi += hi / k < v
-        return max(lo, 0) / k, min(hi, k) / k
-
-    def _score(self, bundle, strengths: list[float], target: str, batch: int | None) -> None:
-        if not strengths:
-            return
-        st = np.asarray(strengths, np.float32)[:, None, None]
-        s = bundle.score_numpy(compose(self.x, self.content, st * self.region[None]), target, batch=batch)
-        self.evaluations += len(strengths)
-        self.memo.update({(target, float(v)): float(x) for v, x in zip(strengths, s)})
+    content = sc["cont"][names[c]]
+    return Edit(compose(x, content, regions[lvl]), regions[lvl], float(SHARES[lvl]), names[c],
+                float(s[c, lvl]), bool(ok[c, lvl]), int(sc["ev"]), content)

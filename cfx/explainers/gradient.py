@@ -11,7 +11,7 @@ unlike the probability itself, does not saturate far inside a class:
 
 The trajectory is checked with the real model: the proposal is the first step (every
 ``check_every``-th) whose VAE decoding, as a local edit of the original
-(:class:`~cfx.explainers.edit.EditModel`, its scores read from the table of the score by edit
+(:class:`~cfx.explainers.edit_model.EditModel`, its scores read from the table of the score by edit
 strength, ``strength_cells``), the target calls normal; it then becomes the smallest valid edit
 (:mod:`cfx.explainers.counterfactual`).
 

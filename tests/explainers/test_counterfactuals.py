@@ -13,6 +13,7 @@ import pytest
 
 from cfx.explainers import REGISTRY
 from cfx.explainers import edit as E
+from cfx.explainers.edit_model import EditModel
 from cfx.metrics import edits as M
 
 CF_METHODS = ("clear", "dice", "gradient", "concepts")
@@ -226,6 +227,41 @@ def test_edits_of_one_explanation_score_each_composition_once():
     assert again.score == first.score and again.share == first.share
 
 
+def test_the_proposals_scans_in_lockstep_find_each_ones_edit_in_fewer_calls():
+    """minimal_edits runs the proposals' scans together, a chunk of each per call: every edit is
+    the one its scan alone finds, the images scored are the same (shared ones once), and the
+    calls are fewer and larger."""
+
+    class Calls(_Toy):
+        forward_batch = 4
+
+        def __init__(self):
+            self.calls, self.images = 0, 0
+
+        def score_numpy(self, images, target="score", batch=None):
+            self.calls, self.images = self.calls + 1, self.images + len(images)
+            return super().score_numpy(images, target, batch)
+
+    rng = np.random.default_rng(4)
+    for _ in range(10):
+        x = rng.random((1, 32, 32)).astype(np.float32)
+        heat = rng.random((32, 32)).astype(np.float32)
+        normal = rng.random((1, 32, 32)).astype(np.float32) * 0.6
+        contents = [{"nearest normal": normal, "generator": rng.random((1, 32, 32)).astype(np.float32) * rng.random()}
+                    for _ in range(4)]
+        changes = [None, None] + [rng.random((32, 32)).astype(np.float32) for _ in range(2)]
+        alone, together = Calls(), Calls()
+        one_by_one = [E.minimal_edit(alone, x, "score", heat, c, ch, scored={}) for c, ch in zip(contents, changes)]
+        memo: dict = {}
+        lockstep = E.minimal_edits(together, x, "score", heat, contents, changes, scored=memo)
+        for a, c in zip(one_by_one, lockstep):
+            assert np.array_equal(a.image, c.image) and (a.share, a.content, a.score, a.valid) == (
+                c.share, c.content, c.score, c.valid)
+        assert together.images == sum(c.evaluations for c in lockstep) == len(memo)
+        assert together.calls < alone.calls
+    assert sum(c.evaluations for c in lockstep) <= sum(a.evaluations for a in one_by_one)
+
+
 def test_edit_model_scores_each_distinct_edit_once():
     """A search's edit is a function of its strength alone: generator images that give the same
     strength (all those clipped at 1 above all) are one image, scored once, with the scores that
@@ -243,7 +279,7 @@ def test_edit_model_scores_each_distinct_edit_once():
     g0 = np.zeros_like(x)
     region = np.zeros((32, 32), np.float32)
     region[8:24, 8:24] = 1.0
-    em = E.EditModel(x, g0, np.zeros_like(x), region, np.full_like(x, 0.5))  # tau: half of 0.5
+    em = EditModel(x, g0, np.zeros_like(x), region, np.full_like(x, 0.5))  # tau: half of 0.5
     g = np.concatenate([rng.uniform(0, 0.2, (5, 1, 32, 32)), rng.uniform(0.5, 1, (7, 1, 32, 32)),
                         np.full((3, 1, 32, 32), 0.1)]).astype(np.float32)
     b = Counting()
@@ -262,7 +298,7 @@ def test_the_edit_model_reads_a_crop_to_its_box_as_the_whole_image():
     x = np.ones((3, 32, 32), np.float32)
     region = np.zeros((32, 32), np.float32)
     region[5:12, 20:30] = rng.uniform(0.1, 1, (7, 10))
-    em = E.EditModel(x, np.zeros_like(x), np.zeros_like(x), region, np.ones_like(x))
+    em = EditModel(x, np.zeros_like(x), np.zeros_like(x), region, np.ones_like(x))
     assert em.box == ((5, 12), (20, 30))
     g = rng.uniform(0, 0.3, (6, 3, 32, 32)).astype(np.float32)
     a = em.strength(g)
@@ -304,7 +340,7 @@ class _Wavy(_Toy):
 
 def _wavy_model(cells):
     x = np.ones((1, 32, 32), np.float32)
-    return E.EditModel(x, np.zeros_like(x), np.zeros_like(x), np.ones((32, 32), np.float32), np.ones_like(x),
+    return EditModel(x, np.zeros_like(x), np.zeros_like(x), np.ones((32, 32), np.float32), np.ones_like(x),
                        cells=cells)
 
 
