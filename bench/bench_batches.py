@@ -11,8 +11,13 @@ A tight loop of back-to-back batches (bench/bench_scoring.py) shows no differenc
 threads never go idle between batches. Inside the methods each batch is preceded by their own
 work (composing the masked images, the regressions), and that is where the workers pay.
 
+``--balanced`` compares instead, both with the workers, a call split into forward batches (the
+last one short; a call of one batch in the calling thread) with the default's balanced split
+(:func:`cfx.batches.split_batches`: a multiple of the workers, sizes within one), which gives the
+counterfactual searches' small calls of 2-7 images to both workers.
+
 Usage: python bench/bench_batches.py [--category tablet] [--detectors patchcore,vae] [--images 2] [--repeats 3]
-       [--methods lime,shap,clear]
+       [--methods lime,shap,clear] [--balanced]
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cfx.data.demo import ensure_demo  # noqa: E402
 from cfx.explainers import REGISTRY, set_data_root  # noqa: E402
+import cfx.models.bundle as MB  # noqa: E402
 from cfx.models.bundle import load_bundle  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -35,10 +41,15 @@ from bench_counterfactuals import flagged_defects  # noqa: E402
 from bench_explainers import loadavg, machine  # noqa: E402
 
 MODES = {"one batch at a time (CFX_BATCH_WORKERS=1)": "1", "one-thread workers (default)": ""}
+#: ``--balanced``: the workers with the calls split into forward batches as before
+#: (:func:`cfx.batches.split_batches` with one worker's split) against the default's balanced split
+BALANCED = {"workers, batches of the forward batch": "unbalanced", "workers, balanced (default)": ""}
+SPLIT = MB.split_batches
 
 
 def run(b, image, method: str, workers: str):
-    if workers:
+    MB.split_batches = (lambda items, batch, w: SPLIT(items, batch, 1)) if workers == "unbalanced" else SPLIT
+    if workers and workers != "unbalanced":
         os.environ["CFX_BATCH_WORKERS"] = workers
     else:
         os.environ.pop("CFX_BATCH_WORKERS", None)
@@ -53,26 +64,29 @@ def main() -> int:
     p.add_argument("--images", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--methods", default="lime,shap,clear")
+    p.add_argument("--balanced", action="store_true",
+                   help="compare the workers' balanced split of a call with its forward batches instead")
     args = p.parse_args()
+    modes = BALANCED if args.balanced else MODES
     root = ensure_demo()
     print(f"{machine()}, load before {loadavg()}\n")
     print(f"Median seconds over {args.images} detected {args.category} defects x {args.repeats} repeats, "
           "the two ways alternating, after a warm-up run of each.\n")
-    print("| detector | method | " + " | ".join(MODES) + " | ratio | largest map difference (of its maximum) |")
+    print("| detector | method | " + " | ".join(modes) + " | ratio | largest map difference (of its maximum) |")
     print("|---|---|---:|---:|---:|---|")
     for det in args.detectors.split(","):
         b = load_bundle("demo", args.category, detector=det)
         set_data_root(b, root)
         images = [im for _, im, _ in flagged_defects(b, root, args.category, args.images)]
         for m in args.methods.split(","):
-            for w in MODES.values():
+            for w in modes.values():
                 run(b, images[0], m, w)  # warm-up
-            secs: dict[str, list[float]] = {k: [] for k in MODES}
+            secs: dict[str, list[float]] = {k: [] for k in modes}
             diff = 0.0
             for img in images:
                 for _ in range(args.repeats):
                     maps = {}
-                    for k, w in MODES.items():
+                    for k, w in modes.items():
                         e = run(b, img, m, w)
                         secs[k].append(e.seconds)
                         maps[k] = e.heatmap
@@ -84,6 +98,7 @@ def main() -> int:
             print(f"| {det} | {m} | {one:.2f} | {pooled:.2f} | {one / pooled:.2f} | "
                   f"{diff:.1e} |", flush=True)
     os.environ.pop("CFX_BATCH_WORKERS", None)
+    MB.split_batches = SPLIT
     print(f"\nLoad after: {loadavg()}")
     return 0
 

@@ -53,6 +53,21 @@ def workers_for(device: torch.device, batches: int, devices: Collection[str] = (
     return max(1, min(torch.get_num_threads(), cap, batches))
 
 
+def split_batches(items: Sequence[T], batch: int, workers: int) -> list[Sequence[T]]:
+    """``items`` in batches of ``batch`` (the last one shorter). For ``workers`` > 1 the number of
+    batches is rounded up to a multiple of ``workers`` (at most one item each) and their sizes
+    differ by at most one, so no worker waits on another's longer batch: 5 images for 2 workers
+    go as 2 + 3, not 4 + 1, and 4 as 2 + 2, not as one batch in the calling thread (measured with
+    PatchCore's batches of 4 on the 2-core CPU: calls of 4-6 images 1.3-1.5x faster per image)."""
+    n, batch = len(items), max(1, batch)
+    if workers <= 1:
+        return [items[i:i + batch] for i in range(0, n, batch)]
+    full = -(-n // batch)
+    k = min(n, -(-full // workers) * workers)
+    edges = [n * i // k for i in range(k + 1)] if k else [0]
+    return [items[a:b] for a, b in zip(edges[:-1], edges[1:])]
+
+
 def map_batches(fn: Callable[[T], R], batches: Sequence[T], workers: int,
                 before: Callable[[T], None] | None = None) -> list[R]:
     """``[fn(b) for b in batches]``, computed by ``workers`` single-threaded workers.

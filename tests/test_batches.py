@@ -52,6 +52,19 @@ def test_workers_for(monkeypatch):
     assert B.workers_for(cpu, 10) == 1
 
 
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 4, 5, 7, 8, 9, 33])
+def test_split_batches_balances_the_workers_and_keeps_every_item_in_order(n):
+    items = list(range(n))
+    one = B.split_batches(items, 4, 1)
+    assert [len(c) for c in one] == [4] * (n // 4) + ([n % 4] if n % 4 else [])  # one at a time: as before
+    two = B.split_batches(items, 4, 2)
+    assert [x for c in two for x in c] == items and all(1 <= len(c) <= 4 for c in two)
+    sizes = [len(c) for c in two]
+    assert not sizes or (max(sizes) - min(sizes) <= 1 and (len(two) % 2 == 0 or n == 1))
+    full = -(-n // 4)  # the batches of 4 it needs, rounded up to pairs
+    assert len(two) == min(n, full + full % 2)
+
+
 def test_patchcore_scores_the_same_counted_and_cancellable_with_workers(demo_bundle, monkeypatch):
     """PatchCore's batches go to the workers: the same scores as one batch at a time (to float32
     rounding), every image counted once, and a cancelled computation stops."""
@@ -65,6 +78,10 @@ def test_patchcore_scores_the_same_counted_and_cancellable_with_workers(demo_bun
         pooled = b.score_numpy(images)
     assert m.evaluations == 10
     np.testing.assert_allclose(pooled, one, rtol=1e-5, atol=1e-4)
+    with metered() as m:  # a call of one batch goes to both workers, halved
+        small = b.score_numpy(images[:4])
+    assert m.evaluations == 4
+    np.testing.assert_allclose(small, one[:4], rtol=1e-5, atol=1e-4)
     stop = threading.Event()
     stop.set()
     with pytest.raises(Cancelled), metered(stop):

@@ -22,7 +22,7 @@ import torch
 from cfx import config, precision
 from cfx.atomic import file_sha256
 from cfx.detectors import DETECTORS, Detector, MultiScoreDetector, load_detector, read_checkpoint, write_checkpoint
-from cfx.batches import map_batches, workers_for
+from cfx.batches import map_batches, split_batches, workers_for
 from cfx.errors import ModelMissingError
 from cfx.meter import tick
 from cfx.models.nets import VAE, Classifier, ConvAutoencoder
@@ -253,7 +253,8 @@ class ModelBundle:
         batch = int(batch or self.forward_batch)
         images = np.asarray(images, dtype=np.float32)
         images = images[None] if images.ndim == 3 else images
-        chunks = [images[i:i + batch] for i in range(0, len(images), batch)]
+        chunks = split_batches(images, batch, workers_for(self.device, len(images), self.detector.parallel_batches)
+                               if self.detector.amp_settled else 1)
         first = [] if self.detector.amp_settled else chunks[:1]  # the precision settles in this thread
         out = [self.score(self.to_tensor(c), target).double().cpu().numpy() for c in first]
         rest = chunks[len(first):]
