@@ -277,12 +277,8 @@ def decode_numpy(bundle, Z: np.ndarray, box: tuple[tuple[int, int], tuple[int, i
     """The AE's decodings of latents ``Z`` (N, d): whole images, or only their crop to ``box``
     (``((r0, r1), (c0, c1))``, :meth:`~cfx.models.nets.ConvAutoencoder.decode_crop`)."""
     z = torch.as_tensor(np.asarray(Z), dtype=torch.float32, device=bundle.device)
-    if box is None:
-        return bundle.ae.decode(z).float().cpu().numpy()
-    (r0, r1), (c0, c1) = box
-    if r1 <= r0 or c1 <= c0:
-        return np.zeros((len(z), bundle.channels, max(0, r1 - r0), max(0, c1 - c0)), np.float32)
-    return bundle.ae.decode_crop(z, box[0], box[1]).float().cpu().numpy()
+    g = bundle.ae.decode(z) if box is None else bundle.ae.decode_crop(z, box[0], box[1])
+    return g.float().cpu().numpy()
 
 
 @register

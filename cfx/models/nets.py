@@ -80,6 +80,8 @@ class ConvAutoencoder(nn.Module):
         Returns:
             (N, C, r1 - r0, c1 - c0).
         """
+        if rows[1] <= rows[0] or cols[1] <= cols[0]:  # an empty crop
+            return z.new_zeros(len(z), self.channels, max(0, rows[1] - rows[0]), max(0, cols[1] - cols[0]))
         if (rows[1] - rows[0]) * (cols[1] - cols[0]) > CROP_SHARE * self.image_size ** 2:
             return self.decode(z)[:, :, rows[0]:rows[1], cols[0]:cols[1]]
         convs = [m for m in self.dec if isinstance(m, nn.ConvTranspose2d)]

@@ -109,6 +109,7 @@ def test_cropped_decoding_is_the_crop_of_the_whole_decoding(channels):
                            ((30, 31), (30, 31)), ((0, 64), (40, 41)), ((2, 60), (1, 63))]:  # the last: whole, cut
             crop = ae.decode_crop(z, rows, cols)
             torch.testing.assert_close(crop, whole[:, :, rows[0]:rows[1], cols[0]:cols[1]], rtol=0, atol=1e-6)
+        assert ae.decode_crop(z, (5, 5), (0, 64)).shape == (3, channels, 0, 64)  # an empty box: no pixels
 
 
 def test_auroc_standard_error_matches_hanley_mcneil():
