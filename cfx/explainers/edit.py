@@ -171,25 +171,24 @@ class Edit:
     content_image: np.ndarray = field(repr=False, default=None)  # type: ignore[assignment]
 
 
-def image_keys(images: np.ndarray, target: str) -> list[bytes]:
-    """The keys of :func:`score_once`'s memo: a hash of each image's bytes, per target."""
+def score_once(bundle, images: np.ndarray, target: str,
+               scored: dict[bytes, float] | None) -> tuple[np.ndarray, np.ndarray]:
+    """The target's scores of ``images``, those already in ``scored`` (by the images' bytes) not
+    scored again; returns (scores, which images this call scored: the first of each new one).
+    ``scored`` takes the new ones."""
+    if scored is None:
+        return bundle.score_numpy(images, target), np.ones(len(images), bool)
     import hashlib
 
-    return [hashlib.blake2b(im.tobytes(), digest_size=16, person=target.encode()[:16]).digest() for im in images]
-
-
-def score_once(bundle, images: np.ndarray, target: str, scored: dict[bytes, float] | None) -> tuple[np.ndarray, int]:
-    """The target's scores of ``images``, those already in ``scored`` (by the images' bytes) not
-    scored again; returns (scores, images scored). ``scored`` takes the new ones."""
-    if scored is None:
-        return bundle.score_numpy(images, target), len(images)
-    keys = image_keys(images, target)
-    new = list(dict.fromkeys(k for k in keys if k not in scored))
-    if new:
-        first = {k: i for i, k in reversed(list(enumerate(keys)))}
-        s = bundle.score_numpy(images[[first[k] for k in new]], target)
-        scored.update({k: float(v) for k, v in zip(new, s)})
-    return np.array([scored[k] for k in keys], np.float64), len(new)
+    keys = [hashlib.blake2b(im.tobytes(), digest_size=16, person=target.encode()[:16]).digest() for im in images]
+    first = {k: i for i, k in reversed(list(enumerate(keys))) if k not in scored}
+    here = np.zeros(len(images), bool)
+    if first:
+        idx = sorted(first.values())
+        s = bundle.score_numpy(images[idx], target)
+        scored.update({keys[i]: float(v) for i, v in zip(idx, s)})
+        here[idx] = True
+    return np.array([scored[k] for k in keys], np.float64), here
 
 
 def minimal_edit(bundle, x: np.ndarray, target: str, heat: np.ndarray, contents: dict[str, np.ndarray],
@@ -219,6 +218,45 @@ def minimal_edit(bundle, x: np.ndarray, target: str, heat: np.ndarray, contents:
     return minimal_edits(bundle, x, target, heat, [contents], [change], margin_levels, chunk, scored)[0]
 
 
+@dataclass
+class _Scan:
+    """One proposal's scan in :func:`minimal_edits`: the scores so far by content and level."""
+
+    contents: dict[str, np.ndarray]
+    regions: np.ndarray
+    step: int  # levels per round
+    s: np.ndarray  # (contents, levels), inf where not scored
+    done: int = 0  # levels scored
+    evaluations: int = 0
+
+    def next_chunk(self, x: np.ndarray) -> tuple[slice, np.ndarray]:
+        lv = slice(self.done, min(len(self.regions), self.done + self.step))
+        return lv, np.concatenate([compose(x, c, self.regions[lv]) for c in self.contents.values()])
+
+    def finished(self, thr: float, margin_levels: int) -> bool:
+        """Every level scored, or the smallest valid level and its margin levels are."""
+        ok = self.s <= thr
+        return self.done >= len(self.regions) or bool(
+            ok.any() and self.done > min(len(self.regions) - 1, int(np.argmax(ok.any(0))) + margin_levels))
+
+    def edit(self, x: np.ndarray, thr: float, margin_levels: int) -> Edit:
+        """The edit the finished scan found (``valid`` False, whole image and the best-scoring
+        content, when none is)."""
+        s, regions, names, n_lv = self.s, self.regions, list(self.contents), len(self.regions)
+        ok = s <= thr
+        if ok.any():
+            lvl = int(np.argmax(ok.any(0)))
+            c = int(np.argmax(ok[:, lvl]))
+            for _ in range(margin_levels):
+                if lvl + 1 < n_lv and ok[c, lvl + 1]:
+                    lvl += 1
+        else:
+            lvl, c = n_lv - 1, int(np.argmin(s[:, -1]))
+        content = self.contents[names[c]]
+        return Edit(compose(x, content, regions[lvl]), regions[lvl], float(SHARES[lvl]), names[c],
+                    float(s[c, lvl]), bool(ok[c, lvl]), self.evaluations, content)
+
+
 def minimal_edits(bundle, x: np.ndarray, target: str, heat: np.ndarray, contents: list[dict[str, np.ndarray]],
                   changes: list[np.ndarray | None], margin_levels: int = MARGIN_LEVELS, chunk: int | None = None,
                   scored: dict[bytes, float] | None = None) -> list[Edit]:
@@ -230,51 +268,17 @@ def minimal_edits(bundle, x: np.ndarray, target: str, heat: np.ndarray, contents
     memo = scored if scored is not None or len(contents) == 1 else {}
     scans = []
     for cont, change in zip(contents, changes):
-        regions, names = level_regions(priority_map(heat, change)), list(cont)
-        step = max(1, int(chunk or getattr(bundle, "forward_batch", 0) or len(regions) * len(names)) // len(names))
-        scans.append({"cont": cont, "regions": regions, "names": names, "step": step, "done": 0, "ev": 0,
-                      "s": np.full((len(names), len(regions)), np.inf)})
-    live = list(scans)
+        regions = level_regions(priority_map(heat, change))
+        step = max(1, int(chunk or getattr(bundle, "forward_batch", 0) or len(regions) * len(cont)) // len(cont))
+        scans.append(_Scan(cont, regions, step, np.full((len(cont), len(regions)), np.inf)))
+    live = scans
     while live:
-        parts = []
-        for sc in live:
-            sc["lv"] = slice(sc["done"], min(len(sc["regions"]), sc["done"] + sc["step"]))
-            parts.append(np.concatenate([compose(x, sc["cont"][n], sc["regions"][sc["lv"]]) for n in sc["names"]]))
-        batch = np.concatenate(parts)
-        keys = None if memo is None else image_keys(batch, target)
-        fresh = None if memo is None else [k not in memo for k in keys]
-        scores, _ = score_once(bundle, batch, target, memo)
-        at, counted = 0, set()
-        for sc, part in zip(live, parts):
-            n_lv = len(sc["regions"])
-            sc["s"][:, sc["lv"]] = scores[at:at + len(part)].reshape(len(sc["names"]), -1)
-            if memo is None:
-                sc["ev"] += len(part)
-            else:
-                for k, f in zip(keys[at:at + len(part)], fresh[at:at + len(part)]):
-                    sc["ev"] += f and k not in counted
-                    counted.add(k)
-            at += len(part)
-            sc["done"] = sc["lv"].stop
-            ok = sc["s"] <= thr
-            sc["open"] = sc["done"] < n_lv and not (ok.any() and sc["done"] > min(
-                n_lv - 1, int(np.argmax(ok.any(0))) + margin_levels))  # the smallest valid level and its margin
-        live = [sc for sc in live if sc["open"]]
-    return [_chosen(x, sc, thr, margin_levels) for sc in scans]
-
-
-def _chosen(x: np.ndarray, sc: dict[str, Any], thr: float, margin_levels: int) -> Edit:
-    """The edit a finished scan of :func:`minimal_edits` found."""
-    s, regions, names, n_lv = sc["s"], sc["regions"], sc["names"], len(sc["regions"])
-    ok = s <= thr
-    if ok.any():
-        lvl = int(np.argmax(ok.any(0)))
-        c = int(np.argmax(ok[:, lvl]))
-        for _ in range(margin_levels):
-            if lvl + 1 < n_lv and ok[c, lvl + 1]:
-                lvl += 1
-    else:
-        lvl, c = n_lv - 1, int(np.argmin(s[:, -1]))
-    content = sc["cont"][names[c]]
-    return Edit(compose(x, content, regions[lvl]), regions[lvl], float(SHARES[lvl]), names[c],
-                float(s[c, lvl]), bool(ok[c, lvl]), int(sc["ev"]), content)
+        chunks = [sc.next_chunk(x) for sc in live]
+        scores, here = score_once(bundle, np.concatenate([images for _, images in chunks]), target, memo)
+        at = 0
+        for sc, (lv, images) in zip(live, chunks):
+            sc.s[:, lv] = scores[at:at + len(images)].reshape(len(sc.contents), -1)
+            sc.evaluations += int(here[at:at + len(images)].sum())
+            sc.done, at = lv.stop, at + len(images)
+        live = [sc for sc in live if not sc.finished(thr, margin_levels)]
+    return [sc.edit(x, thr, margin_levels) for sc in scans]
