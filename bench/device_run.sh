@@ -2,17 +2,38 @@
 # Issue 14's GPU figures in one prepared run, for a session that is lent a device machine
 # (the `run` tool runs this in the repository root; results come back under $OUT):
 #   bash bench/device_run.sh
-# It installs the pinned requirements if torch is missing, then records the device, the precision
-# each detector settles on (cfx/precision.py) and all seven methods on two demo defects per
-# category with PatchCore and the VAE (bench_explainers.py), each section under a time limit.
+# The device machine has torch, numpy, pandas, scikit-learn, scikit-image and opencv but no package
+# registry: the other runtime dependencies travel as wheels in .whl/ (ignored by git; see
+# BENCHMARKS.md, "GPU"), installed here with --no-deps into /tmp/site. Then it records the device,
+# one evaluation by forward batch and precision (bench_gpu.py) and all seven methods on two demo
+# defects per category with PatchCore and the VAE (bench_explainers.py), each under a time limit.
 set -uo pipefail
 out="${OUT:-bench/out/device}"
 mkdir -p "$out"
-python -c "import torch" 2>/dev/null || pip install -q -r requirements.txt >"$out/pip.log" 2>&1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$out/gpu.csv" 2>&1
-for det in patchcore vae; do
-  timeout 240 python bench/bench_explainers.py --detector "$det" --no-baselines --images 2 --repeats 1 \
-    --out "$out/explainers_$det.md" --json "$out/explainers_$det.json" 2>"$out/explainers_$det.err"
-  echo "$det: exit $?" >>"$out/status.txt"
-done
-cat "$out"/explainers_*.md 2>/dev/null | head -80
+export PYTHONUNBUFFERED=1
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    >>"$out/log.txt" 2>&1 && export PYTHONPATH=/tmp/site
+elif ! python3 -c "import shap, lime, dice_ml, captum, efficientnet_lite_pytorch" 2>/dev/null; then
+  python3 -m pip install -q -r requirements.txt >>"$out/log.txt" 2>&1
+fi
+{ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
+  python3 -c "import torch, numpy, pandas; print('torch', torch.__version__, 'numpy', numpy.__version__, 'pandas', pandas.__version__)"
+  nproc; } >"$out/gpu.txt" 2>&1
+python3 -m cfx data demo >/dev/null 2>>"$out/log.txt"
+quick=${CFX_DEVICE_QUICK:+--categories brick}  # a check of this script on a CPU
+step() {  # name, limit (s), command...
+  local name=$1 limit=$2; shift 2
+  local t0=$SECONDS
+  echo "== $name" >>"$out/log.txt"
+  timeout "$limit" "$@" >"$out/$name.md" 2>>"$out/log.txt"
+  echo "$name: exit $? in $((SECONDS - t0)) s" | tee -a "$out/gpu.txt"
+}
+step explainers_patchcore 180 python3 bench/bench_explainers.py --detector patchcore --no-baselines --images 2 \
+  --repeats 1 --json "$out/explainers_patchcore.json" $quick
+step gpu 80 python3 bench/bench_gpu.py --repeats 5 $quick
+step explainers_vae 110 python3 bench/bench_explainers.py --detector vae --no-baselines --images 2 --repeats 1 \
+  --json "$out/explainers_vae.json" $quick
+cat "$out/gpu.txt"
+for f in explainers_patchcore explainers_vae gpu; do grep -v "^$" "$out/$f.md" | grep -v "^|---"; done
+grep -iE "error|traceback|failed" "$out/log.txt" | head -20

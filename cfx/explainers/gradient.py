@@ -164,7 +164,7 @@ class LatentGradient(CounterfactualExplainer):
             u = u0.clone().detach().requires_grad_(True)
             opt = torch.optim.Adam([u], lr=float(params["lr"]))
             traj, probs = [], []
-            goal = torch.full((ens.n_members,), 1.0 if want_anomalous else 0.0)
+            goal = torch.full((ens.n_members,), 1.0 if want_anomalous else 0.0, device=z0.device)
             for _ in range(int(params["max_steps"]) + 1):
                 z = u * sd + ens.mean
                 logits = ens.logits(z[None])[:, 0]
