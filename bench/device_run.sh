@@ -6,7 +6,8 @@
 # registry: the other runtime dependencies travel as wheels in .whl/ (ignored by git; see
 # BENCHMARKS.md, "GPU"), installed here with --no-deps into /tmp/site. Then it records the device,
 # one evaluation by forward batch and precision (bench_gpu.py) and all seven methods on two demo
-# defects per category with PatchCore and the VAE (bench_explainers.py), each under a time limit.
+# defects per category with PatchCore and the VAE (bench_explainers.py) and a profile of one call
+# (profile_explain.py), each under a time limit.
 set -uo pipefail
 out="${OUT:-bench/out/device}"
 mkdir -p "$out"
@@ -34,6 +35,7 @@ step explainers_patchcore 180 python3 bench/bench_explainers.py --detector patch
 step gpu 80 python3 bench/bench_gpu.py --repeats 5 $quick
 step explainers_vae 110 python3 bench/bench_explainers.py --detector vae --no-baselines --images 2 --repeats 1 \
   --json "$out/explainers_vae.json" $quick
+step profile 60 python3 bench/profile_explain.py --detector patchcore --category brick --top 25
 cat "$out/gpu.txt"
 for f in explainers_patchcore explainers_vae gpu; do grep -v "^$" "$out/$f.md" | grep -v "^|---"; done
 grep -iE "error|traceback|failed" "$out/log.txt" | head -20

@@ -17,7 +17,7 @@ strength, ``strength_cells``), the target calls normal; it then becomes the smal
 
 The ensemble lives in ``<models>/<dataset>/<category>/ensemble.pt`` (written by
 ``python -m cfx train``, through :func:`cfx.training.ensemble.train_latent_ensemble`); it is loaded
-once per bundle (``bundle.loaded``). Explaining never trains: if the file is missing or belongs to
+once per bundle (``bundle.loaded``), on the CPU, where its steps are cheapest. Explaining never trains: if the file is missing or belongs to
 other weights, :class:`~cfx.errors.ModelMissingError` names the command.
 """
 from __future__ import annotations
@@ -105,8 +105,7 @@ def load_latent_ensemble(bundle, path: Path | None = None) -> LatentEnsemble:
         if ens is None:
             raise ModelMissingError(f"{reason}: run python -m cfx train --detector vae --category {bundle.category}"
                                     + ("" if bundle.dataset == "demo" else " --data-root <its data root>"))
-        ens = ens.to(bundle.device)
-        if path is None:
+        if path is None:  # kept on the CPU: see _trajectory
             bundle.loaded.latent_ensemble = ens
         return ens
 
@@ -130,7 +129,7 @@ class LatentGradient(CounterfactualExplainer):
             z0, zc = b.vae.encode(b.to_tensor(np.stack([ctx.image, ctx.content]))).float()
         g0, gc = self._decode(torch.stack([z0, zc]))
         em = ctx.edit_model(g0, gc)
-        traj, probs = self._trajectory(ens, z0, False, params)
+        traj, probs = self._trajectory(ens, z0.cpu(), False, params)
         every = max(1, int(params["check_every"]))
         # the ensemble's loss keeps pulling after it crosses 0.5, so every step is a candidate
         steps = [i for i in range(every, len(traj)) if i % every == 0 or i == len(traj) - 1]
@@ -158,6 +157,9 @@ class LatentGradient(CounterfactualExplainer):
 
     def _trajectory(self, ens: LatentEnsemble, z0: torch.Tensor, want_anomalous: bool, params: dict[str, Any]
                     ) -> tuple[torch.Tensor, np.ndarray]:
+        """Adam steps of ``z0`` against the ensemble, on the CPU: the ensemble is a few small MLPs
+        on one latent, so on CUDA each step would be dozens of tiny kernel launches and a
+        synchronisation (measured on an H200: about 1 s for the 300 steps; BENCHMARKS.md)."""
         sd = ens.std
         u0 = (z0 - ens.mean) / sd
         with torch.inference_mode(False), torch.enable_grad():

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cfx import config, precision
+from cfx import config, gpu, precision
 from cfx.atomic import file_sha256
 from cfx.detectors import DETECTORS, Detector, MultiScoreDetector, load_detector, read_checkpoint, write_checkpoint
 from cfx.batches import map_batches, split_batches, workers_for
@@ -229,14 +229,12 @@ class ModelBundle:
     def _evaluate(self, x: torch.Tensor, target: str) -> torch.Tensor:
         """:meth:`score` without the count."""
         t = self.target(target)
-        if t.name == "classifier":
-            return self.classifier.proba(x)
-        if not self.detector.amp_settled and len(x):
+        if t.name != "classifier" and not self.detector.amp_settled and len(x):
             with self.lock:  # the detector's precision, decided once on the first batch it scores
                 precision.settle(self.detector, x.detach())
-        if t.name == "score":
-            return self.detector.score(x)
-        return self.detector.part_score(x, t.key)
+        fn = {"classifier": lambda b: self.classifier.proba(b), "score": self.detector.score}.get(
+            t.name, lambda b: self.detector.part_score(b, t.key))
+        return gpu.padded(fn, x, self.forward_batch)  # on CUDA: a few batch shapes
 
     def to_tensor(self, images: np.ndarray) -> torch.Tensor:
         t = torch.as_tensor(np.asarray(images, dtype=np.float32))
@@ -275,9 +273,9 @@ class ModelBundle:
         clf = self.parts.get("classifier")
         for i in range(0, len(images), batch):
             x = self.to_tensor(images[i:i + batch])
-            a = dict(self.detector.analyse(x))
+            a = dict(gpu.padded(self.detector.analyse, x, batch))
             if clf is not None:
-                a["classifier"] = clf.proba(x)
+                a["classifier"] = gpu.padded(clf.proba, x, batch)
             for k, v in a.items():
                 parts.setdefault(k, []).append(v.float().cpu().numpy())
         out = {k: np.concatenate(v) for k, v in parts.items()}
@@ -388,6 +386,7 @@ def load_bundle(dataset: str, category: str, device: torch.device | str | None =
         m.to(dev).to(memory_format=torch.channels_last)
     name = detector or default_detector(dets)
     b = ModelBundle(dataset, category, dets, default_detector(dets), mods, mean, std, clf_thr, card, dev)
+    gpu.prepare(b)  # CUDA: strict float32, cuDNN's plans for every batch shape
     return b.using(name)
 
 
