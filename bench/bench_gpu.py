@@ -5,9 +5,9 @@ For each detector (VAE, PatchCore) and demo category, on the category's real dem
 
 * the precision each variant reaches: the largest absolute difference of the combined score from
   strict float32 (TF32 off for matrix products and convolutions, cfx's setting on CUDA:
-  :func:`cfx.gpu.strict_float32`), for TF32 (torch's default for cuDNN's convolutions), float16
-  and bfloat16 autocast of the network part (:mod:`cfx.precision`), and which one the detector
-  settles on (:func:`cfx.precision.settle`);
+  :func:`cfx.gpu.strict_float32`), for TF32 in convolutions and matrix products (torch's default
+  has it in cuDNN's convolutions), float16 and bfloat16 autocast of the network part
+  (:mod:`cfx.precision`), and which one the detector settles on (:func:`cfx.precision.settle`);
 * milliseconds per image at forward batches 1-512 in strict float32, in TF32 and in the settled
   precision (device-synchronised, median of ``--repeats`` after a warm-up);
 * the first call at a batch size not seen before against the next call at that size (cuDNN plans
@@ -109,7 +109,7 @@ def bench(detector: str, category: str, root, batches: list[int], repeats: int) 
     with tf32(False):
         ref = scores(det, x_chk, None)
     dev_of = {}
-    for name, amp, allow in (("TF32 (torch's default for convolutions)", None, True),
+    for name, amp, allow in (("TF32 (convolutions and matrix products)", None, True),
                              ("float16 autocast", torch.float16, False), ("bfloat16 autocast", torch.bfloat16, False)):
         if dev.type not in precision.AMP_DEVICES:
             continue

@@ -5,8 +5,10 @@ On CUDA a detector's network part (the VAE's encoder and decoder, PatchCore's tr
 Mahalanobis distance, the nearest-neighbour search) always runs in float32. Whether it may is
 measured, not assumed: :func:`settle` scores the first batch a detector is asked to score in both
 precisions and keeps the first candidate whose every score (the combined one and its parts) lies
-within :data:`TOLERANCE` of float32's; otherwise the detector stays in float32. The CPU always
-stays in float32 (no fast half-precision path on the CPUs cfx targets; measured: no bf16).
+within :data:`TOLERANCE` of float32's; otherwise the detector stays in float32. On CUDA that
+float32 is strict (:func:`cfx.gpu.strict_float32`: no TF32, which alone moved the demo detectors'
+scores by up to 0.08; on an H200 no demo detector passed the check). The CPU always stays in
+float32 (no fast half-precision path on the CPUs cfx targets; measured: no bf16).
 
 The check calls the detector directly, so its forward passes are not counted as an explanation's
 evaluations (:mod:`cfx.meter` counts :meth:`cfx.models.bundle.ModelBundle.score`).
