@@ -17,8 +17,9 @@ strength, ``strength_cells``), the target calls normal; it then becomes the smal
 
 The ensemble lives in ``<models>/<dataset>/<category>/ensemble.pt`` (written by
 ``python -m cfx train``, through :func:`cfx.training.ensemble.train_latent_ensemble`); it is loaded
-once per bundle (``bundle.loaded``), on the CPU, where its steps are cheapest. Explaining never trains: if the file is missing or belongs to
-other weights, :class:`~cfx.errors.ModelMissingError` names the command.
+once per bundle (``bundle.loaded``), on the CPU, where its steps are cheapest. Explaining never
+trains: if the file is missing or belongs to other weights, :class:`~cfx.errors.ModelMissingError`
+names the command.
 """
 from __future__ import annotations
 

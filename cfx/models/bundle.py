@@ -229,11 +229,12 @@ class ModelBundle:
     def _evaluate(self, x: torch.Tensor, target: str) -> torch.Tensor:
         """:meth:`score` without the count."""
         t = self.target(target)
-        if t.name != "classifier" and not self.detector.amp_settled and len(x):
+        if t.name == "classifier":
+            return gpu.padded(self.classifier.proba, x, self.forward_batch)
+        if not self.detector.amp_settled and len(x):
             with self.lock:  # the detector's precision, decided once on the first batch it scores
                 precision.settle(self.detector, x.detach())
-        fn = {"classifier": lambda b: self.classifier.proba(b), "score": self.detector.score}.get(
-            t.name, lambda b: self.detector.part_score(b, t.key))
+        fn = self.detector.score if t.name == "score" else (lambda b: self.detector.part_score(b, t.key))
         return gpu.padded(fn, x, self.forward_batch)  # on CUDA: a few batch shapes
 
     def to_tensor(self, images: np.ndarray) -> torch.Tensor:
