@@ -7,10 +7,11 @@
 * :mod:`~cfx.metrics.detection`: how well a detector separates good from defective parts
   (``python -m cfx evaluate``, the Detector page).
 """
-from cfx.metrics.jaccard import (NEGLIGIBLE, JaccardCurve, best_mask, explanation_map, jaccard,  # noqa: F401
-                                 optimal_jaccard, pixel_auroc)
+from cfx.metrics.jaccard import (NEGLIGIBLE, JaccardCurve, auroc, best_mask, explanation_map,  # noqa: F401
+                                 jaccard, optimal_jaccard, pixel_auroc)
 from cfx.metrics.edits import (CHANGE_EPS, LOCALITY_DILATION, diversity, edit_area, edit_metrics,  # noqa: F401
                                independent_realism, locality)
 
-__all__ = ["NEGLIGIBLE", "JaccardCurve", "optimal_jaccard", "jaccard", "explanation_map", "pixel_auroc", "best_mask",
+__all__ = ["NEGLIGIBLE", "JaccardCurve", "optimal_jaccard", "jaccard", "explanation_map", "auroc", "pixel_auroc",
+           "best_mask",
            "CHANGE_EPS", "LOCALITY_DILATION", "diversity", "edit_area", "edit_metrics", "independent_realism", "locality"]

@@ -13,6 +13,7 @@ from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score, roc_curve
 
 from cfx.data.mvtec import MVTecDataset
 from cfx.atomic import clean_json
+from cfx.metrics.jaccard import auroc
 
 
 def _auroc(y: np.ndarray, s: np.ndarray) -> float | None:
@@ -58,7 +59,7 @@ def evaluate_category(bundle, root: str | Path, category: str) -> dict[str, Any]
     if (sel & (y == 1)).any():
         heat = a["heatmap"][sel].ravel()
         truth = arr.masks[sel].ravel()
-        out["pixel_auroc"] = float(roc_auc_score(truth, heat))
+        out["pixel_auroc"] = auroc(truth, heat)
     else:
         out["pixel_auroc"] = None
     per = {}

@@ -177,8 +177,45 @@ def explanation_map(explanation, k: int = 0) -> np.ndarray | None:
     return None if d is None else np.abs(np.asarray(d, dtype=np.float32))
 
 
+def auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """The area under the ROC curve by mid-ranks (the Mann-Whitney U over positives times negatives):
+    the value of scikit-learn's ``roc_auc_score`` (ties count half), from one sort and no threshold
+    sweep: about 3 times faster on a category's pooled pixels (1.3 M; BENCHMARKS.md, issue 16).
+
+    Args:
+        labels: truth (N,), boolean or 0/1.
+        scores: finite scores (N,); higher means more likely positive.
+
+    Returns:
+        The AUROC, or None when the labels are all of one class (or there are none).
+
+    Raises:
+        ValueError: scores that are not finite, or shapes that differ.
+    """
+    y = np.asarray(labels).ravel().astype(bool)
+    s = np.asarray(scores).ravel()
+    if y.shape != s.shape:
+        raise ValueError(f"{y.size} labels against {s.size} scores")
+    if not np.isfinite(s).all():
+        raise ValueError("the scores contain NaN or infinity")
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if not n_pos or not n_neg:
+        return None
+    order = np.argsort(s)  # tied scores are grouped below, so their order does not matter
+    ss = s[order]
+    new = np.empty(ss.size, bool)
+    new[0] = True
+    np.not_equal(ss[1:], ss[:-1], out=new[1:])
+    starts = np.flatnonzero(new)  # first index of each run of tied scores
+    counts = np.diff(np.append(starts, ss.size))
+    mid_rank = starts + (counts + 1) / 2.0  # 1-based mean rank of each run
+    pos = np.add.reduceat(y[order].astype(np.float64), starts)  # positives in each run
+    return float((pos @ mid_rank - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
 def pixel_auroc(heats: Iterable[np.ndarray], masks: Iterable[np.ndarray]) -> float | None:
-    """Pixel-level AUROC of maps against masks, pooled over images (scikit-learn).
+    """Pixel-level AUROC of maps against masks, pooled over images (:func:`auroc`).
 
     Args:
         heats: maps (H, W) (a stacked array or a list; None entries are left out).
@@ -188,8 +225,6 @@ def pixel_auroc(heats: Iterable[np.ndarray], masks: Iterable[np.ndarray]) -> flo
         The AUROC, or None when the pooled pixels are all of one class (or there are none).
         NaN map values count as the lowest score.
     """
-    from sklearn.metrics import roc_auc_score
-
     hs, ms = [], []
     for h, m in zip(heats, masks):
         if h is None:
@@ -205,4 +240,4 @@ def pixel_auroc(heats: Iterable[np.ndarray], masks: Iterable[np.ndarray]) -> flo
     finite = h[np.isfinite(h)]
     low = (finite.min() - 1.0) if finite.size else 0.0
     h = np.where(np.isnan(h), low, h)
-    return float(roc_auc_score(m, h))
+    return auroc(m, h)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cfx.explainers.base import Counterfactual, Explanation
-from cfx.metrics import NEGLIGIBLE, best_mask, explanation_map, jaccard, optimal_jaccard, pixel_auroc
+from cfx.metrics import NEGLIGIBLE, auroc, best_mask, explanation_map, jaccard, optimal_jaccard, pixel_auroc
 
 
 def brute_force(heat: np.ndarray, mask: np.ndarray, positive_only: bool = True,
@@ -190,3 +190,30 @@ def test_pixel_auroc():
     assert pixel_auroc([None, perfect[0]], masks[:2]) == 1.0
     assert pixel_auroc(noise, np.zeros_like(masks)) is None
     assert pixel_auroc([], []) is None
+
+
+@pytest.mark.parametrize("ties", ["none", "rounded", "half zero", "all equal"])
+def test_auroc_equals_scikit_learn(ties):
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(len(ties))
+    y = rng.random(20000) < 0.07
+    s = (rng.random(20000) + 0.4 * y).astype(np.float32)
+    if ties == "rounded":
+        s = np.round(s, 1)
+    elif ties == "half zero":
+        s[: len(s) // 2] = 0
+    elif ties == "all equal":
+        s[:] = 0.5
+    assert auroc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+
+
+def test_auroc_edges():
+    assert auroc([0, 1], [0.2, 0.9]) == 1.0
+    assert auroc([1, 0], [0.2, 0.9]) == 0.0
+    assert auroc([1, 1], [0.2, 0.9]) is None
+    assert auroc([], []) is None
+    with pytest.raises(ValueError, match="NaN"):
+        auroc([0, 1], [0.2, np.nan])
+    with pytest.raises(ValueError, match="labels against"):
+        auroc([0, 1, 1], [0.2, 0.3])
