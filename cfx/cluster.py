@@ -1,9 +1,11 @@
 """Dask distributed for cfx's batch work (:mod:`cfx.audit.distributed`, :mod:`cfx.inspection`):
-the client (:func:`dask_client`: an existing scheduler, or a LocalCluster of one single-threaded
-process per core on loopback), and the worker side: the run's models loaded once per worker
-process and content hash (:func:`worker_bundle`; never pickled per task) and its images read once
-(:func:`worker_arrays`). Local workers are niced (:data:`WORKER_NICE`) so that the app's other
-sessions keep their share of the CPU; on a CUDA machine a worker's models load on its GPU.
+the client (:func:`dask_client`: an existing scheduler, or a LocalCluster on loopback of one
+single-threaded process per core, :data:`GPU_WORKERS` on a CUDA machine), and the worker side:
+the run's models loaded once per worker process and content hash (:func:`worker_bundle`; never
+pickled per task) and its images read once (:func:`worker_arrays`). Local workers are niced
+(:data:`WORKER_NICE`) so that the app's other sessions keep their share of the CPU; on a CUDA
+machine a worker's models load on its default GPU (a cluster with one worker per GPU, such as
+dask-cuda's, can be used through ``--scheduler``).
 """
 from __future__ import annotations
 
@@ -20,11 +22,24 @@ from cfx.errors import DataError
 log = logging.getLogger(__name__)
 #: niceness of the local workers (the app's own sessions keep their share of the CPU)
 WORKER_NICE = 10
+#: local workers on a CUDA machine, all on its default GPU. Measured on an H200 with 16 cores
+#: (BENCHMARKS.md, issue 16): warm, 2 workers took 0.70-0.73 of one process's time, their units
+#: 1.26x as long as alone (the GPU is shared); cold, each worker's own CUDA start (about 20 s)
+#: outweighs a category's work, and 4 workers were no faster than 2. One worker per core would
+#: start 16 CUDA contexts on one GPU.
+GPU_WORKERS = 2
+
+
+def cores() -> int:
+    """The cores this process may run on."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
 def default_workers() -> int:
-    """One worker per core."""
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    """One worker per core; on a CUDA machine :data:`GPU_WORKERS` (at most one per core)."""
+    import torch
+
+    return min(cores(), GPU_WORKERS) if torch.cuda.is_available() else cores()
 
 
 @contextlib.contextmanager
@@ -191,5 +206,5 @@ if __name__ == "__main__":
     import argparse
 
     _p = argparse.ArgumentParser(description="a LocalCluster for cfx (started by cfx.cluster.local_cluster)")
-    _p.add_argument("--workers", type=int, default=default_workers())
-    _serve(max(1, _p.parse_args().workers))
+    _p.add_argument("--workers", type=int, help="worker processes (default: default_workers())")
+    _serve(max(1, _p.parse_args().workers or default_workers()))

@@ -32,3 +32,14 @@ def test_a_cluster_that_cannot_start_says_why(monkeypatch):
     with pytest.raises(DataError, match="did not start"):
         with local_cluster(1, start_timeout=20):
             pass
+
+
+@pytest.mark.parametrize("cuda, n_cores, expected", [(False, 2, 2), (False, 16, 16), (True, 16, 2), (True, 1, 1)])
+def test_default_workers_one_per_core_or_two_on_a_gpu(monkeypatch, cuda, n_cores, expected):
+    import torch
+
+    import cfx.cluster as C
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(C, "cores", lambda: n_cores)
+    assert C.default_workers() == expected

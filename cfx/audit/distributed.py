@@ -26,8 +26,8 @@ from cfx import config
 from cfx.audit.results import DEFAULT_CUTOFF, AuditResult, ProgressFn
 from cfx.cluster import (
     WorkerSpec,
+    cores,
     dask_client,
-    default_workers,
     worker_arrays,
     worker_bundle,
 )
@@ -120,7 +120,7 @@ def _run_tasks(client, spec: WorkerSpec, todo: list[tuple[str, str, str]], targe
     from distributed import as_completed
 
     n_workers = max(1, len(client.scheduler_info().get("workers", {})) or 1)
-    spec = replace(spec, threads=max(1, default_workers() // n_workers) if n_workers < default_workers() else 1)
+    spec = replace(spec, threads=max(1, cores() // n_workers))  # the cores the workers leave idle
     futures = [client.submit(audit_unit, spec, name, m, target, params[m], seed, key=f"cfx-unit-{key}",
                              pure=False, retries=2) for key, name, m in todo]
     stopped = False

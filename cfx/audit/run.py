@@ -260,7 +260,7 @@ class AuditJob:
             two torch threads already keeps both cores busy, and the cluster's processes measured
             slower (BENCHMARKS.md); the cluster itself runs in a child process
             (:func:`cfx.cluster.local_cluster`), so ``dask`` works from the app too.
-        workers: the LocalCluster's processes (default: one per core).
+        workers: the LocalCluster's processes (default: :func:`cfx.cluster.default_workers`).
         **kwargs: the arguments of :func:`audit_category` (``progress`` and ``stop`` are set by the job).
 
     Attributes:

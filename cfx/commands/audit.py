@@ -5,10 +5,11 @@ object ``{"category", "images": [{"image", "defect", "score", "anomalous", "meth
 {"optimal_jaccard", "threshold", "flagged"}}}], "summary": {"flagged_fraction",
 "mean_optimal_jaccard"}}`` (plus a few more keys); with ``--category all`` one object
 ``{"categories": {category: ...}}``. The (image, method) units run as tasks on Dask distributed
-(a LocalCluster of one process per core, ``--workers N``; an existing cluster with ``--scheduler``
-or ``$CFX_DASK_SCHEDULER``; ``--workers 0`` in this process). Every result goes into the results
-database (:mod:`cfx.resultdb`): an interrupted run (Ctrl-C, a killed worker) resumes where it
-stopped. ``--out DIR`` writes each category's JSON and CSV and the summary table.
+(a LocalCluster of one process per core, two on a CUDA machine; ``--workers N``; an existing
+cluster with ``--scheduler`` or ``$CFX_DASK_SCHEDULER``; ``--workers 0`` in this process).
+Every result goes into the results database (:mod:`cfx.resultdb`): an interrupted run (Ctrl-C, a
+killed worker) resumes where it stopped. ``--out DIR`` writes each category's JSON and CSV and
+the summary table.
 """
 from __future__ import annotations
 

@@ -1,11 +1,12 @@
 """``python -m cfx inspect``: score every test image of a category (or of every fitted category)
 and store its verdict, score and anomaly map in the results database (:mod:`cfx.inspection`).
 
-The batches run as Dask tasks (a LocalCluster of one process per core by default, ``--workers``;
-``--scheduler`` or ``$CFX_DASK_SCHEDULER`` for a running cluster; ``--workers 0`` in this
-process). Prints one line per category (images, called anomalous, FPR on good parts, TPR on
-defects), or with ``--json`` ``{"categories": {category: {"images": [...], "summary": {...}}}}``;
-``--out DIR`` writes ``inspect-<dataset>-<category>.csv`` and the maps as ``.npz``.
+The batches run as Dask tasks (by default a LocalCluster of one process per core, two on a CUDA
+machine; ``--workers``; ``--scheduler`` or ``$CFX_DASK_SCHEDULER`` for a running cluster;
+``--workers 0`` in this process). Prints one line per category (images, called anomalous, FPR on
+good parts, TPR on defects), or with ``--json`` ``{"categories": {category: {"images": [...],
+"summary": {...}}}}``; ``--out DIR`` writes ``inspect-<dataset>-<category>.csv`` and the maps as
+``.npz``.
 """
 from __future__ import annotations
 
