@@ -86,6 +86,27 @@ def test_train_patchcore_only_then_explain_and_evaluate(capsys, tiny_root, tmp_p
     assert "python -m cfx train" in methods["clear"]["error"]
 
 
+def test_train_at_another_image_size(capsys, tiny_root, tmp_path, monkeypatch):
+    """``--image-size`` sets the side every model of the category works on (the card's
+    ``image_size``); PatchCore's backbone input follows it (1.75 x) unless given."""
+    from cfx.models.bundle import load_bundle
+
+    monkeypatch.setenv("CFX_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("CFX_CACHE_DIR", str(tmp_path / "cache"))
+    code, _, err = run(capsys, "train", "--data-root", str(tiny_root), "--category", "widget", "--image-size", "100")
+    assert code == 2 and "--image-size" in err and err.count("\n") == 1
+    code, _, err = run(capsys, "train", "--data-root", str(tiny_root), "--category", "widget",
+                       "--detector", "patchcore", "--image-size", "64")
+    assert code == 0, err
+    card = json.loads((tmp_path / "models" / "mvtec" / "widget" / "card.json").read_text())
+    assert card["image_size"] == 64 and card["detectors"]["patchcore"]["config"]["input_size"] == 112
+    b = load_bundle("mvtec", "widget", detector="patchcore")
+    assert b.image_size == 64
+    code, out, err = run(capsys, "evaluate", "--data-root", str(tiny_root), "--category", "widget", "--json")
+    assert code == 0, err
+    assert json.loads(out)["n_test"] == 3
+
+
 def test_module_entry_point(tmp_path):
     p = subprocess.run([sys.executable, "-m", "cfx", "evaluate", "--data-root", str(tmp_path / "nope")],
                        capture_output=True, text=True)

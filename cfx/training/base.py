@@ -152,7 +152,7 @@ def train_classifier(normals: torch.Tensor, anomalies: torch.Tensor, channels: i
 def train_category(root: str | Path, category: str, dataset: str, epochs: int = DEFAULT_EPOCHS, seed: int = 0,
                    progress: bool = True, out_dir: Path | None = None, flips: bool | None = None,
                    marker: Callable | None = None, log: Callable[[str], None] = print,
-                   alpha: float | None = None) -> dict[str, Any]:
+                   alpha: float | None = None, image_size: int = config.IMAGE_SIZE) -> dict[str, Any]:
     """Train every model of a category and write checkpoints and the card atomically.
 
     Args:
@@ -163,13 +163,14 @@ def train_category(root: str | Path, category: str, dataset: str, epochs: int = 
         alpha: weight of reconstruction in the combined score; None picks it from
             :data:`ALPHA_GRID` by AUROC on the validation split (normals vs synthetic anomalies),
             0.6 on ties.
+        image_size: side of the working images (a multiple of 16).
 
     Returns:
         The model card.
     """
     t0 = time.perf_counter()
     seed_everything(seed)
-    ds = MVTecDataset(root, category, "train")
+    ds = MVTecDataset(root, category, "train", image_size=image_size)
     arr = ds.arrays()
     x_all = torch.from_numpy(arr.images)
     tr, va = split_indices(len(x_all), seed)

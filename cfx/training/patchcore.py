@@ -34,7 +34,8 @@ from cfx.training.common import (
 
 
 def fit_patchcore(root: str | Path, category: str, dataset: str, seed: int = 0, out_dir: Path | None = None,
-                  log: Callable[[str], None] = print, **kwargs: Any) -> dict[str, Any]:
+                  log: Callable[[str], None] = print, image_size: int = config.IMAGE_SIZE,
+                  **kwargs: Any) -> dict[str, Any]:
     """Fit the PatchCore detector of a category (seconds to a minute on a CPU; no training).
 
     The memory bank comes from the same 85% of train/good that trains the other models; the
@@ -42,6 +43,8 @@ def fit_patchcore(root: str | Path, category: str, dataset: str, seed: int = 0, 
     anomalies made from the held-out images are a secondary check recorded in the card.
 
     Args:
+        image_size: side of the working images (the card's ``image_size``: every model of the
+            category and every image explained use it).
         kwargs: :class:`~cfx.detectors.PatchCore` arguments (``input_size``, ``coreset_fraction``...).
 
     Returns:
@@ -49,7 +52,7 @@ def fit_patchcore(root: str | Path, category: str, dataset: str, seed: int = 0, 
     """
     t0 = time.perf_counter()
     seed_everything(seed)
-    ds = MVTecDataset(root, category, "train")
+    ds = MVTecDataset(root, category, "train", image_size=image_size)
     arr = ds.arrays()
     if len(arr.images) < 3:
         raise DataError(f"{category} has {len(arr.images)} train/good image(s); PatchCore needs at least 3")
