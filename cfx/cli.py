@@ -70,18 +70,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from cfx.errors import DataError
     from cfx.models.bundle import dataset_name
     from cfx.resolve import categories_for, resolve_root
-    from cfx.training import default_input_size, train
+    from cfx.training import train
 
     if args.epochs < 1:
         raise DataError(f"--epochs must be at least 1 (got {args.epochs})")
-    from cfx import config
-
-    args.image_size = args.image_size or config.IMAGE_SIZE
-    if not 64 <= args.image_size <= 512 or args.image_size % 16:
+    if args.image_size is not None and (not 64 <= args.image_size <= 512 or args.image_size % 16):
         raise DataError(f"--image-size must be a multiple of 16 between 64 and 512 (got {args.image_size})")
-    if args.input_size is None:
-        args.input_size = default_input_size(args.image_size)
-    if not 32 <= args.input_size <= 1024 or args.input_size % 8:
+    if args.input_size is not None and (not 32 <= args.input_size <= 1024 or args.input_size % 8):
         raise DataError(f"--input-size must be a multiple of 8 between 32 and 1024 (got {args.input_size})")
     root = resolve_root(args.data_root)
     ds = dataset_name(root)
@@ -149,9 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="patchcore: fit PatchCore only (seconds, no training); vae: train the autoencoder, VAE "
                         "detector, classifier and the explainers' models; all (default): both")
     p.add_argument("--image-size", type=int, default=None,
-                   help="side of the square images every model of the category works on (default 128, "
-                        "cfx.config.IMAGE_SIZE; 256 finds thin or small defects of real parts, at several times "
-                        "the cost; BENCHMARKS.md)")
+                   help="side of the square images every model of the category works on (default: the "
+                        "size of its fitted models, else 128; 256 finds thin or small defects of real parts, "
+                        "at about 10x the CPU cost; BENCHMARKS.md)")
     p.add_argument("--input-size", type=int, default=None,
                    help="side PatchCore resizes images to for its backbone (default 1.75 x --image-size: 224 "
                         "at 128 px; BENCHMARKS.md)")

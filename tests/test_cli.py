@@ -105,6 +105,12 @@ def test_train_at_another_image_size(capsys, tiny_root, tmp_path, monkeypatch):
     code, out, err = run(capsys, "evaluate", "--data-root", str(tiny_root), "--category", "widget", "--json")
     assert code == 0, err
     assert json.loads(out)["n_test"] == 3
+    # the other detector, fitted later without --image-size, keeps the category's size and PatchCore
+    code, _, err = run(capsys, "train", "--data-root", str(tiny_root), "--category", "widget", "--detector", "vae",
+                       "--epochs", "1", "--base-only", "--quiet")
+    assert code == 0, err
+    card = json.loads((tmp_path / "models" / "mvtec" / "widget" / "card.json").read_text())
+    assert card["image_size"] == 64 and set(card["detectors"]) == {"patchcore", "vae"}
 
 
 def test_module_entry_point(tmp_path):

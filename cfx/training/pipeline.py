@@ -2,10 +2,12 @@
 and the explainers' own models of each category, in that order (explaining never trains)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable
 
 from cfx.config import IMAGE_SIZE
+from cfx.models.bundle import category_dir
 from cfx.training.base import DEFAULT_EPOCHS, train_category
 from cfx.training.patchcore import fit_patchcore
 
@@ -31,17 +33,29 @@ def default_input_size(image_size: int) -> int:
     return int(round(image_size * 1.75 / 8)) * 8
 
 
+def fitted_image_size(dataset: str, category: str) -> int | None:
+    """The working image size of a category's fitted models (its card), or None when it has none."""
+    try:
+        size = json.loads((category_dir(dataset, category) / "card.json").read_text()).get("image_size")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return int(size) if isinstance(size, int) else None
+
+
 def train(root: str | Path, category: str, dataset: str, detector: str = "all", epochs: int = DEFAULT_EPOCHS,
           seed: int = 0, input_size: int | None = None, alpha: float | None = None, base_only: bool = False,
-          progress: bool = True, log: Callable[[str], None] = print, image_size: int = IMAGE_SIZE) -> None:
+          progress: bool = True, log: Callable[[str], None] = print, image_size: int | None = None) -> None:
     """Fit what a category needs: PatchCore (``detector`` patchcore or all), then the AE, VAE
     detector and classifier (vae or all), then the latent ensemble and the concept generator
-    (unless ``base_only``), all on images of ``image_size`` px (PatchCore's backbone sees
-    ``input_size``, default :func:`default_input_size`).
+    (unless ``base_only``), all on images of ``image_size`` px (default: the size of the models
+    the category already has, so that fitting one detector never drops the other; else
+    :data:`~cfx.config.IMAGE_SIZE`). PatchCore's backbone sees ``input_size`` (default
+    :func:`default_input_size`).
 
     Raises:
         DataError: bad data or arguments (one line).
     """
+    image_size = image_size or fitted_image_size(dataset, category) or IMAGE_SIZE
     if detector in ("patchcore", "all"):
         fit_patchcore(root, category, dataset, seed=seed, image_size=image_size,
                       input_size=input_size or default_input_size(image_size))
