@@ -27,6 +27,14 @@ NICE = 10
 #: classifier on 200 train images at the default 40 epochs; the latent ensemble and the concept
 #: generator add about a minute
 SECONDS_PER_IMAGE, FIXED_SECONDS = 1.0, 60.0
+#: for the ETA only: PatchCore's fit per train image on the 2-core CPU at 128 px (real screw: 18.7 s
+#: for 320 images); it grows with about the 3.5th power of the image side (256 px: 214 s; BENCHMARKS.md)
+PATCHCORE_SECONDS_PER_IMAGE = 0.06
+
+
+def estimate_patchcore_seconds(n_train: int, image_size: int = config.IMAGE_SIZE) -> float:
+    """A rough duration of ``cfx train --detector patchcore --image-size N`` (for the ETA)."""
+    return 5.0 + PATCHCORE_SECONDS_PER_IMAGE * n_train * (image_size / 128) ** 3.5
 
 
 def estimate_seconds(n_train: int, epochs: int = 40) -> float:
@@ -55,11 +63,15 @@ class TrainJob:
 
     @classmethod
     def start(cls, root: str | os.PathLike, category: str, dataset: str, detector: str = "vae",
-              epochs: int | None = None, expected_seconds: float | None = None) -> "TrainJob":
-        """Start ``python -m cfx train --data-root ROOT --category C --detector D`` in the background."""
+              epochs: int | None = None, expected_seconds: float | None = None,
+              image_size: int | None = None) -> "TrainJob":
+        """Start ``python -m cfx train --data-root ROOT --category C --detector D`` in the background
+        (with ``--epochs`` and ``--image-size`` when given)."""
         args = ["--data-root", str(root), "--category", category, "--detector", detector]
         if epochs is not None:
             args += ["--epochs", str(int(epochs))]
+        if image_size is not None:
+            args += ["--image-size", str(int(image_size))]
         log = config.cache_dir() / "jobs" / f"{safe_name(f'{dataset}_{category}')}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         job = cls(dataset, category, args, log, expected_seconds)
@@ -70,6 +82,11 @@ class TrainJob:
                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
         return job
+
+    @property
+    def detector(self) -> str:
+        """The ``--detector`` the job fits."""
+        return self.args[self.args.index("--detector") + 1]
 
     @property
     def running(self) -> bool:

@@ -1,5 +1,5 @@
 """Fitting a category's models from the app: the detector in the foreground (PatchCore needs no
-training), the VAE detector, the classifier and the explainers' models as a background job
+training; at 256 px as a background job), the VAE detector, the classifier and the explainers' models as a background job
 (:class:`cfx.jobs.TrainJob`: the same pipeline as ``python -m cfx train``) that survives page
 switches and reloads, shows its progress and ETA, and can be cancelled."""
 from __future__ import annotations
@@ -8,8 +8,11 @@ import streamlit as st
 
 from cfx.data.mvtec import MVTecDataset
 from cfx.errors import CfxError
-from cfx.jobs import TrainJob, estimate_seconds
+from cfx.jobs import TrainJob, estimate_patchcore_seconds, estimate_seconds
 from cfx.training.common import MIN_TRAIN_IMAGES
+
+#: the working image size the panel offers besides the default (``cfx train --image-size``)
+HIGH_RES = 256
 
 
 @st.cache_resource(show_spinner=False)
@@ -33,6 +36,8 @@ def fit_panel(sel) -> None:
         st.warning(f"Only {n} train/good images (fewer than {MIN_TRAIN_IMAGES}): a detector fitted on so few normal "
                    "parts has a noisy threshold and may call good parts defective. Add good images if you can.")
     has_detector = sel.bundle is not None
+    if not has_detector and _detector_job(sel, n):
+        return
     if not has_detector and st.button("Fit the detector (PatchCore) now", key="fit_patchcore", type="primary",
                                       help="no training: a memory bank of patch features of the good parts and a "
                                            "threshold on held-out good parts; about 30 s for 200 images on a CPU"):
@@ -52,9 +57,31 @@ def fit_panel(sel) -> None:
         _vae_job(sel, n)
 
 
+def _detector_job(sel, n: int) -> bool:
+    """PatchCore at 256 px as a background job (minutes on a CPU): its button, or its progress
+    while it runs and once it is done (True: the progress is shown)."""
+    key = (sel.dataset, sel.category)
+    job = _jobs().get(key)
+    if job is not None and job.detector == "patchcore" and job.status()["state"] in ("running", "done"):
+        _progress(key)
+        return True
+    eta = estimate_patchcore_seconds(n, HIGH_RES)
+    if st.button(f"Fit it at {HIGH_RES} px in the background (about {max(1.0, eta / 60):.0f} min on a CPU)",
+                 key="fit_patchcore_hires",
+                 help=f"every model of the category then works on {HIGH_RES} px images: thin or small defects "
+                      "(screws, grids) are found far more often, and each explanation costs about 10 times as "
+                      "much on a CPU (BENCHMARKS.md, working resolution)"):
+        _jobs()[key] = TrainJob.start(sel.root, sel.category, sel.dataset, detector="patchcore", image_size=HIGH_RES,
+                                      expected_seconds=eta)
+        st.rerun()
+    return False
+
+
 def _vae_job(sel, n: int) -> None:
     key = (sel.dataset, sel.category)
     job = _jobs().get(key)
+    if job is not None and job.detector != "vae":  # the detector's job, done: its models are in use
+        job = None
     state = None if job is None else job.status()["state"]
     if state in (None, "cancelled", "failed"):
         if job is not None:

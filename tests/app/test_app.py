@@ -731,6 +731,34 @@ def test_a_category_without_models_is_browsed_and_fitted_in_the_app(tiny_root, t
     assert at.selectbox(key="w_category").options == ["widget"]  # no longer "(no model)"
 
 
+@pytest.mark.slow
+def test_the_detector_is_fitted_at_256_px_in_the_background(tiny_root, tmp_path, monkeypatch):
+    """The fit panel's second button fits PatchCore at 256 px as a background job; once it is done,
+    the category works at 256 px and the VAE's job is offered."""
+    import time
+
+    monkeypatch.setenv("CFX_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("CFX_CACHE_DIR", str(tmp_path / "cache"))
+    at = new_app("pages/inspect.py")
+    at.text_input(key="w_data_root").input(str(tiny_root)).run()
+    ok(at)
+    at.button(key="fit_patchcore_hires").click().run()
+    ok(at)
+    assert not [b for b in at.button if b.key == "fit_patchcore"]  # the job's progress replaces the buttons
+    from pages._fit import _jobs
+
+    job = _jobs()[("mvtec", "widget")]
+    end = time.time() + 240
+    while job.running and time.time() < end:
+        time.sleep(0.5)
+    assert job.status()["state"] == "done", job.log.read_text()[-2000:]
+    at.run()  # the next run finds the new models
+    ok(at)
+    sel = at.session_state["selection"]
+    assert sel.bundle is not None and sel.bundle.image_size == 256
+    assert "verdict" in shown(at, "inspect") and at.button(key="fit_vae")
+
+
 # ---------------------------------------------------------------- mask jaccard
 @pytest.mark.slow
 def test_mask_jaccard_runs_on_workers_and_counts_every_unit_after_a_stop(tmp_path, monkeypatch):
