@@ -112,6 +112,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             print(f"{cat} [{r['detector']}]: image AUROC {f(r['image_auroc'])}{extra}, pixel {f(r['pixel_auroc'])}; "
                   f"at threshold {r['threshold']:.3f}: FPR on good {f(r['fpr_good'])}, TPR on defects "
                   f"{f(r['tpr_defect'])}, F1 {r['f1']:.3f}; n={r['n_test']}")
+            if r.get("hint"):
+                print(f"{cat}: hint: {r['hint']}")
     return 0
 
 

@@ -30,7 +30,8 @@ def evaluate_category(bundle, root: str | Path, category: str) -> dict[str, Any]
         good images included; None without any defect mask), ``f1``, ``accuracy``,
         ``fpr_good`` (share of test/good called anomalous) and ``tpr_defect`` (share of
         defective images called anomalous) at the stored ``threshold``, ``threshold_rule``,
-        ``n_test``, ``n_with_mask``, ``per_defect_auroc``.
+        ``n_test``, ``n_with_mask``, ``per_defect_auroc``, and ``hint`` when the working
+        resolution may be why the detector fails (:func:`resolution_hint`).
     """
     ds = MVTecDataset(root, category, "test", image_size=bundle.image_size, channels=bundle.channels)
     arr = ds.arrays()
@@ -69,9 +70,35 @@ def evaluate_category(bundle, root: str | Path, category: str) -> dict[str, Any]
         if good.any():
             per[d] = _auroc(np.r_[np.zeros(good.sum()), np.ones(m.sum())], np.r_[a["score"][good], a["score"][m]])
     out["per_defect_auroc"] = per
+    hint = resolution_hint(out["image_auroc"], bundle.image_size, ds.samples)
+    if hint:
+        out["hint"] = hint
     if arr.skipped:
         out["skipped"] = arr.skipped
     return out
+
+
+#: below this test image AUROC, :func:`resolution_hint` looks at the working resolution
+HINT_AUROC = 0.9
+
+
+def resolution_hint(image_auroc: float | None, image_size: int, samples: Sequence[Any]) -> str | None:
+    """Advice when a detector separates a category poorly and its models work on images less than
+    half the originals' side: thin or small defects may be lost by the downscaling (measured on
+    the real screw: image AUROC 0.33 at 128 px, 0.93 at 256 px; BENCHMARKS.md). None otherwise."""
+    if image_auroc is None or image_auroc >= HINT_AUROC or image_size >= 256 or not samples:
+        return None
+    from PIL import Image
+
+    try:
+        with Image.open(samples[0].path) as im:
+            side = min(im.size)
+    except OSError:
+        return None
+    if side < 2 * image_size:
+        return None
+    return (f"image AUROC {image_auroc:.2f} on {image_size} px working images of {side} px originals: small "
+            f"defects may be lost; try `python -m cfx train --image-size 256` (about 10x the CPU cost)")
 
 
 def auroc_standard_error(auc: float, n_pos: int, n_neg: int) -> float:

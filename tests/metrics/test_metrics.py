@@ -217,3 +217,22 @@ def test_auroc_edges():
         auroc([0, 1], [0.2, np.nan])
     with pytest.raises(ValueError, match="labels against"):
         auroc([0, 1, 1], [0.2, 0.3])
+
+
+def test_resolution_hint_only_for_a_poor_detector_on_downscaled_images(tmp_path):
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from cfx.metrics.detection import resolution_hint
+
+    big, small = tmp_path / "big.png", tmp_path / "small.png"
+    Image.new("L", (300, 256)).save(big)
+    Image.new("L", (128, 128)).save(small)
+    originals = [SimpleNamespace(path=big)]
+    assert "--image-size 256" in resolution_hint(0.33, 128, originals)
+    assert resolution_hint(0.95, 128, originals) is None  # the detector is fine
+    assert resolution_hint(0.33, 256, originals) is None  # already at the larger size
+    assert resolution_hint(0.33, 128, [SimpleNamespace(path=small)]) is None  # nothing lost by reading
+    assert resolution_hint(None, 128, originals) is None
+    assert resolution_hint(0.33, 128, [SimpleNamespace(path=tmp_path / "gone.png")]) is None
