@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from cfx import reports as X
-from cfx.metrics.detection import detector_evaluation
+from cfx.metrics.detection import detector_evaluation, resolution_hint
 from pages._common import show, analyse_split, current, require_models
 
 st.title("Detector")
@@ -44,6 +44,9 @@ def _side_by_side(keys: tuple[str, ...], root: str, category: str) -> list[dict]
 ev = _evaluate(b.key(), str(sel.root), sel.category, arr.labels, scores, [s.defect for s in arr.samples])
 show("detector", evaluation=ev)
 st.caption(f"{sel.dataset}/{sel.category}: {ev['n']} test images, {ev['n_defective']} defective · model `{b.key()}`")
+hint = resolution_hint(ev["scores"]["combined"]["auroc"], b.image_size, arr.samples)
+if hint:
+    st.info(f"Hint: {hint}.")
 
 if len(b.detectors) > 1:
     st.subheader("Detectors side by side")

@@ -731,6 +731,30 @@ def test_a_category_without_models_is_browsed_and_fitted_in_the_app(tiny_root, t
     assert at.selectbox(key="w_category").options == ["widget"]  # no longer "(no model)"
 
 
+def test_the_detector_page_hints_at_a_larger_working_size(tmp_path, monkeypatch):
+    """A detector that separates a category poorly on images read at a quarter of their side: the
+    Detector page suggests ``--image-size 256`` (the real screw: 0.33 at 128 px, 0.93 at 256)."""
+    from cfx.training import fit_patchcore
+
+    monkeypatch.setenv("CFX_MODELS_DIR", str(tmp_path / "models"))
+    rng = np.random.default_rng(0)
+    cat = tmp_path / "mvtec" / "noise"
+    for i in range(12):
+        (cat / "train" / "good").mkdir(parents=True, exist_ok=True)
+        Image.fromarray((rng.random((256, 256)) * 255).astype(np.uint8)).save(cat / "train" / "good" / f"{i:03d}.png")
+    for d in ("good", "speck"):
+        (cat / "test" / d).mkdir(parents=True, exist_ok=True)
+        for i in range(4):
+            Image.fromarray((rng.random((256, 256)) * 255).astype(np.uint8)).save(cat / "test" / d / f"{i:03d}.png")
+    fit_patchcore(cat.parent, "noise", "mvtec", image_size=64, input_size=112, log=lambda s: None)
+    at = new_app()
+    at.text_input(key="w_data_root").input(str(cat.parent)).run()
+    at.switch_page("pages/detector.py").run()
+    ok(at)
+    assert at.session_state["selection"].bundle.image_size == 64
+    assert any("--image-size 256" in i.value for i in at.info), [i.value for i in at.info]
+
+
 @pytest.mark.slow
 def test_the_detector_is_fitted_at_256_px_in_the_background(tiny_root, tmp_path, monkeypatch):
     """The fit panel's second button fits PatchCore at 256 px as a background job; once it is done,
