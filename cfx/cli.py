@@ -32,7 +32,8 @@ def add_data_args(p: argparse.ArgumentParser, category_all: bool = False) -> Non
 
 def add_cluster_args(p: argparse.ArgumentParser) -> None:
     """``--workers`` and ``--scheduler`` of the commands that run on Dask (:mod:`cfx.cluster`)."""
-    p.add_argument("--workers", type=int, help="Dask worker processes (default: one per core, two on a CUDA machine; 0: in this process)")
+    p.add_argument("--workers", type=int,
+                   help="Dask worker processes (default: one per core, two on a CUDA machine; 0: in this process)")
     p.add_argument("--scheduler", help="address of a running Dask scheduler (default: $CFX_DASK_SCHEDULER, "
                                        "else a LocalCluster)")
 

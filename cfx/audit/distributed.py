@@ -120,7 +120,7 @@ def _run_tasks(client, spec: WorkerSpec, todo: list[tuple[str, str, str]], targe
     from distributed import as_completed
 
     n_workers = max(1, len(client.scheduler_info().get("workers", {})) or 1)
-    spec = replace(spec, threads=max(1, cores() // n_workers))  # the cores the workers leave idle
+    spec = replace(spec, threads=max(1, cores() // n_workers))  # each worker's share of the cores
     futures = [client.submit(audit_unit, spec, name, m, target, params[m], seed, key=f"cfx-unit-{key}",
                              pure=False, retries=2) for key, name, m in todo]
     stopped = False

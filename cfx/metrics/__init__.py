@@ -13,5 +13,5 @@ from cfx.metrics.edits import (CHANGE_EPS, LOCALITY_DILATION, diversity, edit_ar
                                independent_realism, locality)
 
 __all__ = ["NEGLIGIBLE", "JaccardCurve", "optimal_jaccard", "jaccard", "explanation_map", "auroc", "pixel_auroc",
-           "best_mask",
-           "CHANGE_EPS", "LOCALITY_DILATION", "diversity", "edit_area", "edit_metrics", "independent_realism", "locality"]
+           "best_mask", "CHANGE_EPS", "LOCALITY_DILATION", "diversity", "edit_area", "edit_metrics",
+           "independent_realism", "locality"]

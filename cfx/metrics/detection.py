@@ -16,10 +16,6 @@ from cfx.atomic import clean_json
 from cfx.metrics.jaccard import auroc
 
 
-def _auroc(y: np.ndarray, s: np.ndarray) -> float | None:
-    return float(roc_auc_score(y, s)) if len(np.unique(y)) == 2 else None
-
-
 def evaluate_category(bundle, root: str | Path, category: str) -> dict[str, Any]:
     """Scores every test image with the bundle.
 
@@ -40,7 +36,7 @@ def evaluate_category(bundle, root: str | Path, category: str) -> dict[str, Any]
     pred = a["anomalous"]
     out: dict[str, Any] = {
         "detector": bundle.detector_name,
-        "image_auroc": _auroc(y, a["score"]),
+        "image_auroc": auroc(y, a["score"]),
         "f1": float(f1_score(y, pred, zero_division=0)),
         "accuracy": float((pred == y.astype(bool)).mean()),
         "fpr_good": float(pred[y == 0].mean()) if (y == 0).any() else None,
@@ -52,9 +48,9 @@ def evaluate_category(bundle, root: str | Path, category: str) -> dict[str, Any]
         "n_with_mask": int((arr.has_mask & (y == 1)).sum()),
     }
     for key, (name, _) in bundle.detector.parts.items():
-        out[f"image_auroc_{name}"] = _auroc(y, a[key])
+        out[f"image_auroc_{name}"] = auroc(y, a[key])
     if "classifier" in a:
-        out["classifier_auroc"] = _auroc(y, a["classifier"])
+        out["classifier_auroc"] = auroc(y, a["classifier"])
         out["classifier_f1"] = float(f1_score(y, a["classifier_anomalous"], zero_division=0))
     sel = arr.has_mask
     if (sel & (y == 1)).any():
@@ -68,7 +64,7 @@ def evaluate_category(bundle, root: str | Path, category: str) -> dict[str, Any]
     for d in sorted({s.defect for s in arr.samples} - {"good"}):
         m = np.array([s.defect == d for s in arr.samples])
         if good.any():
-            per[d] = _auroc(np.r_[np.zeros(good.sum()), np.ones(m.sum())], np.r_[a["score"][good], a["score"][m]])
+            per[d] = auroc(np.r_[np.zeros(good.sum()), np.ones(m.sum())], np.r_[a["score"][good], a["score"][m]])
     out["per_defect_auroc"] = per
     hint = resolution_hint(out["image_auroc"], bundle.image_size, ds.samples)
     if hint:

@@ -180,7 +180,7 @@ def explanation_map(explanation, k: int = 0) -> np.ndarray | None:
 def auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     """The area under the ROC curve by mid-ranks (the Mann-Whitney U over positives times negatives):
     the value of scikit-learn's ``roc_auc_score`` (ties count half), from one sort and no threshold
-    sweep: about 3 times faster on a category's pooled pixels (1.3 M; BENCHMARKS.md, issue 16).
+    sweep: 2.6-5 times faster on a category's pooled pixels (2 M; BENCHMARKS.md, issue 16).
 
     Args:
         labels: truth (N,), boolean or 0/1.
