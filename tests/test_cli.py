@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 
 from cfx.cli import main
 
@@ -56,11 +57,17 @@ def test_evaluate_defaults_to_patchcore_and_reports_rates(capsys, demo_root):
     assert "held-out real normal" in r["threshold_rule"]
 
 
-def test_train_patchcore_only_then_explain_and_evaluate(capsys, tiny_root, tmp_path, monkeypatch):
-    """A category fitted with PatchCore alone (no training) is evaluated and explained; methods that
-    need the VAE's models say which command trains them."""
+@pytest.fixture
+def fresh_models(tmp_path, monkeypatch):
+    """Empty models and cache folders under ``tmp_path`` for this test."""
     monkeypatch.setenv("CFX_MODELS_DIR", str(tmp_path / "models"))
     monkeypatch.setenv("CFX_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "models"
+
+
+def test_train_patchcore_only_then_explain_and_evaluate(capsys, tiny_root, tmp_path, fresh_models):
+    """A category fitted with PatchCore alone (no training) is evaluated and explained; methods that
+    need the VAE's models say which command trains them."""
     code, _, err = run(capsys, "train", "--data-root", str(tiny_root), "--category", "widget", "--epochs", "0")
     assert code == 2 and "--epochs" in err and err.count("\n") == 1
     code, out, err = run(capsys, "train", "--data-root", str(tiny_root), "--category", "widget",
@@ -86,13 +93,11 @@ def test_train_patchcore_only_then_explain_and_evaluate(capsys, tiny_root, tmp_p
     assert "python -m cfx train" in methods["clear"]["error"]
 
 
-def test_train_at_another_image_size(capsys, tiny_root, tmp_path, monkeypatch):
+def test_train_at_another_image_size(capsys, tiny_root, tmp_path, fresh_models):
     """``--image-size`` sets the side every model of the category works on (the card's
     ``image_size``); PatchCore's backbone input follows it (1.75 x) unless given."""
     from cfx.models.bundle import load_bundle
 
-    monkeypatch.setenv("CFX_MODELS_DIR", str(tmp_path / "models"))
-    monkeypatch.setenv("CFX_CACHE_DIR", str(tmp_path / "cache"))
     code, _, err = run(capsys, "train", "--data-root", str(tiny_root), "--category", "widget", "--image-size", "100")
     assert code == 2 and "--image-size" in err and err.count("\n") == 1
     code, _, err = run(capsys, "train", "--data-root", str(tiny_root), "--category", "widget",
