@@ -18,6 +18,9 @@ import torch
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 IMAGE_SIZE = 128
+#: the working size offered for parts whose defects are lost at IMAGE_SIZE (``cfx train
+#: --image-size``; the real screw: image AUROC 0.33 at 128 px, 0.93 at 256; BENCHMARKS.md)
+LARGE_IMAGE_SIZE = 256
 DEMO_NAME = "demo"
 
 

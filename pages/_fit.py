@@ -1,18 +1,17 @@
 """Fitting a category's models from the app: the detector in the foreground (PatchCore needs no
-training; at 256 px as a background job), the VAE detector, the classifier and the explainers' models as a background job
-(:class:`cfx.jobs.TrainJob`: the same pipeline as ``python -m cfx train``) that survives page
-switches and reloads, shows its progress and ETA, and can be cancelled."""
+training; at :data:`~cfx.config.LARGE_IMAGE_SIZE` px as a background job), the VAE detector, the
+classifier and the explainers' models as a background job (:class:`cfx.jobs.TrainJob`: the same
+pipeline as ``python -m cfx train``) that survives page switches and reloads, shows its progress
+and ETA, and can be cancelled."""
 from __future__ import annotations
 
 import streamlit as st
 
+from cfx.config import LARGE_IMAGE_SIZE
 from cfx.data.mvtec import MVTecDataset
 from cfx.errors import CfxError
 from cfx.jobs import TrainJob, estimate_patchcore_seconds, estimate_seconds
 from cfx.training.common import MIN_TRAIN_IMAGES
-
-#: the working image size the panel offers besides the default (``cfx train --image-size``)
-HIGH_RES = 256
 
 
 @st.cache_resource(show_spinner=False)
@@ -58,20 +57,22 @@ def fit_panel(sel) -> None:
 
 
 def _detector_job(sel, n: int) -> bool:
-    """PatchCore at 256 px as a background job (minutes on a CPU): its button, or its progress
-    while it runs and once it is done (True: the progress is shown)."""
+    """PatchCore at :data:`~cfx.config.LARGE_IMAGE_SIZE` px as a background job (minutes on a
+    CPU): its button, or its progress while it runs and once it is done (True: the progress is
+    shown)."""
     key = (sel.dataset, sel.category)
     job = _jobs().get(key)
     if job is not None and job.detector == "patchcore" and job.status()["state"] in ("running", "done"):
         _progress(key)
         return True
-    eta = estimate_patchcore_seconds(n, HIGH_RES)
-    if st.button(f"Fit it at {HIGH_RES} px in the background (about {max(1.0, eta / 60):.0f} min on a CPU)",
+    size = LARGE_IMAGE_SIZE
+    eta = estimate_patchcore_seconds(n, size)
+    if st.button(f"Fit it at {size} px in the background (about {max(1.0, eta / 60):.0f} min on a CPU)",
                  key="fit_patchcore_hires",
-                 help=f"every model of the category then works on {HIGH_RES} px images: thin or small defects "
+                 help=f"every model of the category then works on {size} px images: thin or small defects "
                       "(screws, grids) are found far more often, and each explanation costs about 10 times as "
                       "much on a CPU (BENCHMARKS.md, working resolution)"):
-        _jobs()[key] = TrainJob.start(sel.root, sel.category, sel.dataset, detector="patchcore", image_size=HIGH_RES,
+        _jobs()[key] = TrainJob.start(sel.root, sel.category, sel.dataset, detector="patchcore", image_size=size,
                                       expected_seconds=eta)
         st.rerun()
     return False

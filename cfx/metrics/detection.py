@@ -13,6 +13,7 @@ from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score, roc_curve
 
 from cfx.data.mvtec import MVTecDataset
 from cfx.atomic import clean_json
+from cfx.config import LARGE_IMAGE_SIZE
 from cfx.metrics.jaccard import auroc
 
 
@@ -82,7 +83,7 @@ def resolution_hint(image_auroc: float | None, image_size: int, samples: Sequenc
     """Advice when a detector separates a category poorly and its models work on images less than
     half the originals' side: thin or small defects may be lost by the downscaling (measured on
     the real screw: image AUROC 0.33 at 128 px, 0.93 at 256 px; BENCHMARKS.md). None otherwise."""
-    if image_auroc is None or image_auroc >= HINT_AUROC or image_size >= 256 or not samples:
+    if image_auroc is None or image_auroc >= HINT_AUROC or image_size >= LARGE_IMAGE_SIZE or not samples:
         return None
     from PIL import Image
 
@@ -94,7 +95,8 @@ def resolution_hint(image_auroc: float | None, image_size: int, samples: Sequenc
     if side < 2 * image_size:
         return None
     return (f"image AUROC {image_auroc:.2f} on {image_size} px working images of {side} px originals: small "
-            f"defects may be lost; try `python -m cfx train --image-size 256` (about 10x the CPU cost)")
+            f"defects may be lost; try `python -m cfx train --image-size {LARGE_IMAGE_SIZE}` (about 10x the CPU "
+            f"cost)")
 
 
 def auroc_standard_error(auc: float, n_pos: int, n_neg: int) -> float:

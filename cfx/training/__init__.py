@@ -27,4 +27,4 @@ from cfx.training.common import (  # noqa: F401
     split_indices,
 )
 from cfx.training.patchcore import fit_patchcore  # noqa: F401
-from cfx.training.pipeline import default_input_size, train, train_explainer_models  # noqa: F401
+from cfx.training.pipeline import train, train_explainer_models  # noqa: F401

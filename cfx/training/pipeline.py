@@ -2,12 +2,12 @@
 and the explainers' own models of each category, in that order (explaining never trains)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 
 from cfx.config import IMAGE_SIZE
-from cfx.models.bundle import category_dir
+from cfx.errors import ModelMissingError
+from cfx.models.bundle import read_card
 from cfx.training.base import DEFAULT_EPOCHS, train_category
 from cfx.training.patchcore import fit_patchcore
 
@@ -36,10 +36,10 @@ def default_input_size(image_size: int) -> int:
 def fitted_image_size(dataset: str, category: str) -> int | None:
     """The working image size of a category's fitted models (its card), or None when it has none."""
     try:
-        size = json.loads((category_dir(dataset, category) / "card.json").read_text()).get("image_size")
-    except (OSError, ValueError, AttributeError):
+        size = read_card(dataset, category).get("image_size")
+    except ModelMissingError:
         return None
-    return int(size) if isinstance(size, int) else None
+    return size if isinstance(size, int) else None
 
 
 def train(root: str | Path, category: str, dataset: str, detector: str = "all", epochs: int = DEFAULT_EPOCHS,
