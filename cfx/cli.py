@@ -83,21 +83,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
     ds = dataset_name(root)
     for cat in categories_for(root, args.category):
         train(root, cat, ds, detector=args.detector, epochs=args.epochs, seed=args.seed, input_size=args.input_size,
-              image_size=args.image_size, alpha=args.alpha, base_only=args.base_only, progress=not args.quiet)
+              image_size=args.image_size, alpha=args.alpha, base_only=args.base_only, progress=not args.quiet,
+              force=args.force)
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from cfx.metrics.detection import evaluate_category
-    from cfx.models.bundle import dataset_name, load_bundle
+    from cfx.models.bundle import load_for_root
     from cfx.resolve import categories_for, resolve_root
 
     root = resolve_root(args.data_root)
-    ds = dataset_name(root)
     cats = categories_for(root, args.category)
     results = {}
     for cat in cats:
-        bundle = load_bundle(ds, cat, detector=args.detector)
+        bundle = load_for_root(root, cat, detector=args.detector)
         results[cat] = evaluate_category(bundle, root, cat)
     out = {"categories": results} if args.category == "all" else results[cats[0]]
     if args.json:
@@ -141,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=None,
                    help="weight of reconstruction in the combined score (default: chosen on validation, 0.6 on ties)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--force", action="store_true",
+                   help="replace models of the category that were fitted on another data root")
     p.add_argument("--base-only", action="store_true",
                    help="only the autoencoder, VAE detector and classifier (not the ensemble and concept generator)")
     p.add_argument("--detector", choices=["patchcore", "vae", "all"], default="all",

@@ -1,10 +1,13 @@
 """Batch inspection: score every image of a split with the selected detector and store its verdict,
-score and anomaly map in the results database (``images`` table, once per model and image
-content). The batches run as Dask tasks (:mod:`cfx.cluster`) or in this process; an image already
-stored for the model is not scored again, so a killed run resumes where it stopped."""
+score and anomaly map in the results database (``images`` table, keyed by model, split, the
+image's path relative to the data root and its content hash, and read back by the same key).
+The batches run as Dask tasks (:mod:`cfx.cluster`) or in this process; an image already stored
+for that key is not scored again, so a killed run resumes where it stopped, and a file renamed,
+copied or changed is scored under its own path."""
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -19,23 +22,30 @@ from cfx.resultdb import ResultDB
 #: images per task (one batched forward pass each)
 BATCH = 16
 #: the columns of an inspected image (the ``images`` table without the map)
-COLUMNS = ("dataset", "category", "image", "defect", "score", "threshold", "anomalous")
+COLUMNS = ("dataset", "category", "split", "path", "image", "image_sha", "defect", "score", "threshold", "anomalous")
 
 
 def image_sha(image: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(image, np.float32).tobytes()).hexdigest()[:16]
 
 
-def score_batch(bundle, names: Sequence[str], images: np.ndarray, defects: Sequence[str], db: ResultDB,
-                category: str, run: str | None = None) -> list[dict[str, Any]]:
-    """Score ``images`` in one batch and store each row (with its map); the rows."""
+def rel_path(root: str | Path, path: str | Path) -> str:
+    """``path`` relative to the data root, with forward slashes (the row's key)."""
+    return Path(os.path.relpath(Path(path), Path(root))).as_posix()
+
+
+def score_batch(bundle, names: Sequence[str], paths: Sequence[str], images: np.ndarray, defects: Sequence[str],
+                db: ResultDB, category: str, split: str, run: str | None = None) -> list[dict[str, Any]]:
+    """Score ``images`` in one batch and store each row (with its map) under its split and path;
+    the rows."""
     a = bundle.analyse(images)
     rows = []
     for i, name in enumerate(names):
-        row = {"dataset": bundle.dataset, "category": category, "image": name, "defect": defects[i],
-               "score": float(a["score"][i]), "threshold": float(bundle.threshold),
+        row = {"dataset": bundle.dataset, "category": category, "split": split, "path": paths[i], "image": name,
+               "defect": defects[i], "score": float(a["score"][i]), "threshold": float(bundle.threshold),
                "anomalous": int(bool(a["anomalous"][i]))}
-        db.put_image(model=bundle.key(), image_sha=image_sha(images[i]), map=a["heatmap"][i], run=run, **row)
+        row["image_sha"] = image_sha(images[i])
+        db.put_image(model=bundle.key(), map=a["heatmap"][i], run=run, **row)
         rows.append(row)
     return rows
 
@@ -47,8 +57,8 @@ def inspect_task(spec: WorkerSpec, split: str, names: Sequence[str], run: str | 
     b = worker_bundle(spec)
     arr, index = worker_arrays(spec, b, split)
     idx = [index[n] for n in names]
-    return score_batch(b, names, arr.images[idx], [arr.samples[i].defect for i in idx], open_db(spec.db_path),
-                       spec.category, run)
+    return score_batch(b, names, [rel_path(spec.data_root, arr.samples[i].path) for i in idx], arr.images[idx],
+                       [arr.samples[i].defect for i in idx], open_db(spec.db_path), spec.category, split, run)
 
 
 def inspect_category(bundle, root: str | Path, category: str, db: ResultDB, split: str = "test", client: Any = None,
@@ -67,18 +77,21 @@ def inspect_category(bundle, root: str | Path, category: str, db: ResultDB, spli
     from cfx.data.mvtec import MVTecDataset
 
     t0 = time.perf_counter()
-    arr = MVTecDataset(root, category, split, image_size=bundle.image_size, channels=bundle.channels).arrays()
+    ds = MVTecDataset(root, category, split, image_size=bundle.image_size, channels=bundle.channels)
+    arr = ds.arrays()
     names = [s.name for s in arr.samples]
-    stored = db.image_shas(bundle.key())
-    todo = [i for i in range(len(names)) if image_sha(arr.images[i]) not in stored]
+    paths = [rel_path(root, s.path) for s in arr.samples]
+    keys = [(p, image_sha(arr.images[i])) for i, p in enumerate(paths)]
+    stored = db.image_keys(bundle.key(), split)
+    todo = [i for i in range(len(names)) if keys[i] not in stored]
     run = db.start_run("inspect", dataset=bundle.dataset, category=category, model=bundle.key(), total=len(names),
-                       engine="dask" if client is not None else "local")
+                       engine="dask" if client is not None else "local", params={"split": split})
     done = len(names) - len(todo)
     batches = [todo[i:i + BATCH] for i in range(0, len(todo), BATCH)]
     if client is None:
         for batch in batches:
-            score_batch(bundle, [names[i] for i in batch], arr.images[batch], [arr.samples[i].defect for i in batch],
-                        db, category, run)
+            score_batch(bundle, [names[i] for i in batch], [paths[i] for i in batch], arr.images[batch],
+                        [arr.samples[i].defect for i in batch], db, category, split, run)
             done += len(batch)
             if progress is not None:
                 progress(done, len(names), names[batch[-1]])
@@ -94,14 +107,14 @@ def inspect_category(bundle, root: str | Path, category: str, db: ResultDB, spli
             done += len(fut.result())
             if progress is not None:
                 progress(done, len(names), f"{done} scored")
-    by_name = {r["image"]: r for r in db.images(bundle.key()) if r["category"] == category}
-    rows = [{k: by_name[n][k] for k in COLUMNS} for n in names if n in by_name]
-    label = {n: int(arr.labels[i]) for i, n in enumerate(names)}
-    summary = _summary(rows, np.array([label[r["image"]] for r in rows], int))
+    by_key = {(r["path"], r["image_sha"]): r for r in db.images(bundle.key(), split=split, category=category)}
+    rows = [{k: by_key[key][k] for k in COLUMNS} for key in keys if key in by_key]
+    summary = _summary(rows, np.array([arr.labels[i] for i, key in enumerate(keys) if key in by_key], int))
+    summary["unreadable"] = len(arr.skipped)
     db.finish_run(run, "done" if len(rows) == len(names) else "stopped", seconds=time.perf_counter() - t0,
                   summary=summary)
     return {"category": category, "model": bundle.key(), "run": run, "images": rows, "summary": summary,
-            "seconds": time.perf_counter() - t0}
+            "skipped": list(arr.skipped), "seconds": time.perf_counter() - t0}
 
 
 def _summary(rows: list[dict[str, Any]], labels: np.ndarray) -> dict[str, Any]:

@@ -12,7 +12,12 @@ Tables (one per kind):
   writer leaves no half row.
 * ``runs``: one row per audit or inspection run (settings, status, seconds, summary).
 * ``flags``: per run, image and method: J*, the verdict and whether the image was flagged.
-* ``images``: per model and image hash: what ``cfx inspect`` found (score, verdict, map).
+* ``images``: per model, split, path (relative to the data root) and image hash: what ``cfx
+  inspect`` found (score, verdict, map). A regenerable cache: a database of an older schema has
+  this table dropped and made anew.
+
+A run records the process that runs it (``host``, ``pid``); a run still marked ``running`` whose
+process has gone is marked ``killed`` when the next run starts.
 
 Default location ``cache_dir()/results.sqlite`` (``$CFX_RESULTS_DB`` overrides it). The audit's
 former per-unit ``.npz`` files under ``cache_dir()/audit`` are imported once (:meth:`ResultDB.migrate`).
@@ -24,6 +29,7 @@ import io
 import json
 import logging
 import os
+import socket
 import sqlite3
 import uuid
 import zlib
@@ -40,7 +46,7 @@ from cfx.atomic import json_default, sqlite_connect
 from cfx.errors import DataError
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS results (
@@ -53,7 +59,7 @@ CREATE INDEX IF NOT EXISTS results_model ON results (model, method);
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY, kind TEXT NOT NULL, created TEXT NOT NULL, dataset TEXT, category TEXT, model TEXT,
     target TEXT, methods TEXT, params TEXT, seed INTEGER, total INTEGER, status TEXT NOT NULL,
-    engine TEXT, seconds REAL, summary TEXT
+    engine TEXT, seconds REAL, summary TEXT, host TEXT, pid INTEGER
 );
 CREATE TABLE IF NOT EXISTS flags (
     run TEXT NOT NULL, image TEXT NOT NULL, method TEXT NOT NULL, defect TEXT, score REAL, anomalous INTEGER,
@@ -61,12 +67,12 @@ CREATE TABLE IF NOT EXISTS flags (
     PRIMARY KEY (run, image, method)
 );
 CREATE TABLE IF NOT EXISTS images (
-    model TEXT NOT NULL, image_sha TEXT NOT NULL, dataset TEXT, category TEXT, image TEXT, defect TEXT,
-    score REAL, threshold REAL, anomalous INTEGER, map BLOB, run TEXT, created TEXT NOT NULL,
-    PRIMARY KEY (model, image_sha)
+    model TEXT NOT NULL, split TEXT NOT NULL, path TEXT NOT NULL, image_sha TEXT NOT NULL, dataset TEXT,
+    category TEXT, image TEXT, defect TEXT, score REAL, threshold REAL, anomalous INTEGER, map BLOB, run TEXT,
+    created TEXT NOT NULL, PRIMARY KEY (model, split, path, image_sha)
 );
 """
-RUN_STATUSES = ("running", "stopped", "done", "failed")
+RUN_STATUSES = ("running", "stopped", "done", "failed", "killed")
 
 
 def default_path() -> Path:
@@ -121,8 +127,16 @@ class ResultDB:
         self.path = p
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with closing(self._connect()) as con, con:
+            con.executescript("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);")
+            row = con.execute("SELECT v FROM meta WHERE k = 'schema'").fetchone()
+            if row is not None and row[0] != str(SCHEMA_VERSION):  # an older schema: images is a cache
+                con.execute("DROP TABLE IF EXISTS images")
+                cols = {r[1] for r in con.execute("PRAGMA table_info(runs)")}
+                for col, kind in (("host", "TEXT"), ("pid", "INTEGER")):
+                    if cols and col not in cols:
+                        con.execute(f"ALTER TABLE runs ADD COLUMN {col} {kind}")
             con.executescript(_SCHEMA)
-            con.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            con.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
 
     def _connect(self) -> sqlite3.Connection:
         con = sqlite_connect(self.path, "the results database",
@@ -195,10 +209,22 @@ class ResultDB:
     # ------------------------------------------------------------ runs and flags
     def start_run(self, kind: str, **fields: Any) -> str:
         """A new run row (status ``running``); its id."""
+        self.mark_killed()
         rid = f"{kind}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-        cols = {"id": rid, "kind": kind, "created": now(), "status": "running", **_encode(fields)}
+        cols = {"id": rid, "kind": kind, "created": now(), "status": "running", "host": socket.gethostname(),
+                "pid": os.getpid(), **_encode(fields)}
         self._write(f"INSERT INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", [list(cols.values())])
         return rid
+
+    def mark_killed(self) -> int:
+        """Mark ``killed`` the runs still ``running`` whose process on this host is gone (or that
+        record no process); how many."""
+        host = socket.gethostname()
+        dead = [r["id"] for r in self._query("SELECT id, host, pid FROM runs WHERE status = 'running'")
+                if r["host"] is None or (r["host"] == host and not _alive(r["pid"]))]
+        if dead:
+            self._write("UPDATE runs SET status = 'killed' WHERE id = ? AND status = 'running'", [[d] for d in dead])
+        return len(dead)
 
     def finish_run(self, run: str, status: str, **fields: Any) -> None:
         if status not in RUN_STATUSES:
@@ -222,24 +248,33 @@ class ResultDB:
         return [dict(r) for r in self._query("SELECT * FROM flags WHERE run = ? ORDER BY image, method", (run,))]
 
     # ------------------------------------------------------------ inspected images
-    def put_image(self, *, model: str, image_sha: str, map: np.ndarray | None = None, **fields: Any) -> bool:
-        """What an inspection found for one image, once per (model, image); True when written."""
-        cols = {"model": model, "image_sha": image_sha, "map": map_bytes(map), "created": now(), **fields}
+    def put_image(self, *, model: str, split: str, path: str, image_sha: str, map: np.ndarray | None = None,
+                  **fields: Any) -> bool:
+        """What an inspection found for one image, once per (model, split, path, image content);
+        True when written."""
+        cols = {"model": model, "split": split, "path": path, "image_sha": image_sha, "map": map_bytes(map),
+                "created": now(), **fields}
         return self._write(f"INSERT OR IGNORE INTO images ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
                            [list(cols.values())]) > 0
 
-    def images(self, model: str | None = None, with_maps: bool = False) -> list[dict[str, Any]]:
-        """The inspected images (of one model), by name; ``map`` arrays only when ``with_maps``."""
-        sql = "SELECT * FROM images" + (" WHERE model = ?" if model else "") + " ORDER BY category, image"
+    def images(self, model: str | None = None, with_maps: bool = False, split: str | None = None,
+               category: str | None = None) -> list[dict[str, Any]]:
+        """The inspected images (of one model, split, category), by path; ``map`` arrays only when
+        ``with_maps``."""
+        where = [(c, v) for c, v in (("model", model), ("split", split), ("category", category)) if v is not None]
+        sql = ("SELECT * FROM images" + (" WHERE " + " AND ".join(f"{c} = ?" for c, _ in where) if where else "")
+               + " ORDER BY category, split, path")
         out = []
-        for r in self._query(sql, (model,) if model else ()):
+        for r in self._query(sql, tuple(v for _, v in where)):
             d = dict(r)
             d["map"] = map_array(d["map"]) if with_maps else None
             out.append(d)
         return out
 
-    def image_shas(self, model: str) -> set[str]:
-        return {r["image_sha"] for r in self._query("SELECT image_sha FROM images WHERE model = ?", (model,))}
+    def image_keys(self, model: str, split: str) -> set[tuple[str, str]]:
+        """The (path, image hash) pairs stored for a model and split."""
+        return {(r["path"], r["image_sha"]) for r in
+                self._query("SELECT path, image_sha FROM images WHERE model = ? AND split = ?", (model, split))}
 
     # ------------------------------------------------------------ the former cache files
     def migrate(self, folder: str | os.PathLike) -> int:
@@ -268,6 +303,19 @@ class ResultDB:
             folder.rename(target)
         log.info("migrated %d audit cache files from %s into %s", len(rows), folder, self.path)
         return len(rows)
+
+
+def _alive(pid: Any) -> bool:
+    """Whether process ``pid`` exists on this host."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _encode(fields: dict[str, Any]) -> dict[str, Any]:

@@ -174,6 +174,8 @@ def _draw_sidebar() -> Selection | None:
                          format_func=lambda n: DETECTORS[n].label,
                          help="the anomaly detector whose decisions are explained (PatchCore by default where fitted)")
             bundle = bundle.using(name)
+            for note in bundle.notes:
+                st.warning(note)
         size = bundle.image_size if bundle else config.IMAGE_SIZE
         try:
             channels = bundle.channels if bundle else _channels(str(root), category)

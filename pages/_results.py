@@ -68,7 +68,9 @@ def bundle_for(dataset: str, category: str, root: Path | None = None) -> ModelBu
     b = _bundle(dataset, category, str(config.models_dir()), stamp)
     if root is not None:
         from cfx.explainers._util import set_data_root
+        from cfx.models.identity import check_card_data
 
+        b.notes[:] = check_card_data(b.card, root, category)  # models of another root: one line, not used
         set_data_root(b, root)
     return b
 

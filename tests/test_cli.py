@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from cfx.models.identity import dataset_name
+
 from cfx.cli import main
 
 
@@ -73,7 +75,7 @@ def test_train_patchcore_only_then_explain_and_evaluate(capsys, tiny_root, tmp_p
     code, out, err = run(capsys, "train", "--data-root", str(tiny_root), "--category", "widget",
                          "--detector", "patchcore", "--input-size", "160")
     assert code == 0, err
-    d = tmp_path / "models" / "mvtec" / "widget"
+    d = tmp_path / "models" / dataset_name(tmp_path / "mvtec") / "widget"
     assert (d / "patchcore.pt").exists() and not (d / "vae.pt").exists()
     card = json.loads((d / "card.json").read_text())
     assert card["detectors"]["patchcore"]["config"]["input_size"] == 160
@@ -103,9 +105,9 @@ def test_train_at_another_image_size(capsys, tiny_root, tmp_path, fresh_models):
     code, _, err = run(capsys, "train", "--data-root", str(tiny_root), "--category", "widget",
                        "--detector", "patchcore", "--image-size", "64")
     assert code == 0, err
-    card = json.loads((tmp_path / "models" / "mvtec" / "widget" / "card.json").read_text())
+    card = json.loads((tmp_path / "models" / dataset_name(tmp_path / "mvtec") / "widget" / "card.json").read_text())
     assert card["image_size"] == 64 and card["detectors"]["patchcore"]["config"]["input_size"] == 112
-    b = load_bundle("mvtec", "widget", detector="patchcore")
+    b = load_bundle(dataset_name(tmp_path / "mvtec"), "widget", detector="patchcore")
     assert b.image_size == 64
     code, out, err = run(capsys, "evaluate", "--data-root", str(tiny_root), "--category", "widget", "--json")
     assert code == 0, err
@@ -114,7 +116,7 @@ def test_train_at_another_image_size(capsys, tiny_root, tmp_path, fresh_models):
     code, _, err = run(capsys, "train", "--data-root", str(tiny_root), "--category", "widget", "--detector", "vae",
                        "--epochs", "1", "--base-only", "--quiet")
     assert code == 0, err
-    card = json.loads((tmp_path / "models" / "mvtec" / "widget" / "card.json").read_text())
+    card = json.loads((tmp_path / "models" / dataset_name(tmp_path / "mvtec") / "widget" / "card.json").read_text())
     assert card["image_size"] == 64 and set(card["detectors"]) == {"patchcore", "vae"}
 
 

@@ -6,6 +6,7 @@ import os
 import time
 
 from cfx.jobs import TrainJob, estimate_seconds
+from cfx.models.identity import dataset_name
 
 
 def _wait(job, seconds):
@@ -22,7 +23,7 @@ def test_background_fit_finishes(tiny_root, tmp_path, monkeypatch):
     _wait(job, 240)
     s = job.status()
     assert s["state"] == "done", (s, job.log.read_text()[-2000:])
-    assert (tmp_path / "models" / "mvtec" / "widget" / "patchcore.pt").exists()
+    assert (tmp_path / "models" / dataset_name(tmp_path / "mvtec") / "widget" / "patchcore.pt").exists()
     assert "PatchCore fitted" in job.log.read_text()
 
 
@@ -41,7 +42,7 @@ def test_background_training_can_be_cancelled(tiny_root, tmp_path, monkeypatch):
     except ProcessLookupError:
         alive = False
     assert not alive  # the whole process group is gone
-    assert not (tmp_path / "models" / "mvtec" / "widget" / "vae.pt").exists()
+    assert not (tmp_path / "models" / dataset_name(tmp_path / "mvtec") / "widget" / "vae.pt").exists()
 
 
 def test_estimate_grows_with_the_data():

@@ -58,10 +58,44 @@ def test_runs_flags_and_images(tmp_path):
     (run,) = db.runs("audit")
     assert run["status"] == "done" and run["methods"] == ["recon"] and run["summary"] == {"mean": 0.4}
     assert db.flags(rid)[0]["optimal_jaccard"] == 0.4
-    assert db.put_image(model="m", image_sha="s", map=np.ones((2, 2)), category="brick", image="a/1.png", score=3.0)
-    assert not db.put_image(model="m", image_sha="s", category="brick", image="a/1.png", score=4.0)
-    (im,) = db.images("m", with_maps=True)
+    kw = {"model": "m", "split": "test", "path": "brick/test/a/1.png", "image_sha": "s", "category": "brick",
+          "image": "a/1.png"}
+    assert db.put_image(map=np.ones((2, 2)), score=3.0, **kw)
+    assert not db.put_image(score=4.0, **kw)
+    assert db.put_image(score=5.0, **{**kw, "split": "train"})  # the same content under another split
+    (im,) = db.images("m", with_maps=True, split="test")
     assert im["score"] == 3.0 and im["map"].shape == (2, 2)
+    assert db.image_keys("m", "train") == {("brick/test/a/1.png", "s")}
+
+
+def test_a_run_whose_process_is_gone_is_marked_killed(tmp_path):
+    import subprocess
+    import sys
+
+    db = ResultDB(tmp_path / "r.sqlite")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    rid = db.start_run("inspect", category="brick", total=3)
+    db._write("UPDATE runs SET pid = ? WHERE id = ?", [[int(gone.stdout), rid]])  # as if that process ran it
+    mine = db.start_run("inspect", category="brick", total=3)
+    status = {r["id"]: r["status"] for r in db.runs()}
+    assert status == {rid: "killed", mine: "running"}
+
+
+def test_an_older_database_keeps_its_runs_and_rebuilds_the_image_cache(tmp_path):
+    import sqlite3
+
+    p = tmp_path / "r.sqlite"
+    with sqlite3.connect(p) as con:
+        con.executescript("""CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+            INSERT INTO meta VALUES ('schema', '1');
+            CREATE TABLE runs (id TEXT PRIMARY KEY, kind TEXT NOT NULL, created TEXT NOT NULL, dataset TEXT,
+                category TEXT, model TEXT, target TEXT, methods TEXT, params TEXT, seed INTEGER, total INTEGER,
+                status TEXT NOT NULL, engine TEXT, seconds REAL, summary TEXT);
+            INSERT INTO runs (id, kind, created, status) VALUES ('audit-1', 'audit', 'x', 'done');
+            CREATE TABLE images (model TEXT NOT NULL, image_sha TEXT NOT NULL, PRIMARY KEY (model, image_sha));""")
+    db = ResultDB(p)
+    assert [r["id"] for r in db.runs()] == ["audit-1"]
+    assert db.put_image(model="m", split="test", path="a.png", image_sha="s")
 
 
 def test_former_cache_files_migrate(tmp_path):

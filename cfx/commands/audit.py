@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from cfx.audit.distributed import audit_distributed, dask_client
     from cfx.explainers import resolve_methods
     from cfx.cli import runs_locally
-    from cfx.models.bundle import dataset_name, load_bundle
+    from cfx.models.bundle import dataset_name, load_for_root
     from cfx.resolve import fitted_categories, resolve_root
 
     if not 0 <= args.cutoff <= 1:
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         client = None if local else stack.enter_context(dask_client(args.scheduler, args.workers))
         for category in cats:
-            bundle = load_bundle(dataset, category, detector=args.detector)
+            bundle = load_for_root(root, category, detector=args.detector)
             bar = stack.enter_context(_Progress(category, not args.quiet and sys.stderr.isatty()))
             kw = dict(target=args.target, cutoff=args.cutoff, params=params, seed=args.seed, limit=args.limit,
                       progress=bar, stop=stop)

@@ -99,13 +99,13 @@ def run(args: argparse.Namespace) -> int:
     """Compute (and optionally train) concept counterfactuals; exit 0 (2 on bad input)."""
     from cfx.concepts import concept_path, load_concepts
     from cfx.training.concepts import DEFAULT_STEPS, train_concepts
-    from cfx.models.bundle import dataset_name, load_bundle
+    from cfx.models.bundle import load_for_root
     from cfx.resolve import resolve_category, resolve_root, select_image
 
     alphas = parse_alphas(args.alphas)
     root = resolve_root(args.data_root)
     category = resolve_category(root, args.category)
-    bundle = load_bundle(dataset_name(root), category, detector=args.detector)
+    bundle = load_for_root(root, category, detector=args.detector)
     if args.train:
         t0 = time.perf_counter()
         _, info = train_concepts(bundle, root, category, seed=args.seed, steps=args.steps or DEFAULT_STEPS,

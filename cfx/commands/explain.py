@@ -79,9 +79,9 @@ def _formats(text: str) -> tuple[str, ...]:
 
 def run(args: argparse.Namespace) -> int:
     """Explain the image; print the JSON (``--json``) or a short table. Exit 0 (1: every method failed)."""
-    from cfx.explainers import explain, set_data_root
+    from cfx.explainers import REGISTRY, explain, set_data_root
     from cfx.reports import Report, export_explanations, safe_name
-    from cfx.models.bundle import dataset_name, load_bundle
+    from cfx.models.bundle import load_for_root
     from cfx.resolve import resolve_category, resolve_root, select_image
 
     methods = resolve_methods(args.method)
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     formats = _formats(args.report)
     root = resolve_root(args.data_root)
     category = resolve_category(root, args.category)
-    bundle = load_bundle(dataset_name(root), category, detector=args.detector)
+    bundle = load_for_root(root, category, detector=args.detector)
     set_data_root(bundle, root)
     sel = select_image(root, category, args.image, bundle.channels, bundle.image_size)
     out = Path(args.out) if args.out else Path("out") / "explain" / category / safe_name(sel.name.replace("/", "_"))
@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
                 what += (f"{len(cfs)} counterfactual(s), best: score {c['score_after']:.3f} "
                          f"{'valid' if c['valid'] else 'NOT valid'}, L1 {c['l1']:.4f}, edit area {c['edit_area']:.3f}, "
                          f"locality {c['locality']:.2f}, realism {c['realism']:.2f}")
-            elif results[name].kind == "counterfactual":
+            elif name in REGISTRY and REGISTRY[name].kind == "counterfactual":
                 what += results[name].info.get("message", "no counterfactual found")
             print(f"  {name:<9} {m['seconds']:7.2f} s  {what}")
     failed = [n for n, e in results.items() if e.error]

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from cfx.commands.audit import _Progress
     from cfx.inspection import inspect_category
     from cfx.cli import runs_locally
-    from cfx.models.bundle import dataset_name, load_bundle
+    from cfx.models.bundle import dataset_name, load_for_root
     from cfx.resolve import fitted_categories, resolve_root
     from cfx.resultdb import open_db
 
@@ -50,11 +50,11 @@ def run(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         client = None if local else stack.enter_context(dask_client(args.scheduler, args.workers))
         for category in cats:
-            bundle = load_bundle(dataset, category, detector=args.detector)
+            bundle = load_for_root(root, category, detector=args.detector)
             with _Progress(category, not args.quiet and sys.stderr.isatty()) as bar:
                 out[category] = inspect_category(bundle, root, category, db, args.split, client, bar)
             if args.out:
-                _write(args.out, dataset, category, out[category], db, bundle.key())
+                _write(args.out, dataset, category, out[category], db, bundle.key(), args.split)
     if args.json:
         print(json.dumps({"categories": out}, indent=2, default=json_default))
         return 0
@@ -63,10 +63,12 @@ def run(args: argparse.Namespace) -> int:
         fmt = lambda v: "-" if v is None else f"{v:.1%}"  # noqa: E731
         print(f"{dataset}/{c}: {s['images']} images, {s['anomalous']} called anomalous; good parts called anomalous "
               f"{fmt(s['fpr_good'])}, defects found {fmt(s['tpr_defect'])} (model {r['model']}, {r['seconds']:.1f} s)")
+        for msg in r["skipped"]:
+            print(f"{dataset}/{c}: not read: {msg}", file=sys.stderr)
     return 0
 
 
-def _write(folder: str, dataset: str, category: str, result: dict, db, model: str) -> None:
+def _write(folder: str, dataset: str, category: str, result: dict, db, model: str, split: str) -> None:
     import numpy as np
 
     from cfx.atomic import write_bytes
@@ -76,7 +78,9 @@ def _write(folder: str, dataset: str, category: str, result: dict, db, model: st
 
     stem = safe_name(f"inspect-{dataset}-{category}")
     path = write_bytes(os.path.join(folder, f"{stem}.csv"), csv_text(result["images"], COLUMNS).encode())
-    maps = {r["image"]: r["map"] for r in db.images(model, with_maps=True) if r["category"] == category}
+    wanted = {(r["path"], r["image_sha"]) for r in result["images"]}
+    maps = {r["path"]: r["map"] for r in db.images(model, with_maps=True, split=split, category=category)
+            if (r["path"], r["image_sha"]) in wanted}
     buf = io.BytesIO()
     np.savez_compressed(buf, **{safe_name(k): v for k, v in maps.items() if v is not None})
     write_bytes(os.path.join(folder, f"{stem}-maps.npz"), buf.getvalue())

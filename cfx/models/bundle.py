@@ -9,8 +9,9 @@ rounded to it before their statistics and thresholds were computed, so nothing s
 """
 from __future__ import annotations
 
-import json
+import logging
 import os
+import shlex
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,10 +22,12 @@ import torch
 
 from cfx import config, gpu, precision
 from cfx.atomic import file_sha256
-from cfx.detectors import DETECTORS, Detector, MultiScoreDetector, load_detector, read_checkpoint, write_checkpoint
+from cfx.detectors import DETECTORS, Detector, MultiScoreDetector, detector_class, read_checkpoint, write_checkpoint
 from cfx.batches import map_batches, split_batches, workers_for
 from cfx.errors import ModelMissingError
 from cfx.meter import tick
+from cfx.models.card import check_channels, check_file, read_card, train_hint as _train_hint
+from cfx.models.identity import check_card_data, dataset_name  # noqa: F401 (dataset_name: re-exported)
 from cfx.models.nets import VAE, Classifier, ConvAutoencoder
 from cfx.models.parts import LoadedParts
 
@@ -82,12 +85,6 @@ class Target:
         return analysis[self.key]
 
 
-def _train_hint(dataset: str, category: str, detector: str | None = None) -> str:
-    root = "" if dataset == config.DEMO_NAME else " --data-root <your MVTec root>"
-    det = f" --detector {detector}" if detector else ""
-    return f"python -m cfx train{root} --category {category}{det}"
-
-
 @dataclass
 class ModelBundle:
     """The models of one dataset/category, in eval mode on one device, with one detector selected.
@@ -101,6 +98,8 @@ class ModelBundle:
         ae_latent_mean, ae_latent_std: statistics of the AE latents of train/good.
         classifier_threshold: P(anomalous) above which the classifier calls an image anomalous.
         card: the model card (JSON).
+        notes: what the user should know about these models on this data (a train/good that
+            changed since the fit; :func:`load_for_root`).
         loaded: the parts loaded or computed on first use (:class:`~cfx.models.parts.LoadedParts`:
             data root, train images, DiCE's PCA, latent ensemble, concept generator), shared by the views.
     """
@@ -116,6 +115,7 @@ class ModelBundle:
     card: dict[str, Any]
     device: torch.device
     loaded: LoadedParts = field(default_factory=LoadedParts)
+    notes: list[str] = field(default_factory=list)
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     # ------------------------------------------------------------------ parts
@@ -294,44 +294,6 @@ def default_detector(detectors: dict[str, Any] | list[str]) -> str:
     raise ModelMissingError("no fitted detector")
 
 
-def read_card(dataset: str, category: str) -> dict[str, Any]:
-    """The category's model card (ModelMissingError with one line if it is missing or broken)."""
-    path = category_dir(dataset, category) / "card.json"
-    if not path.exists():
-        raise ModelMissingError(f"no trained model for {dataset}/{category} in {path.parent}: run "
-                                f"{_train_hint(dataset, category)}")
-    try:
-        card = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelMissingError(f"the model card {path} is unreadable ({type(exc).__name__}): run "
-                                f"{_train_hint(dataset, category)}") from exc
-    if not isinstance(card, dict):
-        raise ModelMissingError(f"the model card {path} is not a cfx card: run {_train_hint(dataset, category)}")
-    return card
-
-
-def check_file(path: Path, card: dict[str, Any], dataset: str, category: str) -> Path:
-    """``path`` if its sha256 is the one its card records (files the card does not list pass).
-
-    Raises:
-        ModelMissingError: one line naming the file and the command that retrains it.
-    """
-    want = card.get("files", {}).get(path.name)
-    for info in card.get("detectors", {}).values():
-        if isinstance(info, dict) and info.get("file") == path.name:
-            want = want or info.get("sha256")
-    if want:
-        try:
-            got = file_sha256(path)
-        except OSError as exc:
-            raise ModelMissingError(f"cannot read model file {path} ({type(exc).__name__}): run "
-                                    f"{_train_hint(dataset, category)}") from exc
-        if got != want:
-            raise ModelMissingError(f"the model file {path} does not match its card (sha256 {got[:12]}, "
-                                    f"card {str(want)[:12]}): run {_train_hint(dataset, category)}")
-    return path
-
-
 def fitted_detectors(dataset: str, category: str) -> list[str]:
     """Names of the detectors whose checkpoint is in the category's folder, in :data:`DETECTORS` order."""
     d = category_dir(dataset, category)
@@ -347,6 +309,33 @@ def model_exists(dataset: str, category: str) -> bool:
 def available_models(dataset: str) -> list[str]:
     root = config.models_dir() / dataset
     return sorted(p.name for p in root.iterdir() if model_exists(dataset, p.name)) if root.is_dir() else []
+
+
+def _load_parts(d: Path, card: dict[str, Any], dataset: str, category: str, names: list[str], dev: torch.device):
+    """The networks, the AE's latent statistics, the classifier's threshold and the detectors of ``d``."""
+    def ck(filename: str) -> dict[str, Any]:
+        path = check_file(d / filename, card, dataset, category)
+        out = load_checkpoint(path)
+        check_channels(path, out, card, dataset, category)
+        return out
+
+    mods: dict[str, torch.nn.Module] = {}
+    mean = std = clf_thr = None
+    if (d / "ae.pt").exists():
+        ae_ck = ck("ae.pt")
+        ae = ConvAutoencoder(**ae_ck["config"]["net"])
+        mean, std = (ae_ck["state_dict"].pop(k).to(dev) for k in ("latent_mean", "latent_std"))
+        ae.load_state_dict(ae_ck["state_dict"])
+        mods["ae"] = ae
+    if (d / "classifier.pt").exists():
+        clf_ck = ck("classifier.pt")
+        clf = Classifier(**clf_ck["config"]["net"])
+        clf.load_state_dict(clf_ck["state_dict"])
+        mods["classifier"] = clf
+        clf_thr = float(clf_ck["config"].get("threshold", 0.5))
+    dets = {n: detector_class(n).from_checkpoint(ck(DETECTORS[n].filename)).eval().requires_grad_(False)
+            for n in names}
+    return mods, mean, std, clf_thr, dets
 
 
 def load_bundle(dataset: str, category: str, device: torch.device | str | None = None,
@@ -366,22 +355,11 @@ def load_bundle(dataset: str, category: str, device: torch.device | str | None =
         raise ModelMissingError(f"no trained model for {dataset}/{category} in {d}: run "
                                 f"{_train_hint(dataset, category)}")
     dev = torch.device(device) if device is not None else config.device()
-    mods: dict[str, torch.nn.Module] = {}
-    mean = std = None
-    clf_thr = None
-    if (d / "ae.pt").exists():
-        ae_ck = load_checkpoint(check_file(d / "ae.pt", card, dataset, category))
-        ae = ConvAutoencoder(**ae_ck["config"]["net"])
-        mean, std = (ae_ck["state_dict"].pop(k).to(dev) for k in ("latent_mean", "latent_std"))
-        ae.load_state_dict(ae_ck["state_dict"])
-        mods["ae"] = ae
-    if (d / "classifier.pt").exists():
-        clf_ck = load_checkpoint(check_file(d / "classifier.pt", card, dataset, category))
-        clf = Classifier(**clf_ck["config"]["net"])
-        clf.load_state_dict(clf_ck["state_dict"])
-        mods["classifier"] = clf
-        clf_thr = float(clf_ck["config"].get("threshold", 0.5))
-    dets = {n: load_detector(n, check_file(d / DETECTORS[n].filename, card, dataset, category)) for n in names}
+    try:
+        mods, mean, std, clf_thr, dets = _load_parts(d, card, dataset, category, names, dev)
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:  # weights that do not fit their networks
+        raise ModelMissingError(f"the models in {d} do not fit together ({type(exc).__name__}): run "
+                                f"{_train_hint(dataset, category)}") from None
     for m in (*mods.values(), *dets.values()):
         m.eval().requires_grad_(False)
         m.to(dev).to(memory_format=torch.channels_last)
@@ -391,10 +369,22 @@ def load_bundle(dataset: str, category: str, device: torch.device | str | None =
     return b.using(name)
 
 
-def dataset_name(root: str | os.PathLike | None) -> str:
-    """The models/ sub-folder for a data root: ``demo`` for the embedded default, else the folder's name."""
-    from cfx.data.demo import is_demo_root
+def load_for_root(root: str | os.PathLike, category: str, device: torch.device | str | None = None,
+                  detector: str | None = None) -> ModelBundle:
+    """The models of ``root``'s category (:func:`~cfx.models.identity.dataset_name`), checked to
+    have been fitted on that root (:func:`~cfx.models.identity.check_card_data`; a changed
+    train/good becomes a note in :attr:`ModelBundle.notes`).
 
-    if root is None or is_demo_root(root):
-        return config.DEMO_NAME
-    return Path(root).expanduser().resolve().name
+    Raises:
+        ModelMissingError: no models, or models of another root (one line).
+    """
+    dataset = dataset_name(root)
+    try:
+        notes = check_card_data(read_card(dataset, category), root, category)
+        b = load_bundle(dataset, category, device=device, detector=detector)
+    except ModelMissingError as exc:  # the command to run names this root
+        raise ModelMissingError(str(exc).replace("<your MVTec root>", shlex.quote(str(root)))) from None
+    b.notes[:] = notes
+    for note in notes:
+        logging.getLogger(__name__).warning(note)
+    return b

@@ -33,6 +33,7 @@ from cfx.detectors import (
 from cfx.metrics.detection import auroc_standard_error
 from cfx.models.bundle import category_dir, round_to_half, save_module
 from cfx.models.nets import VAE, Classifier, ConvAutoencoder
+from cfx.models.identity import data_record
 from cfx.resolve import record_root
 from cfx.training.common import (
     VAL_FRACTION,
@@ -256,6 +257,7 @@ def train_category(root: str | Path, category: str, dataset: str, epochs: int = 
                 "heldout_normals": len(va), "synthetic_check": synthetic_check(thr, s_n["score"], s_a["score"])}
     card = {
         "dataset": dataset, "category": category, "data_root": record_root(root),
+        "data": data_record(root, category),
         "split": {"train": len(tr), "validation": len(va), "source": "train/good", "val_fraction": VAL_FRACTION,
                   "synthetic_validation_anomalies": len(syn_va)},
         "seed": seed, "epochs": epochs, "channels": channels, "image_size": int(x_all.shape[-1]),

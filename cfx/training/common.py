@@ -63,15 +63,28 @@ def merge_card(d: Path, card: dict[str, Any], detector: str, info: dict[str, Any
             old = {}
         if not isinstance(old, dict):
             old = {}
-    same_data = old.get("channels") == card.get("channels") and old.get("image_size") == card.get("image_size")
+    same_data = (old.get("channels") == card.get("channels") and old.get("image_size") == card.get("image_size")
+                 and _data_root(old) == _data_root(card))
+    if old and not same_data:  # models of other data or another size: none of them is kept
+        for f in d.glob("*.pt"):
+            if f.name not in card.get("files", {}):
+                f.unlink(missing_ok=True)
     dets = dict(old.get("detectors", {})) if same_data else {}
     dets[detector] = info
     kept = old if same_data else {}
     merged = {**kept, **card} if overwrite else {**card, **kept}
+    if "data" in card:
+        merged["data"] = card["data"]  # the data of the latest fit (same root; its train/good as now)
     merged["detectors"] = dets
     merged["files"] = {**(old.get("files", {}) if same_data else {}), **card.get("files", {})}
     write_json(path, merged)
     return merged
+
+
+def _data_root(card: dict[str, Any]) -> Any:
+    """The root a card's models were fitted on (an older card: its ``data_root``, ``demo`` on the demo)."""
+    data = card.get("data")
+    return data.get("root") if isinstance(data, dict) else card.get("data_root")
 
 
 #: train/good images below which a category's detector is flagged as fitted on too little data.

@@ -20,6 +20,7 @@ from cfx.detectors import (
 )
 from cfx.errors import DataError
 from cfx.models.bundle import category_dir
+from cfx.models.identity import data_record
 from cfx.resolve import record_root
 from cfx.training.common import (
     MIN_TRAIN_IMAGES,
@@ -79,7 +80,8 @@ def fit_patchcore(root: str | Path, category: str, dataset: str, seed: int = 0, 
             "synthetic_check": synthetic_check(thr, s_n, s_a),
             "warnings": warnings, "fitted_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "device": str(config.device()), "versions": _versions()}
-    card = {"dataset": dataset, "category": category, "data_root": record_root(root), "channels": ds.channels,
+    card = {"dataset": dataset, "category": category, "data_root": record_root(root),
+            "data": data_record(root, category), "channels": ds.channels,
             "image_size": int(x_all.shape[-1]), "seed": seed,
             "split": {"train": len(tr), "validation": len(va), "source": "train/good", "val_fraction": VAL_FRACTION},
             "files": {det.filename: sha}}

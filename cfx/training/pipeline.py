@@ -7,7 +7,8 @@ from typing import Callable
 
 from cfx.config import IMAGE_SIZE
 from cfx.errors import ModelMissingError
-from cfx.models.bundle import read_card
+from cfx.models.bundle import category_dir, read_card
+from cfx.models.identity import guard_overwrite
 from cfx.training.base import DEFAULT_EPOCHS, train_category
 from cfx.training.patchcore import fit_patchcore
 
@@ -44,17 +45,20 @@ def fitted_image_size(dataset: str, category: str) -> int | None:
 
 def train(root: str | Path, category: str, dataset: str, detector: str = "all", epochs: int = DEFAULT_EPOCHS,
           seed: int = 0, input_size: int | None = None, alpha: float | None = None, base_only: bool = False,
-          progress: bool = True, log: Callable[[str], None] = print, image_size: int | None = None) -> None:
+          progress: bool = True, log: Callable[[str], None] = print, image_size: int | None = None,
+          force: bool = False) -> None:
     """Fit what a category needs: PatchCore (``detector`` patchcore or all), then the AE, VAE
     detector and classifier (vae or all), then the latent ensemble and the concept generator
     (unless ``base_only``), all on images of ``image_size`` px (default: the size of the models
     the category already has, so that fitting one detector never drops the other; else
     :data:`~cfx.config.IMAGE_SIZE`). PatchCore's backbone sees ``input_size`` (default
-    :func:`default_input_size`).
+    :func:`default_input_size`). Models of the category fitted on another data root are not
+    replaced unless ``force`` (:func:`~cfx.models.identity.guard_overwrite`).
 
     Raises:
-        DataError: bad data or arguments (one line).
+        DataError: bad data or arguments, or models of another root in the way (one line).
     """
+    guard_overwrite(category_dir(dataset, category), root, category, force)
     image_size = image_size or fitted_image_size(dataset, category) or IMAGE_SIZE
     if detector in ("patchcore", "all"):
         fit_patchcore(root, category, dataset, seed=seed, image_size=image_size,

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from cfx.models.identity import dataset_name
 from PIL import Image
 
 pytest.importorskip("streamlit")
@@ -251,7 +253,8 @@ def test_real_root_without_models(tiny_root):
     at = new_app("pages/inspect.py")
     at.text_input(key="w_data_root").input(str(tiny_root)).run()
     ok(at)
-    assert at.session_state["selection"].dataset == "mvtec" and at.session_state["selection"].bundle is None
+    assert at.session_state["selection"].dataset == dataset_name(tiny_root)
+    assert at.session_state["selection"].bundle is None
     assert any("no trained model" in e.value for e in at.error)
     assert any("python -m cfx train --data-root" in c.value for c in at.code)
     for page in ("pages/compare.py", "pages/counterfactuals.py", "pages/detector.py", "pages/home.py"):
@@ -726,7 +729,8 @@ def test_a_category_without_models_is_browsed_and_fitted_in_the_app(tiny_root, t
     ok(at)
     sel = at.session_state["selection"]
     assert sel.bundle is not None and sel.bundle.detector_name == "patchcore"
-    assert "verdict" in shown(at, "inspect") and (tmp_path / "models" / "mvtec" / "widget" / "patchcore.pt").exists()
+    assert "verdict" in shown(at, "inspect")
+    assert (tmp_path / "models" / dataset_name(tmp_path / "mvtec") / "widget" / "patchcore.pt").exists()
     assert at.button(key="fit_vae")  # the rest is offered as a background job
     assert at.selectbox(key="w_category").options == ["widget"]  # no longer "(no model)"
 
@@ -746,7 +750,7 @@ def test_the_detector_page_hints_at_a_larger_working_size(tmp_path, monkeypatch)
         (cat / "test" / d).mkdir(parents=True, exist_ok=True)
         for i in range(4):
             Image.fromarray((rng.random((256, 256)) * 255).astype(np.uint8)).save(cat / "test" / d / f"{i:03d}.png")
-    fit_patchcore(cat.parent, "noise", "mvtec", image_size=64, input_size=112, log=lambda s: None)
+    fit_patchcore(cat.parent, "noise", dataset_name(cat.parent), image_size=64, input_size=112, log=lambda s: None)
     at = new_app()
     at.text_input(key="w_data_root").input(str(cat.parent)).run()
     at.switch_page("pages/detector.py").run()
@@ -771,7 +775,7 @@ def test_the_detector_is_fitted_at_256_px_in_the_background(tiny_root, tmp_path,
     assert not [b for b in at.button if b.key == "fit_patchcore"]  # the job's progress replaces the buttons
     from pages._fit import _jobs
 
-    job = _jobs()[("mvtec", "widget")]
+    job = _jobs()[(dataset_name(tiny_root), "widget")]
     end = time.time() + 240
     while job.running and time.time() < end:
         time.sleep(0.5)
