@@ -1,5 +1,6 @@
-"""Atomic file writes (write to a temporary file beside the target, then rename) and the plain
-JSON form of results (numpy values, paths; strict JSON without NaN)."""
+"""Atomic file writes (write to a temporary file beside the target, then rename; the file gets the
+process umask's mode, as a plain ``open`` would give it) and the plain JSON form of results (numpy
+values, paths; strict JSON without NaN)."""
 from __future__ import annotations
 
 import json
@@ -11,6 +12,37 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: the process umask, read once at import (reading it means setting it)
+_UMASK = _umask()
+
+
+def writable_dir(path: str | os.PathLike, what: str) -> Path:
+    """``path`` as a folder this process can write in (created if needed).
+
+    Raises:
+        DataError: one line naming ``what`` ("--out", "the models folder") and why not.
+    """
+    from cfx.errors import DataError
+
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise DataError(f"{what} {p} is a file, not a folder")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".cfx-write-check-", dir=p)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise DataError(f"{what} {p} cannot be written ({exc.strerror or type(exc).__name__})") from None
+    return p
 
 
 @contextmanager
@@ -28,6 +60,7 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600 whatever the umask
         os.replace(tmp_path, target)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -84,24 +117,3 @@ def clean_json(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
-
-
-def sqlite_connect(path: str | os.PathLike, what: str, hint: str, timeout: float = 10.0):
-    """A connection to the SQLite database ``path`` in WAL mode (every write one transaction; a
-    killed writer leaves no half row), checked readable.
-
-    Raises:
-        DataError: one line naming ``what`` ("the results database") and ``hint`` (what to do).
-    """
-    import sqlite3
-
-    from cfx.errors import DataError
-
-    try:
-        con = sqlite3.connect(path, timeout=timeout)
-        con.execute("PRAGMA journal_mode=WAL")
-        con.execute("PRAGMA synchronous=NORMAL")
-        con.execute("SELECT name FROM sqlite_master LIMIT 1").fetchall()
-    except sqlite3.DatabaseError as exc:
-        raise DataError(f"{what} {path} {hint.format(exc=exc)}") from None
-    return con

@@ -177,6 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def os_error_line(exc: OSError) -> str:
+    """One readable line for an operating-system error (the file and the system's words)."""
+    what = exc.strerror or type(exc).__name__
+    names = [str(f) for f in (exc.filename, exc.filename2) if f]
+    return f"cannot use {' -> '.join(names)}: {what}" if names else f"a file operation failed: {what}"
+
+
 def _missing(name: str) -> int:
     print(f"cfx: the '{name}' command is not available in this build", file=sys.stderr)
     return 2
@@ -190,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except CfxError as exc:
         print(f"cfx: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk, a read-only or vanished file: one line, not a traceback
+        print(f"cfx: {os_error_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -34,7 +34,6 @@ import sqlite3
 import uuid
 import zlib
 from collections.abc import Iterable, Sequence
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,8 +41,8 @@ from typing import Any
 import numpy as np
 
 from cfx import config
-from cfx.atomic import json_default, sqlite_connect
-from cfx.errors import DataError
+from cfx.atomic import json_default
+from cfx.dbfile import SQLiteFile
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 2
@@ -116,8 +115,11 @@ class ResultDB:
     Args:
         path: the SQLite file (default :func:`default_path`); a folder means ``<folder>/results.sqlite``.
 
+    A locked, damaged or read-only file is handled by :class:`cfx.dbfile.SQLiteFile` (a damaged
+    one is moved aside and :attr:`notice` says so).
+
     Raises:
-        DataError: one line when the file is not a readable cfx results database.
+        DataError: one line when the file cannot be used (read-only for a write, locked too long).
     """
 
     def __init__(self, path: str | os.PathLike | None = None) -> None:
@@ -125,39 +127,20 @@ class ResultDB:
         if p.is_dir() or (not p.suffix and not p.exists()):
             p = p / "results.sqlite"
         self.path = p
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(self._connect()) as con, con:
-            con.executescript("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);")
-            row = con.execute("SELECT v FROM meta WHERE k = 'schema'").fetchone()
-            if row is not None and row[0] != str(SCHEMA_VERSION):  # an older schema: images is a cache
-                con.execute("DROP TABLE IF EXISTS images")
-                cols = {r[1] for r in con.execute("PRAGMA table_info(runs)")}
-                for col, kind in (("host", "TEXT"), ("pid", "INTEGER")):
-                    if cols and col not in cols:
-                        con.execute(f"ALTER TABLE runs ADD COLUMN {col} {kind}")
-            con.executescript(_SCHEMA)
-            con.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        self.file = SQLiteFile(p, "the results database", "CREATE TABLE IF NOT EXISTS meta "
+                               "(k TEXT PRIMARY KEY, v TEXT NOT NULL);", setup=_setup)
 
-    def _connect(self) -> sqlite3.Connection:
-        con = sqlite_connect(self.path, "the results database",
-                             "is damaged ({exc}); move it away or set CFX_RESULTS_DB to another file", timeout=30)
-        con.row_factory = sqlite3.Row
-        return con
+    @property
+    def notice(self) -> str | None:
+        """One line for the user when the file was damaged and replaced by a fresh one."""
+        return self.file.notice
 
     def _query(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        try:
-            with closing(self._connect()) as con:
-                return con.execute(sql, args).fetchall()
-        except sqlite3.DatabaseError as exc:
-            raise DataError(f"the results database {self.path} is damaged ({exc}); move it away") from None
+        return self.file.query(sql, args)
 
     def _write(self, sql: str, rows: Iterable[Sequence[Any]]) -> int:
         """One transaction; the number of rows changed."""
-        try:
-            with closing(self._connect()) as con, con:
-                return con.executemany(sql, list(rows)).rowcount
-        except sqlite3.DatabaseError as exc:
-            raise DataError(f"the results database {self.path} is damaged ({exc}); move it away") from None
+        return self.file.write(sql, list(rows))
 
     # ------------------------------------------------------------ results
     def get(self, key: str, legacy_key: str | None = None) -> StoredResult | None:
@@ -303,6 +286,19 @@ class ResultDB:
             folder.rename(target)
         log.info("migrated %d audit cache files from %s into %s", len(rows), folder, self.path)
         return len(rows)
+
+
+def _setup(con: sqlite3.Connection) -> None:
+    """The tables; a database of an older schema has its image cache dropped and its runs extended."""
+    row = con.execute("SELECT v FROM meta WHERE k = 'schema'").fetchone()
+    if row is not None and row[0] != str(SCHEMA_VERSION):
+        con.execute("DROP TABLE IF EXISTS images")
+        cols = {r[1] for r in con.execute("PRAGMA table_info(runs)")}
+        for col, kind in (("host", "TEXT"), ("pid", "INTEGER")):
+            if cols and col not in cols:
+                con.execute(f"ALTER TABLE runs ADD COLUMN {col} {kind}")
+    con.executescript(_SCHEMA)
+    con.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
 
 
 def _alive(pid: Any) -> bool:

@@ -115,9 +115,11 @@ def test_former_cache_files_migrate(tmp_path):
 
 
 @pytest.mark.parametrize("content", [b"this is not a database" * 100, b"SQLite format 3\x00" + b"\x00" * 40])
-def test_damaged_database_is_one_line(tmp_path, content):
+def test_a_damaged_database_is_moved_aside_and_a_new_one_started(tmp_path, content):
     bad = tmp_path / "bad.sqlite"
     bad.write_bytes(content)
-    with pytest.raises(DataError, match="results database .* is damaged") as info:
-        ResultDB(bad)
-    assert "\n" not in str(info.value)
+    db = ResultDB(bad)
+    (aside,) = tmp_path.glob("bad.sqlite.corrupt-*")
+    assert aside.read_bytes() == content  # nothing lost: the old file is kept under a dated name
+    assert "was damaged" in db.notice and aside.name in db.notice and "\n" not in db.notice
+    assert db.put("k", model="m", method="recon") and db.count() == 1

@@ -37,9 +37,11 @@ def test_bad_verdict_and_broken_database(tmp_path):
         store.record("demo", "brick", "x.png", "m", "maybe")
     broken = tmp_path / "broken.sqlite"
     broken.write_bytes(b"this is not a database" * 100)
-    with pytest.raises(DataError, match="unreadable.*move it away") as exc:
-        ReviewStore(broken)
-    assert "\n" not in str(exc.value)
+    fresh = ReviewStore(broken)  # moved aside to a dated name, a new one started, and the user told
+    (aside,) = tmp_path.glob("broken.sqlite.corrupt-*")
+    assert aside.read_bytes() == b"this is not a database" * 100
+    assert aside.name in fresh.notice and "new one" in fresh.notice and "\n" not in fresh.notice
+    assert fresh.latest("demo", "brick") == {}
 
 
 def test_queue_rates():

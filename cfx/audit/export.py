@@ -10,6 +10,7 @@ from typing import Any
 
 from cfx.atomic import write_bytes, write_json
 from cfx.audit.results import AuditResult
+from cfx.inert import csv_cell
 from cfx.reports.encode import safe_name
 
 #: the columns of the per-category summary table
@@ -18,13 +19,14 @@ SUMMARY_COLUMNS = ("dataset", "category", "method", "images", "detected", "evalu
 
 
 def csv_text(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
-    """Rows as CSV text (the columns of the first row unless given; None as an empty cell)."""
+    """Rows as CSV text (the columns of the first row unless given; None as an empty cell; text a
+    spreadsheet would run as a formula made inert, :func:`cfx.inert.csv_cell`)."""
     buf = io.StringIO()
     cols = list(columns or (rows[0].keys() if rows else []))
     w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for r in rows:
-        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in cols})
+        w.writerow({k: ("" if r.get(k) is None else csv_cell(r.get(k))) for k in cols})
     return buf.getvalue()
 
 

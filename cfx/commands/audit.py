@@ -62,6 +62,10 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"--limit must be at least 1, not {args.limit}")
     local = runs_locally(args) or args.no_cache
     params = parse_params(args.params)
+    if args.out:
+        from cfx.atomic import writable_dir
+
+        writable_dir(args.out, "--out")
     root = resolve_root(args.data_root)
     dataset = dataset_name(root)
     cats = fitted_categories(root, args.category, dataset)

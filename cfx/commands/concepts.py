@@ -103,6 +103,10 @@ def run(args: argparse.Namespace) -> int:
     from cfx.resolve import resolve_category, resolve_root, select_image
 
     alphas = parse_alphas(args.alphas)
+    if args.out:
+        from cfx.atomic import writable_dir
+
+        writable_dir(args.out, "--out")
     root = resolve_root(args.data_root)
     category = resolve_category(root, args.category)
     bundle = load_for_root(root, category, detector=args.detector)

@@ -79,6 +79,7 @@ def _formats(text: str) -> tuple[str, ...]:
 
 def run(args: argparse.Namespace) -> int:
     """Explain the image; print the JSON (``--json``) or a short table. Exit 0 (1: every method failed)."""
+    from cfx.atomic import writable_dir
     from cfx.explainers import REGISTRY, explain, set_data_root
     from cfx.reports import Report, export_explanations, safe_name
     from cfx.models.bundle import load_for_root
@@ -95,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
     bundle = load_for_root(root, category, detector=args.detector)
     set_data_root(bundle, root)
     sel = select_image(root, category, args.image, bundle.channels, bundle.image_size)
-    out = Path(args.out) if args.out else Path("out") / "explain" / category / safe_name(sel.name.replace("/", "_"))
+    out = writable_dir(args.out if args.out else Path("out") / "explain" / category /
+                       safe_name(sel.name.replace("/", "_")), "--out")
     results = explain(bundle, sel.image, methods, target=args.target, seed=args.seed, params=params, mask=sel.mask)
     report = Report.from_bundle(bundle, sel.image, sel.name, results, mask=sel.mask, target=args.target,
                                 params={"seed": args.seed}, with_detector_maps=False)

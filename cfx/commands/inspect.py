@@ -42,6 +42,10 @@ def run(args: argparse.Namespace) -> int:
     from cfx.resultdb import open_db
 
     local = runs_locally(args)
+    if args.out:
+        from cfx.atomic import writable_dir
+
+        writable_dir(args.out, "--out")
     root = resolve_root(args.data_root)
     dataset = dataset_name(root)
     cats = fitted_categories(root, args.category, dataset, " --detector patchcore")

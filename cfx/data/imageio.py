@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 from typing import BinaryIO
 
@@ -24,10 +25,17 @@ def open_image(source: str | Path | bytes | BinaryIO, name: str | None = None) -
         name: the name to use in messages (default: the path).
     """
     label = name or (str(source) if isinstance(source, (str, Path)) else "upload")
+    if isinstance(source, (str, Path)):
+        check_regular_file(source, label)
     try:
         if isinstance(source, bytes):
             source = io.BytesIO(source)
-        img = Image.open(source)
+        with warnings.catch_warnings():  # the size is checked below, in one line
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(source)  # reads the header only
+        w, h = img.size
+        if max(w, h) > MAX_SIDE or w * h > Image.MAX_IMAGE_PIXELS:  # refused before decoding a pixel
+            raise DataError(f"image {label} is {w}x{h} px; the limit is {MAX_SIDE} px a side")
         img.load()
     except UnidentifiedImageError:
         raise DataError(f"{label} is not an image cfx can read (PNG, JPEG, TIFF, BMP, GIF or WebP)") from None
@@ -40,6 +48,23 @@ def open_image(source: str | Path | bytes | BinaryIO, name: str | None = None) -
     if img.size[0] < 8 or img.size[1] < 8:
         raise DataError(f"image {label} is {img.size[0]}x{img.size[1]} px; it must be at least 8 px a side")
     return img
+
+
+def check_regular_file(path: str | Path, label: str | None = None) -> None:
+    """Refuse, in one line, what is not a regular file that can be read: a missing file, a dangling
+    or looping link, a folder, a FIFO or device (which would block or never end)."""
+    import stat
+
+    label = label or str(path)
+    try:
+        st = Path(path).stat()
+    except FileNotFoundError:
+        kind = "a broken link" if Path(path).is_symlink() else "missing"
+        raise DataError(f"image {label} cannot be read: it is {kind}") from None
+    except OSError as exc:
+        raise DataError(f"image {label} cannot be read ({exc.strerror or type(exc).__name__})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise DataError(f"image {label} is not a regular file")
 
 
 def to_mode(img: Image.Image, channels: int) -> Image.Image:
@@ -97,9 +122,18 @@ def load_image(source: str | Path | bytes | BinaryIO, size: int, channels: int, 
     return image_to_array(open_image(source, name), size, channels)
 
 
-def load_mask(path: str | Path, size: int) -> np.ndarray:
-    """A ground-truth mask as a bool array (size, size), resized with nearest neighbour."""
+def load_mask(path: str | Path, size: int, image_size: tuple[int, int] | None = None,
+              notes: list[str] | None = None) -> np.ndarray:
+    """A ground-truth mask as a bool array (size, size), resized with nearest neighbour.
+
+    Args:
+        image_size: (width, height) of the mask's image file; a mask of another size is resized
+            too, with a note in ``notes`` (masks are made at their image's size).
+    """
     img = open_image(path)
+    if image_size is not None and img.size != tuple(image_size) and notes is not None:
+        notes.append(f"mask {path} is {img.size[0]}x{img.size[1]} px but its image is {image_size[0]}x"
+                     f"{image_size[1]}: resized to fit")
     arr = np.asarray(to_mode(img, 1))
     img = Image.fromarray((arr > 0).astype(np.uint8) * 255)
     if img.size != (size, size):

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from cfx.config import IMAGE_SIZE, cache_dir
-from cfx.data.imageio import is_gray, load_image, load_mask, open_image
+from cfx.data.imageio import image_to_array, is_gray, load_mask, open_image
 from cfx.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -163,6 +163,8 @@ class Arrays:
         labels: int64 (N,): 1 defective, 0 good.
         samples: the samples, in order (images that could not be read are left out).
         skipped: messages for images that could not be read.
+        notes: what was done to images that were kept (a mask resized to fit, an unreadable
+            mask: the image is kept with its mask unknown).
     """
 
     images: np.ndarray
@@ -171,6 +173,7 @@ class Arrays:
     labels: np.ndarray
     samples: list[Sample]
     skipped: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -236,13 +239,17 @@ class MVTecDataset(torch.utils.data.Dataset):
 
     def _cache_key(self) -> str:
         h = hashlib.sha1()
-        h.update(f"v1|{self.root.resolve()}|{self.category}|{self.split}|{self.image_size}|{self.channels}".encode())
+        h.update(f"v2|{self.root.resolve()}|{self.category}|{self.split}|{self.image_size}|{self.channels}".encode())
         for s in self.samples:
             for p in (s.path, s.mask_path):
                 if p is None:
                     h.update(b"-")
                     continue
-                st = p.stat()
+                try:
+                    st = p.stat()
+                except OSError:  # a broken or looping link: it is reported when the split loads
+                    h.update(f"{p.name}|?".encode())
+                    continue
                 h.update(f"{p.name}|{st.st_size}|{st.st_mtime_ns}".encode())
         return h.hexdigest()[:20]
 
@@ -257,7 +264,9 @@ class MVTecDataset(torch.utils.data.Dataset):
                     keep = z["keep"]
                     samples = [self.samples[i] for i in keep]
                     skipped = [str(x) for x in z["skipped"]]
-                    self._arrays = Arrays(z["images"], z["masks"], z["has_mask"], z["labels"], samples, skipped)
+                    notes = [str(x) for x in z["notes"]]
+                    self._arrays = Arrays(z["images"], z["masks"], z["has_mask"], z["labels"], samples, skipped,
+                                          notes)
                     return self._arrays
             except Exception as exc:  # a damaged cache is rebuilt
                 log.warning("ignoring damaged cache %s: %s", cache_file, exc)
@@ -270,7 +279,8 @@ class MVTecDataset(torch.utils.data.Dataset):
                 with open(tmp, "wb") as f:
                     np.savez(f, images=self._arrays.images, masks=self._arrays.masks,
                              has_mask=self._arrays.has_mask, labels=self._arrays.labels, keep=keep,
-                             skipped=np.array(self._arrays.skipped, dtype=str))
+                             skipped=np.array(self._arrays.skipped, dtype=str),
+                             notes=np.array(self._arrays.notes, dtype=str))
         return self._arrays
 
     def _load(self) -> Arrays:
@@ -280,17 +290,25 @@ class MVTecDataset(torch.utils.data.Dataset):
         has_mask = np.zeros(n, bool)
         ok: list[int] = []
         skipped: list[str] = []
+        notes: list[str] = []
         for i, sample in enumerate(self.samples):
             try:
-                images[i] = load_image(sample.path, s, c)
-                if sample.mask_path is not None:
-                    masks[i] = load_mask(sample.mask_path, s)
+                img = open_image(sample.path)
+                images[i] = image_to_array(img, s, c)
             except DataError as exc:
                 log.warning("skipping: %s", exc)
                 skipped.append(str(exc))
                 continue
             has_mask[i] = sample.has_mask
+            if sample.mask_path is not None:
+                try:
+                    masks[i] = load_mask(sample.mask_path, s, img.size, notes)
+                except DataError as exc:  # the image is kept; its pixel truth is unknown
+                    notes.append(f"{exc}: {sample.name} is kept without its mask")
+                    has_mask[i] = False
             ok.append(i)
+        for note in notes:
+            log.warning("%s", note)
         idx = np.array(ok, dtype=int)
         labels = np.array([self.samples[i].label for i in ok], dtype=np.int64)
-        return Arrays(images[idx], masks[idx], has_mask[idx], labels, [self.samples[i] for i in ok], skipped)
+        return Arrays(images[idx], masks[idx], has_mask[idx], labels, [self.samples[i] for i in ok], skipped, notes)
