@@ -29,6 +29,10 @@ PAGES = [
 RUN_KEY, DRAWN_KEY = "_cfx_run", "_cfx_selection_run"  # as in pages/_common.py (not imported yet on Home)
 st.session_state[RUN_KEY] = st.session_state.get(RUN_KEY, 0) + 1  # this run's number
 
+from pages._auth import require_user  # noqa: E402 - sign-in before any page (pages/_auth.py)
+
+require_user()
+
 nav = st.navigation([st.Page(f, title=t, icon=i, default=(f == "pages/home.py"))
                      for f, t, i in PAGES])
 if nav.title != "Home":

@@ -5,6 +5,11 @@ Environment variables:
     CFX_MODELS_DIR: where checkpoints live (default: ``models/`` beside the package).
     CFX_CACHE_DIR: where the demo dataset and resized-array caches go (default: ``.cfx-cache/``
         beside the package, ignored by git).
+    CFX_ALLOWED_ROOTS: folders (separated by ``os.pathsep``) the app's data-root field may open,
+        with everything below them; the demo and ``$CFX_DATA_ROOT`` are always allowed
+        (:mod:`cfx.station`).
+    CFX_TRUSTED_USER_HEADER: the request header a reverse proxy sets to the signed-in user
+        (e.g. ``X-Forwarded-User``); the app then admits only requests that carry it.
     CFX_BATCH_WORKERS: at most this many single-threaded workers score a call's batches on the
         CPU (default: torch's threads; 1 scores them one at a time on torch's threads;
         :mod:`cfx.batches`).
@@ -43,6 +48,17 @@ def env_data_root() -> Path | None:
     """``$CFX_DATA_ROOT`` if set."""
     value = os.environ.get("CFX_DATA_ROOT")
     return Path(value) if value else None
+
+
+def allowed_roots_env() -> list[Path]:
+    """``$CFX_ALLOWED_ROOTS`` as paths (empty entries ignored)."""
+    value = os.environ.get("CFX_ALLOWED_ROOTS") or ""
+    return [Path(p).expanduser() for p in value.split(os.pathsep) if p.strip()]
+
+
+def trusted_user_header() -> str | None:
+    """``$CFX_TRUSTED_USER_HEADER`` if set."""
+    return (os.environ.get("CFX_TRUSTED_USER_HEADER") or "").strip() or None
 
 
 def device() -> torch.device:

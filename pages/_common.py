@@ -35,6 +35,7 @@ import streamlit as st
 import torch  # noqa: F401
 
 from cfx import config
+from cfx.inert import markdown_text
 from cfx.reports.encode import file_stem as name_stem
 from cfx.data.imageio import image_to_array, open_image
 from cfx.data.mvtec import GOOD, Arrays, list_categories, validate_root
@@ -144,7 +145,9 @@ def _draw_sidebar() -> Selection | None:
                       placeholder="/path/to/mvtec_anomaly_detection",
                       help="a folder holding <category>/train/good and <category>/test/<defect>")
         if st.session_state.get("root_error"):
-            st.error(st.session_state["root_error"])
+            st.error(markdown_text(st.session_state["root_error"]))
+        if st.session_state.get("user"):
+            st.caption(f"Signed in as {markdown_text(st.session_state['user'])}")
         try:
             root = _root(st.session_state.get("data_root") or None)
         except CfxError as exc:
@@ -205,7 +208,7 @@ def _draw_sidebar() -> Selection | None:
             sel.defect = arr.samples[i].defect
             sel.display = _display_image(str(arr.samples[i].path), channels)
             sel.mask = arr.masks[i] if arr.has_mask[i] and sel.defect != GOOD else None
-        st.caption(f"{dataset}/{category} · {sel.name}")
+        st.caption(markdown_text(f"{dataset}/{category} · {sel.name}"))
         with st.expander("Display"):
             st.session_state.setdefault("show_outline", True)
             st.session_state.setdefault("map_opacity", 1.0)
@@ -251,6 +254,11 @@ def _set_root() -> None:
     if not value:
         st.session_state["data_root"] = None
         st.session_state["root_error"] = None
+        return
+    from cfx.station import REFUSAL, is_allowed
+
+    if not is_allowed(value):  # one answer, whatever the folder is: the field probes nothing
+        st.session_state["root_error"] = f"{REFUSAL} (still using the previous data)"
         return
     try:
         validate_root(value)

@@ -9,6 +9,7 @@ import streamlit as st
 from cfx import reports as X
 from cfx.data.mvtec import GOOD
 from cfx.errors import DataError
+from cfx.inert import markdown_text
 from pages._common import (show, DETECTOR_HEAT_SCALE, UPLOAD_TYPES, Selection, analyse_one, analyse_split, choose_image,
                            current, file_stem, heat_figure, image_figure, plot, read_upload, report_downloads,
                            require_models, upload_limit_bytes)
@@ -138,8 +139,14 @@ def review_tab(sel: Selection) -> None:
         store = ReviewStore()
         decided = store.latest(sel.dataset, sel.category)
     except CfxError as exc:
-        st.error(str(exc))
+        st.error(markdown_text(str(exc)))
         return
+    if store.notice:
+        st.warning(markdown_text(store.notice))
+    held = store.pending()
+    if held:
+        st.warning(f"{len(held)} decision(s) are held because the review database is locked by another writer; "
+                   "they are written as soon as it is free.")
     key = f"rv_threshold_{b.key()}"
     s = np.asarray(scores["score"], np.float64)
     lo, hi = float(min(s.min(), b.threshold)), float(max(s.max(), b.threshold))
@@ -158,28 +165,37 @@ def review_tab(sel: Selection) -> None:
     rows = [{"image": arr.samples[i].name, "score": round(float(s[i]), 3),
              "detector": "anomalous" if s[i] > thr else "normal",
              "inspector": decided.get(arr.samples[i].name, {}).get("verdict", ""),
-             "reason": decided.get(arr.samples[i].name, {}).get("reason", "")} for i in order]
+             "reason": decided.get(arr.samples[i].name, {}).get("reason", ""),
+             "reviewer": decided.get(arr.samples[i].name, {}).get("reviewer") or ""} for i in order]
     n_ng = sum(1 for d in decided.values() if d["verdict"] == "NG")
     last = max(decided.values(), key=lambda d: d["at"], default=None)
-    st.caption(f"{len(rows)} images, closest to the threshold first; {len(decided)} decided ({n_ng} NG)"
-               + (f"; last: {last['image']} {last['verdict']}" + (f" ({last['reason']})" if last["reason"] else "")
-                  if last else "") + ".")
+    st.caption(markdown_text(
+        f"{len(rows)} images, closest to the threshold first; {len(decided)} decided ({n_ng} NG)"
+        + (f"; last: {last['image']} {last['verdict']}" + (f" ({last['reason']})" if last["reason"] else "")
+           + (f" by {last['reviewer']}" if last.get("reviewer") else "") if last else "") + "."))
     st.dataframe(rows, hide_index=True, height=min(360, 38 + 35 * len(rows)), key="rv_table")
     names = [x["image"] for x in rows]
     pick = st.selectbox("Image to decide", names, key=f"rv_pick_{sel.dataset}/{sel.category}/{sel.split}",
                         index=names.index(sel.name) if sel.name in names else 0)
-    c1, c2, c3 = st.columns([1, 3, 1])
+    c1, c2, c3, c4 = st.columns([1, 3, 2, 1])
     verdict_ = c1.radio("Verdict", ["OK", "NG"], horizontal=True, key="rv_verdict")
     reason = c2.text_input("Reason", key="rv_reason", placeholder="e.g. scratch on the rim")
-    if c3.button("Save", key="rv_save", type="primary"):
+    user = st.session_state.get("user")
+    if user:
+        c3.text_input("Reviewer", value=user, disabled=True, key="rv_user_shown")
+        reviewer = user
+    else:
+        reviewer = c3.text_input("Reviewer", key="rv_reviewer", placeholder="your name")
+    if c4.button("Save", key="rv_save", type="primary"):
         i = names.index(pick)
         try:
             row = store.record(sel.dataset, sel.category, pick, b.key(), verdict_, reason,
-                               score=float(s[order[i]]), threshold=float(b.threshold))
+                               score=float(s[order[i]]), threshold=float(b.threshold), reviewer=reviewer)
         except CfxError as exc:
-            st.error(str(exc))
+            st.error(markdown_text(str(exc)))
         else:
-            st.toast(f"{pick}: {row['verdict']} saved")
+            st.toast(markdown_text(f"{pick}: {row['verdict']} " + ("held: the database is locked; it is written "
+                                                                   "when the lock clears" if row["held"] else "saved")))
             st.rerun()
     show("inspect", review={"decided": {k: v["verdict"] for k, v in decided.items()}, "threshold": thr, **r})
     st.download_button("Decisions (CSV)", data=lambda: store.csv_text(sel.dataset, sel.category).encode(),

@@ -21,6 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # The results and review databases of a test run are its own (a run never reads what an earlier
 # run or the app stored under .cfx-cache); tests that need a particular one set these themselves.
 _DBS = Path(tempfile.mkdtemp(prefix="cfx-test-dbs-"))
+# the app opens data roots on its allow-list only (cfx.station): the tests type folders under the
+# temporary folder and the shared real sample
+os.environ.setdefault("CFX_ALLOWED_ROOTS", os.pathsep.join([tempfile.gettempdir(), str(ROOT.parent / "shared")]))
 os.environ.setdefault("CFX_RESULTS_DB", str(_DBS / "results.sqlite"))
 os.environ.setdefault("CFX_REVIEW_DB", str(_DBS / "review.sqlite"))
 SHARED_SAMPLE = ROOT.parent / "shared" / "mvtec-sample"

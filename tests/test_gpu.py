@@ -33,9 +33,29 @@ def test_padding_leaves_each_image_its_own_result(demo_bundle, demo_root, detect
         got = gpu.padded(fn, x, 64, devices=("cpu",))
     assert seen == [8]
     assert set(got) == set(ref)
+    # A padded batch may take another convolution kernel than an unpadded one, whose float32 sums
+    # round differently: each network output may move by float32 rounding of its scale (1e-5).
+    # The VAE's Mahalanobis score then amplifies its latent's rounding through the precision
+    # matrix and the normal images' spread (7e-5 on some x86 CPUs for a latent that moved by 2e-6),
+    # so its tolerance is that rounding carried through the score: first order, twice over.
+    tol = {k: 1e-5 for k in ref}
+    if detector == "vae":
+        carried = 2 * _carried_to_mahalanobis(b.detector, ref["z"], got["z"]) + 1e-5
+        tol["mahalanobis_score"] = carried
+        tol["score"] = (1 - b.detector.alpha) * carried + 1e-5
     for k in ref:
         assert got[k].shape == ref[k].shape, k
-        np.testing.assert_allclose(got[k].numpy(), ref[k].numpy(), rtol=1e-5, atol=1e-5, err_msg=k)
+        err = np.abs(got[k].numpy() - ref[k].numpy())
+        assert (err <= np.maximum(tol[k], 1e-5 * np.abs(ref[k].numpy()))).all(), (k, err.max(), np.max(tol[k]))
+
+
+def _carried_to_mahalanobis(det, z_ref: torch.Tensor, z_got: torch.Tensor) -> np.ndarray:
+    """Per image, how far the Mahalanobis score moves when its latent moves from ``z_ref`` to
+    ``z_got`` (|gradient| . |change|, to first order)."""
+    z = z_ref.clone().requires_grad_(True)
+    m = (det.maha_raw(z) - det.norm[2]) / det.norm[3]
+    (g,) = torch.autograd.grad(m.sum(), z)
+    return (g.abs() * (z_got - z_ref).abs()).sum(1).detach().numpy()
 
 
 def test_no_padding_on_the_cpu_by_default_nor_with_gradients():
