@@ -177,6 +177,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes each record to the ``sys.stderr`` of the moment it is emitted, as ``cfx: <message>``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("cfx: %(message)s"))
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def _log_to_stderr(level: int) -> None:
+    """cfx's warnings (an image skipped, a mask resized, models fitted on a changed train/good) as
+    one line each on stderr."""
+    log = logging.getLogger("cfx")
+    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
+        log.addHandler(_StderrHandler())
+    log.setLevel(level)
+    log.propagate = False
+
+
 def os_error_line(exc: OSError) -> str:
     """One readable line for an operating-system error (the file and the system's words)."""
     what = exc.strerror or type(exc).__name__
@@ -193,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    _log_to_stderr(logging.INFO if args.verbose else logging.WARNING)
     try:
         return int(args.func(args) or 0)
     except CfxError as exc:

@@ -267,6 +267,8 @@ class MVTecDataset(torch.utils.data.Dataset):
                     notes = [str(x) for x in z["notes"]]
                     self._arrays = Arrays(z["images"], z["masks"], z["has_mask"], z["labels"], samples, skipped,
                                           notes)
+                    for msg in (*(f"skipping: {m}" for m in skipped), *notes):
+                        log.warning("%s", msg)
                     return self._arrays
             except Exception as exc:  # a damaged cache is rebuilt
                 log.warning("ignoring damaged cache %s: %s", cache_file, exc)

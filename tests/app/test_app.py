@@ -713,6 +713,57 @@ def test_review_queue_verdict_survives_a_new_session(tmp_path, monkeypatch):
     assert shown(again, "inspect")["review"]["threshold"] == pytest.approx(stored)
 
 
+def test_review_reason_and_reviewer_are_stored_and_shown_inert(tmp_path, monkeypatch):
+    """A reason written as Markdown (an image beacon) is shown as typed, never rendered; the
+    reviewer's name goes with the decision."""
+    monkeypatch.setenv("CFX_REVIEW_DB", str(tmp_path / "review.sqlite"))
+    at = new_app("pages/inspect.py")
+    beacon = "![t](http://127.0.0.1:8799/x.png)"
+    at.text_input(key="rv_reason").input(beacon).run()
+    at.text_input(key="rv_reviewer").input("Ana").run()
+    at.button(key="rv_save").click().run()
+    ok(at)
+    from cfx.review import ReviewStore
+
+    (row,) = ReviewStore().history("demo", "brick")
+    assert row["reason"] == beacon and row["reviewer"] == "Ana"
+    captions = [c.value for c in at.caption if "decided" in c.value]
+    assert captions and beacon not in captions[0] and "\\!\\[t\\]" in captions[0] and "by Ana" in captions[0]
+
+
+def test_a_folder_outside_the_allow_list_gets_one_answer(tmp_path, monkeypatch):
+    """Whatever the path (missing, a file, not MVTec, a library folder with PNGs), the field says
+    the same line and keeps the previous data."""
+    monkeypatch.setenv("CFX_ALLOWED_ROOTS", str(tmp_path / "allowed"))
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "a-file").write_text("x")
+    at = new_app("pages/inspect.py")
+    answers = set()
+    for path in ("/nonexistent/x", str(tmp_path / "a-file"), str(tmp_path / "flat"), "/usr/lib"):
+        at.text_input(key="w_data_root").input(path).run()
+        ok(at)
+        (err,) = [e.value for e in at.sidebar.error]
+        answers.add(err)
+        assert at.session_state["selection"].category == "brick"  # still the demo
+    assert len(answers) == 1 and "does not open that folder" in answers.pop()
+
+
+def test_a_password_station_asks_for_a_name_and_the_password(tmp_path, monkeypatch):
+    monkeypatch.setenv("CFX_REVIEW_DB", str(tmp_path / "review.sqlite"))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.secrets["password"] = "s3cret"
+    at.run()
+    assert [t.value for t in at.title] == ["Sign in"] and "selection" not in at.session_state
+    at.text_input(key="signin_name").input("Ana")
+    at.text_input(key="signin_password").input("wrong")
+    at.button[0].click().run()
+    assert any("not accepted" in e.value for e in at.error) and "selection" not in at.session_state
+    at.text_input(key="signin_password").input("s3cret")
+    at.button[0].click().run()
+    ok(at)
+    assert at.session_state["user"] == "Ana"
+
+
 # ---------------------------------------------------------------- fitting from the app
 def test_a_category_without_models_is_browsed_and_fitted_in_the_app(tiny_root, tmp_path, monkeypatch):
     """Pointing the sidebar at a real folder without models: the images can be browsed, the
