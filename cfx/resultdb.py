@@ -339,6 +339,8 @@ def open_db(path: str | os.PathLike | None = None) -> ResultDB:
     db = _OPENED.get(p)
     if db is None or not db.path.exists():
         db = ResultDB(p)
+        if db.notice:  # a damaged file was moved aside: say so once
+            log.warning("%s", db.notice)
         if path is None:
             db.migrate(config.cache_dir() / "audit")
         _OPENED[p] = db

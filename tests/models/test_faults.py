@@ -116,17 +116,20 @@ def test_cli_damaged_results_database_is_one_line(fault, tmp_path, monkeypatch, 
     monkeypatch.setenv("CFX_RESULTS_DB", str(_broken_db(tmp_path, fault)))
     code = main(["audit", "--category", "brick", "--methods", "recon", "--limit", "1", "--workers", "0", "--json"])
     out, err = capsys.readouterr()
+    assert code == 0 and json.loads(out)["category"] == "brick", err
     if fault == "empty":  # an empty file is an empty database: it is simply used
-        assert code == 0 and json.loads(out)["category"] == "brick"
         return
-    assert code == 2 and err.startswith("cfx: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    assert "results database" in err and "damaged" in err
+    # a damaged one is moved aside to a dated name, a new one started, and the user told in one line
+    assert err.startswith("cfx: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "results database" in err and "damaged" in err and "moved to" in err and "new one" in err
+    assert list(tmp_path.rglob("*.corrupt-*"))
 
 
 @pytest.mark.parametrize("fault", DB_FAULTS)
 @pytest.mark.parametrize("db", list(DATABASES))
 def test_app_goes_on_with_a_damaged_database(db, fault, tmp_path, monkeypatch, demo_root):
-    """Compare still explains (without storing) and Inspect's review queue says one line."""
+    """Compare still explains and Inspect's review queue says in one line that the damaged file was
+    moved aside and a new one started."""
     from streamlit.testing.v1 import AppTest
 
     import cfx.explainers  # noqa: F401
@@ -138,6 +141,7 @@ def test_app_goes_on_with_a_damaged_database(db, fault, tmp_path, monkeypatch, d
     assert not at.exception, [e.value for e in at.exception]
     at.switch_page("pages/inspect.py").run()
     assert not at.exception, [e.value for e in at.exception]
-    if db == "review" and fault != "empty":
-        errors = [e.value for e in at.error]
-        assert any("review database" in e and "\n" not in e for e in errors), errors
+    if db == "review" and fault != "empty":  # moved aside, a new one started, the user told; the queue draws
+        warnings = [w.value for w in at.warning]
+        assert any("review database" in w and "moved to" in w and "\n" not in w for w in warnings), warnings
+        assert at.button(key="rv_save") is not None
