@@ -77,6 +77,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise DataError(f"--epochs must be at least 1 (got {args.epochs})")
     if args.image_size is not None and (not 64 <= args.image_size <= 512 or args.image_size % 16):
         raise DataError(f"--image-size must be a multiple of 16 between 64 and 512 (got {args.image_size})")
+    if not 0 < args.target_fpr < 0.5:
+        raise DataError(f"--target-fpr must lie between 0 and 0.5 (got {args.target_fpr})")
     if args.input_size is not None and (not 32 <= args.input_size <= 1024 or args.input_size % 8):
         raise DataError(f"--input-size must be a multiple of 8 between 32 and 1024 (got {args.input_size})")
     root = resolve_root(args.data_root)
@@ -84,7 +86,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     for cat in categories_for(root, args.category):
         train(root, cat, ds, detector=args.detector, epochs=args.epochs, seed=args.seed, input_size=args.input_size,
               image_size=args.image_size, alpha=args.alpha, base_only=args.base_only, progress=not args.quiet,
-              force=args.force)
+              force=args.force, target_fpr=args.target_fpr)
     return 0
 
 
@@ -113,6 +115,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             print(f"{cat} [{r['detector']}]: image AUROC {f(r['image_auroc'])}{extra}, pixel {f(r['pixel_auroc'])}; "
                   f"at threshold {r['threshold']:.3f}: FPR on good {f(r['fpr_good'])}, TPR on defects "
                   f"{f(r['tpr_defect'])}, F1 {r['f1']:.3f}; n={r['n_test']}")
+            if r.get("expected_fpr"):
+                e = r["expected_fpr"]
+                t = (r.get("expected_tpr") or {}).get("mean")
+                print(f"{cat}: the fit expected FPR {e['mean']:.3f} (95% bound {e['upper_95']:.3f}) at a target of "
+                      f"{r['target_fpr']:g}" + ("" if t is None else f", TPR {t:.2f} on synthetic defects"))
             if r.get("hint"):
                 print(f"{cat}: hint: {r['hint']}")
     return 0
@@ -141,6 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=None,
                    help="weight of reconstruction in the combined score (default: chosen on validation, 0.6 on ties)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    from cfx.detectors.calibration import DEFAULT_TARGET_FPR
+
+    p.add_argument("--target-fpr", type=float, default=DEFAULT_TARGET_FPR,
+                   help="the false-alarm rate on good parts each threshold is set at, estimated on normal "
+                        f"training images the detector was not fitted on (default {DEFAULT_TARGET_FPR:g})")
     p.add_argument("--force", action="store_true",
                    help="replace models of the category that were fitted on another data root")
     p.add_argument("--base-only", action="store_true",

@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from cfx import reports as X
-from cfx.metrics.detection import detector_evaluation, resolution_hint
+from cfx.metrics.detection import detector_evaluation, expected_rates_text, resolution_hint
 from pages._common import show, analyse_split, current, require_models
 
 st.title("Detector")
@@ -27,6 +27,13 @@ def _evaluate(model_key: str, root: str, category: str, _labels, _scores, _defec
     return detector_evaluation(b, _labels, _scores, _defects)
 
 
+def _short_rule(rule: str, info: dict) -> str:
+    if info.get("target_fpr") is not None:
+        return f"{info['target_fpr']:.0%} false alarms on good parts" + (
+            "" if (info.get("calibration") or {}).get("reached", True) else " (not reachable: max + 1 SD)")
+    return "held-out good parts + 1 SD" if "held-out real" in rule else (rule or "?")
+
+
 @st.cache_data(show_spinner="Scoring the test split with every detector...", max_entries=16)
 def _side_by_side(keys: tuple[str, ...], root: str, category: str) -> list[dict]:
     rows = []
@@ -37,7 +44,7 @@ def _side_by_side(keys: tuple[str, ...], root: str, category: str) -> list[dict]
         rule = v.card.get("detectors", {}).get(name, {}).get("threshold_rule") or v.card.get("threshold_rule", "")
         rows.append({"detector": name, "label": v.detector.label, "auroc": e["auroc"], "fpr": e["fpr"], "tpr": e["tpr"],
                      "threshold": e["threshold"], "fpr_good": e["fpr_good"], "tpr_defect": e["tpr_defect"],
-                     "rule": "held-out good parts + 1 SD" if "held-out real" in rule else (rule or "?")})
+                     "rule": _short_rule(rule, v.card.get("detectors", {}).get(name, {}))})
     return rows
 
 
@@ -120,6 +127,9 @@ with c4:
     rule = info.get("threshold_rule") or card.get("threshold_rule", "?")
     st.markdown(f"{b.detector.label} · data `{card.get('data_root', '?')}` · seed {card.get('seed', '?')} · "
                 f"threshold rule: {rule}")
+    expected = expected_rates_text(card, b.detector_name)
+    if expected:
+        st.info(expected)
     for w in info.get("warnings", []):
         st.warning(w)
     st.json(card, expanded=False)

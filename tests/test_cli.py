@@ -79,8 +79,11 @@ def test_train_patchcore_only_then_explain_and_evaluate(capsys, tiny_root, tmp_p
     assert (d / "patchcore.pt").exists() and not (d / "vae.pt").exists()
     card = json.loads((d / "card.json").read_text())
     assert card["detectors"]["patchcore"]["config"]["input_size"] == 160
-    assert card["detectors"]["patchcore"]["threshold_rule"].startswith("the largest score of the held-out real")
-    assert "warning" in out  # 12 training images: too few, said at fit time
+    info = card["detectors"]["patchcore"]
+    # 12 training images cannot place a threshold at 1% false alarms: the card and the fit say so
+    assert info["target_fpr"] == 0.01 and not info["calibration"]["reached"] and "cannot place" in info["threshold_rule"]
+    assert info["expected_fpr"]["upper_95"] > 0.1 and info["expected_tpr"]["defects"] == 12
+    assert "warning" in out and "cannot place a threshold" in out
     code, out, err = run(capsys, "evaluate", "--data-root", str(tiny_root), "--category", "widget", "--json")
     assert code == 0, err
     assert json.loads(out)["detector"] == "patchcore"

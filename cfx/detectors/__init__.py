@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cfx.detectors.base import (THRESHOLD_RULE, Detector, blur_axis, choose_threshold, gaussian_kernel,
-                                rates_at, read_checkpoint, threshold_on_normals, write_checkpoint)
+from cfx.detectors.base import (Detector, blur_axis, choose_threshold, gaussian_kernel, rates_at, read_checkpoint,
+                                write_checkpoint)
+from cfx.detectors.calibration import DEFAULT_TARGET_FPR, threshold_at_fpr
 from cfx.detectors.patchcore import PatchCore
 from cfx.detectors.vae import MultiScoreDetector
 
@@ -33,6 +34,6 @@ def load_detector(name: str, path: str | Path) -> Detector:
     return det.eval().requires_grad_(False)
 
 
-__all__ = ["DETECTORS", "TARGETS", "THRESHOLD_RULE", "Detector", "MultiScoreDetector", "PatchCore", "blur_axis",
+__all__ = ["DETECTORS", "TARGETS", "DEFAULT_TARGET_FPR", "Detector", "MultiScoreDetector", "PatchCore", "blur_axis",
            "choose_threshold", "detector_class", "gaussian_kernel", "load_detector", "rates_at", "read_checkpoint",
-           "threshold_on_normals", "write_checkpoint"]
+           "threshold_at_fpr", "write_checkpoint"]

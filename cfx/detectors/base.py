@@ -7,8 +7,9 @@ A detector is a plain ``nn.Module`` with:
   on the held-out normals (z-scores), differentiable where :attr:`Detector.differentiable`;
 * :meth:`Detector.analyse`: the score, its parts (if any) and the calibrated anomaly map
   ``(N, H, W)`` at the input's resolution (1.0 = the 99.9th percentile of held-out normal pixels);
-* a stored ``threshold`` buffer (an image is anomalous when its score > threshold), chosen by
-  :func:`threshold_on_normals` on the held-out *real* normal images;
+* a stored ``threshold`` buffer (an image is anomalous when its score > threshold), placed at a
+  stated false-alarm rate on *real* normal images the detector was not fitted on
+  (:mod:`cfx.detectors.calibration`);
 * its own atomic save and ``weights_only`` load (:meth:`Detector.save`, :func:`load_detector`).
 
 Explainers, the audit, export, the CLI and the pages talk to a detector only through this
@@ -49,35 +50,6 @@ def blur_axis(e: torch.Tensor, k: torch.Tensor, dim: int) -> torch.Tensor:
     for i in range(1, len(w)):
         out.add_(p.narrow(dim, i, n), alpha=w[i])
     return out
-
-
-#: Guard band of the threshold above the largest held-out normal score, in their standard deviations.
-THRESHOLD_MARGIN_SD = 1.0
-#: How every detector's threshold is chosen (recorded in the model card).
-THRESHOLD_RULE = ("the largest score of the held-out real normal training images (not used to fit the detector) "
-                  f"plus {THRESHOLD_MARGIN_SD:g} standard deviation of those scores")
-
-
-def threshold_on_normals(heldout_normal_scores: np.ndarray, margin_sd: float = THRESHOLD_MARGIN_SD) -> float:
-    """The decision threshold from held-out *real* normal images (:data:`THRESHOLD_RULE`).
-
-    The maximum of a few dozen held-out good parts underestimates the tail of new good parts
-    (measured with PatchCore: bottle test/good FPR 0.15 at the maximum, 0.05 one SD above it;
-    on the demo categories FPR 0-0.05 -> 0.00 with no defect lost; BENCHMARKS.md), hence the
-    guard band.
-
-    Args:
-        heldout_normal_scores: scores of normal images the detector was not fitted on.
-        margin_sd: the guard band in standard deviations of those scores.
-
-    Returns:
-        t; an image is anomalous when its score > t.
-    """
-    s = np.asarray(heldout_normal_scores, np.float64)
-    if s.size == 0:
-        raise ValueError("no held-out normal images to choose a threshold on")
-    sd = float(s.std(ddof=1)) if s.size > 1 else 0.0
-    return float(s.max() + margin_sd * sd + 1e-6 * max(1.0, abs(float(s.max()))))
 
 
 def choose_threshold(scores_normal: np.ndarray, scores_anomalous: np.ndarray, rule: str = "f1") -> float:

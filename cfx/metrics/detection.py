@@ -27,6 +27,8 @@ def evaluate_category(bundle, root: str | Path, category: str) -> dict[str, Any]
         good images included; None without any defect mask), ``f1``, ``accuracy``,
         ``fpr_good`` (share of test/good called anomalous) and ``tpr_defect`` (share of
         defective images called anomalous) at the stored ``threshold``, ``threshold_rule``,
+        ``target_fpr``, ``expected_fpr`` and ``expected_tpr`` as the fit estimated them
+        (:func:`expected_rates`; None for models fitted before),
         ``n_test``, ``n_with_mask``, ``per_defect_auroc``, and ``hint`` when the working
         resolution may be why the detector fails (:func:`resolution_hint`).
     """
@@ -45,6 +47,7 @@ def evaluate_category(bundle, root: str | Path, category: str) -> dict[str, Any]
         "threshold": bundle.threshold,
         "threshold_rule": bundle.card.get("detectors", {}).get(bundle.detector_name, {}).get(
             "threshold_rule", bundle.card.get("threshold_rule")),
+        **expected_rates(bundle.card, bundle.detector_name),
         "n_test": int(len(y)), "n_defective": int(y.sum()),
         "n_with_mask": int((arr.has_mask & (y == 1)).sum()),
     }
@@ -73,6 +76,28 @@ def evaluate_category(bundle, root: str | Path, category: str) -> dict[str, Any]
     if arr.skipped:
         out["skipped"] = arr.skipped
     return out
+
+
+def expected_rates(card: dict[str, Any], detector: str) -> dict[str, Any]:
+    """What the fit expects of a detector on new parts: ``target_fpr``, ``expected_fpr`` (mean and
+    95% bound, from normal images it was not fitted on) and ``expected_tpr`` (synthetic defects,
+    with a 95% interval); None each for models fitted before thresholds had a stated rate."""
+    info = card.get("detectors", {}).get(detector, {})
+    return {k: info.get(k) for k in ("target_fpr", "expected_fpr", "expected_tpr")}
+
+
+def expected_rates_text(card: dict[str, Any], detector: str) -> str | None:
+    """:func:`expected_rates` in one sentence for a page or a report (None when not recorded)."""
+    e = expected_rates(card, detector)
+    if not e["expected_fpr"]:
+        return None
+    f, t = e["expected_fpr"], e["expected_tpr"] or {}
+    text = (f"Threshold set for {e['target_fpr']:.0%} false alarms: expected on new good parts {f['mean']:.1%} "
+            f"(95% bound {f['upper_95']:.1%})")
+    if t.get("mean") is not None:
+        text += (f"; synthetic defects caught {t['mean']:.0%} (95% {t['low_95']:.0%}-{t['high_95']:.0%}, an estimate "
+                 "of real defects only as far as they resemble them)")
+    return text + "."
 
 
 #: below this test image AUROC, :func:`resolution_hint` looks at the working resolution

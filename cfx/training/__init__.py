@@ -2,11 +2,13 @@
 the VAE multi-score detector and the classifier, the gradient method's latent ensemble and the
 concept generator; :func:`~cfx.training.pipeline.train` runs them for ``python -m cfx train``.
 
-Only train/good images are used: 85% fit the models, 15% (the held-out split, the same for every
-model of a category) normalise the detectors' scores and choose every detector's threshold on
-these *real* normal images (:func:`cfx.detectors.threshold_on_normals`); synthetic anomalies made
-from them are only a secondary check (their TPR at the threshold is recorded in the card), and
-choose the classifier's threshold and the VAE's alpha and KL weight. The classifier learns
+Only train/good images are used. PatchCore's memory bank takes all of them, and each is also
+scored without its own patches in the bank; the networks train on 85% and the held-out 15% (the
+same for every model of a category) normalise the VAE's scores. Every detector's threshold is
+placed at a stated false-alarm rate on those *real* normal scores
+(:mod:`cfx.detectors.calibration`); synthetic anomalies are only a secondary check (the expected
+TPR at the threshold, in the card), and choose the classifier's threshold and the VAE's alpha
+and KL weight. The classifier learns
 normal vs synthetic anomalies made from train/good, never test images.
 
 

@@ -1,5 +1,5 @@
-"""Fitting the PatchCore detector (no training: a memory bank of train/good patch features and a threshold on held-out normals).
-"""
+"""Fitting the PatchCore detector (no training: a memory bank of train/good patch features, and a
+threshold at a stated false-alarm rate from their out-of-fold scores)."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -13,39 +13,30 @@ import torch
 from cfx import config
 from cfx.data.mvtec import MVTecDataset
 from cfx.data.synth import synthesize
-from cfx.detectors import (
-    THRESHOLD_RULE,
-    PatchCore,
-    threshold_on_normals,
-)
+from cfx.detectors import PatchCore
+from cfx.detectors.calibration import DEFAULT_TARGET_FPR, expected_tpr, threshold_at_fpr
 from cfx.errors import DataError
 from cfx.models.bundle import category_dir
 from cfx.models.identity import data_record
 from cfx.resolve import record_root
-from cfx.training.common import (
-    MIN_TRAIN_IMAGES,
-    VAL_FRACTION,
-    _batched,
-    _versions,
-    merge_card,
-    seed_everything,
-    split_indices,
-    synthetic_check,
-)
+from cfx.training.common import MIN_TRAIN_IMAGES, _versions, merge_card, seed_everything, synthetic_check
 
 
 def fit_patchcore(root: str | Path, category: str, dataset: str, seed: int = 0, out_dir: Path | None = None,
                   log: Callable[[str], None] = print, image_size: int = config.IMAGE_SIZE,
-                  **kwargs: Any) -> dict[str, Any]:
-    """Fit the PatchCore detector of a category (seconds to a minute on a CPU; no training).
+                  target_fpr: float = DEFAULT_TARGET_FPR, **kwargs: Any) -> dict[str, Any]:
+    """Fit the PatchCore detector of a category (seconds to minutes on a CPU; no training).
 
-    The memory bank comes from the same 85% of train/good that trains the other models; the
-    held-out 15% normalise the score and choose the threshold (:data:`THRESHOLD_RULE`); synthetic
-    anomalies made from the held-out images are a secondary check recorded in the card.
+    The memory bank comes from every train/good image; each of them is also scored against the
+    bank without its own patches (:meth:`PatchCore.fit`), and those scores normalise the score and
+    place the threshold at ``target_fpr`` (:func:`~cfx.detectors.calibration.threshold_at_fpr`,
+    with the expected FPR and its 95% bound). A synthetic defect made from each image, scored the
+    same way, gives the expected TPR, recorded beside it.
 
     Args:
         image_size: side of the working images (the card's ``image_size``: every model of the
             category and every image explained use it).
+        target_fpr: the false-alarm rate on good parts the threshold is set at.
         kwargs: :class:`~cfx.detectors.PatchCore` arguments (``input_size``, ``coreset_fraction``...).
 
     Returns:
@@ -58,36 +49,52 @@ def fit_patchcore(root: str | Path, category: str, dataset: str, seed: int = 0, 
     if len(arr.images) < 3:
         raise DataError(f"{category} has {len(arr.images)} train/good image(s); PatchCore needs at least 3")
     x_all = torch.from_numpy(arr.images)
-    tr, va = split_indices(len(x_all), seed)
     det = PatchCore(**kwargs).to(config.device())
-    det.fit(x_all[tr], x_all[va], seed=seed)
+    raw = det.fit(x_all, seed=seed).numpy()
     det.eval()
-    s_n = _batched(det.score, x_all[va].to(det.memory_bank.device), 16).cpu().numpy()
-    thr = threshold_on_normals(s_n)
+    s_n = (raw - float(det.norm[0])) / float(det.norm[1])
+    cal = threshold_at_fpr(s_n, target_fpr)
+    thr = cal["threshold"]
     det.threshold.fill_(thr)
-    syn, _, _ = synthesize(arr.images[va], np.random.default_rng(seed + 7), per_image=3)
-    s_a = _batched(det.score, torch.from_numpy(syn).to(det.memory_bank.device), 16).cpu().numpy()
+    s_a = _synthetic_left_out(det, arr.images, seed)
     d = category_dir(dataset, category, out_dir)
     d.mkdir(parents=True, exist_ok=True)
     sha = det.save(d / det.filename)
     warnings = []
     if len(arr.images) < MIN_TRAIN_IMAGES:
         warnings.append(f"only {len(arr.images)} train/good images (< {MIN_TRAIN_IMAGES}): the threshold rests on "
-                        f"{len(va)} held-out images and the detector may not hold on new good parts")
-    info = {"file": det.filename, "sha256": sha, "threshold": thr, "threshold_rule": THRESHOLD_RULE,
-            "heldout_normals": len(va), "train_images": len(tr), "config": det.config(),
+                        f"their {len(arr.images)} left-out scores and the detector may not hold on new good parts")
+    if not cal["reached"]:
+        warnings.append(f"{len(s_n)} normal images cannot place a threshold at a false-alarm rate of {target_fpr:g} "
+                        f"(at least {int(1 / target_fpr)} are needed); expected FPR up to "
+                        f"{cal['expected_fpr']['upper_95']:.3f}")
+    info = {"file": det.filename, "sha256": sha, "threshold": thr, "threshold_rule": cal["rule"],
+            "target_fpr": target_fpr, "expected_fpr": cal["expected_fpr"],
+            "expected_tpr": expected_tpr(thr, s_a),
+            "calibration": {"normals": len(s_n), "scored": "each image without its own patches in the bank",
+                            "reached": cal["reached"]},
+            "train_images": len(x_all), "config": det.config(),
             "memory_bank": list(det.memory_bank.shape), "fit_seconds": round(time.perf_counter() - t0, 1),
             "synthetic_check": synthetic_check(thr, s_n, s_a),
             "warnings": warnings, "fitted_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "device": str(config.device()), "versions": _versions()}
     card = {"dataset": dataset, "category": category, "data_root": record_root(root),
             "data": data_record(root, category), "channels": ds.channels,
-            "image_size": int(x_all.shape[-1]), "seed": seed,
-            "split": {"train": len(tr), "validation": len(va), "source": "train/good", "val_fraction": VAL_FRACTION},
-            "files": {det.filename: sha}}
+            "image_size": int(x_all.shape[-1]), "seed": seed, "files": {det.filename: sha}}
     card = merge_card(d, card, "patchcore", info, overwrite=False)
+    e_fpr, e_tpr = info["expected_fpr"], info["expected_tpr"]
     log(f"{dataset}/{category}: PatchCore fitted in {info['fit_seconds']} s (bank {info['memory_bank'][0]} x "
-        f"{info['memory_bank'][1]}), threshold {thr:.3f}; synthetic check TPR {info['synthetic_check']['tpr']:.2f}")
+        f"{info['memory_bank'][1]}), threshold {thr:.3f} at a false-alarm rate of {target_fpr:g}: expected FPR "
+        f"{e_fpr['mean']:.3f} (95% bound {e_fpr['upper_95']:.3f}), TPR on synthetic defects {e_tpr['mean']:.2f}")
     for w in warnings:
         log(f"{dataset}/{category}: warning: {w}")
     return card
+
+
+def _synthetic_left_out(det: PatchCore, images: np.ndarray, seed: int) -> np.ndarray:
+    """Scores of a synthetic defect made from each training image (pasting from that image
+    itself), scored against the bank without that image's patches: as a new defective part would."""
+    rng = np.random.default_rng(seed + 7)
+    syn = np.concatenate([synthesize(images[i:i + 1], rng, per_image=1)[0] for i in range(len(images))])
+    _, raw = det.score_left_out(torch.from_numpy(syn), torch.arange(len(images)))
+    return ((raw - det.norm[0]) / det.norm[1]).cpu().numpy()

@@ -7,6 +7,7 @@ from typing import Callable
 
 from cfx.atomic import writable_dir
 from cfx.config import IMAGE_SIZE
+from cfx.detectors.calibration import DEFAULT_TARGET_FPR
 from cfx.errors import ModelMissingError
 from cfx.models.bundle import category_dir, read_card
 from cfx.models.identity import guard_overwrite
@@ -47,13 +48,14 @@ def fitted_image_size(dataset: str, category: str) -> int | None:
 def train(root: str | Path, category: str, dataset: str, detector: str = "all", epochs: int = DEFAULT_EPOCHS,
           seed: int = 0, input_size: int | None = None, alpha: float | None = None, base_only: bool = False,
           progress: bool = True, log: Callable[[str], None] = print, image_size: int | None = None,
-          force: bool = False) -> None:
+          force: bool = False, target_fpr: float = DEFAULT_TARGET_FPR) -> None:
     """Fit what a category needs: PatchCore (``detector`` patchcore or all), then the AE, VAE
     detector and classifier (vae or all), then the latent ensemble and the concept generator
     (unless ``base_only``), all on images of ``image_size`` px (default: the size of the models
     the category already has, so that fitting one detector never drops the other; else
     :data:`~cfx.config.IMAGE_SIZE`). PatchCore's backbone sees ``input_size`` (default
-    :func:`default_input_size`). Models of the category fitted on another data root are not
+    :func:`default_input_size`). Every detector's threshold is set at ``target_fpr``
+    (:mod:`cfx.detectors.calibration`). Models of the category fitted on another data root are not
     replaced unless ``force`` (:func:`~cfx.models.identity.guard_overwrite`).
 
     Raises:
@@ -63,12 +65,12 @@ def train(root: str | Path, category: str, dataset: str, detector: str = "all", 
     writable_dir(category_dir(dataset, category), "the models folder")  # before minutes of fitting
     image_size = image_size or fitted_image_size(dataset, category) or IMAGE_SIZE
     if detector in ("patchcore", "all"):
-        fit_patchcore(root, category, dataset, seed=seed, image_size=image_size,
+        fit_patchcore(root, category, dataset, seed=seed, image_size=image_size, target_fpr=target_fpr,
                       input_size=input_size or default_input_size(image_size))
     if detector not in ("vae", "all"):
         return
     train_category(root, category, dataset, epochs=epochs, seed=seed, progress=progress, alpha=alpha,
-                   image_size=image_size)
+                   image_size=image_size, target_fpr=target_fpr)
     if base_only:
         return
     train_explainer_models(root, category, dataset, seed=seed, progress=progress)

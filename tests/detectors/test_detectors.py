@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from cfx.detectors import DETECTORS, MultiScoreDetector, PatchCore, load_detector, threshold_on_normals
+from cfx.detectors import DETECTORS, MultiScoreDetector, PatchCore, load_detector, threshold_at_fpr
 
 SIZE = 64
 SQUARE = (slice(20, 32), slice(36, 48))
@@ -54,7 +54,7 @@ def fit_detector(name: str, channels: int):
         det.fit(train, val)
     det.eval().requires_grad_(False)
     with torch.no_grad():
-        det.threshold.fill_(threshold_on_normals(det.score(val).numpy()))
+        det.threshold.fill_(threshold_at_fpr(det.score(val).numpy(), 0.05)["threshold"])
     return det
 
 
@@ -129,16 +129,38 @@ def test_gradient_reaches_pixels(fitted):
     assert x.grad is not None and float(x.grad.abs().sum()) > 0
 
 
-def test_threshold_rule_on_a_toy_split():
+def test_threshold_at_a_stated_false_alarm_rate():
+    """Split conformal: over many draws of 300 normals, new good parts exceed the threshold at 1% on
+    average, and the card's expected FPR and bound say so; with 40 normals the target is out of
+    reach, which the result says, and the guard band above the largest score is used."""
     rng = np.random.default_rng(0)
+    rates = []
+    for _ in range(200):
+        cal = threshold_at_fpr(rng.normal(0, 1, 300), 0.01)
+        rates.append((rng.normal(0, 1, 2000) > cal["threshold"]).mean())
+    assert cal["reached"] and cal["normals"] == 300
+    assert np.mean(rates) == pytest.approx(0.01, abs=0.002)
+    assert cal["expected_fpr"]["mean"] == pytest.approx(3 / 301)  # the 298th of 300: 3 above it of 301 ranks
+    assert np.quantile(rates, 0.95) <= cal["expected_fpr"]["upper_95"] * 1.15
     held = rng.normal(0, 1, 40)
-    t = threshold_on_normals(held)
-    assert t > held.max()
-    assert t == pytest.approx(held.max() + held.std(ddof=1), rel=1e-4)
-    new_good = rng.normal(0, 1, 2000)
-    assert (new_good > t).mean() < 0.01
+    small = threshold_at_fpr(held, 0.01)
+    assert not small["reached"] and "cannot place" in small["rule"]
+    assert small["threshold"] == pytest.approx(held.max() + held.std(ddof=1), rel=1e-4)
     with pytest.raises(ValueError):
-        threshold_on_normals(np.array([]))
+        threshold_at_fpr(np.array([]))
+
+
+def test_patchcore_scores_each_training_image_without_its_own_patches():
+    """A training image against the whole bank finds its own patches (distance about 0); left out,
+    it scores as a new good part of the same kind does."""
+    train = torch.from_numpy(texture(12, 3, 0))
+    det = PatchCore(input_size=96, coreset_fraction=0.5)
+    left_out = det.fit(train).numpy()
+    with torch.no_grad():
+        in_bank = det.raw(train)[1].numpy()
+        new = det.raw(torch.from_numpy(texture(12, 3, 1)))[1].numpy()
+    assert (in_bank < left_out).all()
+    assert abs(np.median(left_out) - np.median(new)) < 0.5 * (np.median(new) - np.median(in_bank))
 
 
 def test_patchcore_fits_and_scores_with_sockets_blocked(monkeypatch):
