@@ -27,9 +27,10 @@ NICE = 10
 #: classifier on 200 train images at the default 40 epochs; the latent ensemble and the concept
 #: generator add about a minute
 SECONDS_PER_IMAGE, FIXED_SECONDS = 1.0, 60.0
-#: for the ETA only: PatchCore's fit per train image on the 2-core CPU at 128 px (real screw: 18.7 s
-#: for 320 images); it grows with about the 3.5th power of the image side (256 px: 214 s; BENCHMARKS.md)
-PATCHCORE_SECONDS_PER_IMAGE = 0.06
+#: for the ETA only: PatchCore's fit per train image on the 2-core CPU at 128 px, its five fold banks
+#: included (real bottle: 99 s for 209 images, screw 227 s for 320); it grows with about the 3.5th
+#: power of the image side (BENCHMARKS.md)
+PATCHCORE_SECONDS_PER_IMAGE = 0.5
 
 
 def estimate_patchcore_seconds(n_train: int, image_size: int = config.IMAGE_SIZE) -> float:

@@ -11,8 +11,8 @@
    ``1 - softmax(d)[0]``, where d are the distances of the most anomalous patch to its nearest
    bank feature m* and to m*'s ``num_neighbors`` - 1 nearest bank neighbours (a patch near a
    sparse part of the bank counts more).
-4. Normalisation: the raw score is z-normalised on the left-out scores of every training image
-   (each scored against the bank without its own patches; :meth:`PatchCore.fit`).
+4. Normalisation: the raw score is z-normalised on the out-of-fold scores of every training
+   image (each fold scored against a bank searched without it; :meth:`PatchCore.fit`).
    The map is calibrated on their map values: 0 at the median, 1.0 at the 99.9th percentile
    ("as hot as the hottest 0.1% of normal pixels"), clipped at 0. (Unlike a reconstruction
    error, a nearest-neighbour distance is far from 0 on normal pixels: on the demo tablet the
@@ -36,6 +36,8 @@ from cfx.precision import network
 
 #: projection size of the greedy coreset search (anomalib's sparse random projection plays this role)
 PROJECTION_DIM = 128
+#: folds of the out-of-fold scores that calibrate a fit (:meth:`PatchCore.fit`)
+FOLDS = 5
 #: patches compared with the bank at a time (bounds the distance matrix's memory)
 QUERY_CHUNK = 8192
 
@@ -134,16 +136,12 @@ class PatchCore(Detector):
             f = self._backbone(x.float(), self.input_size)
         return f.float()  # the search and the map in float32
 
-    def _nearest(self, q: torch.Tensor, exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Distance of each row of ``q`` (P, D) to its nearest bank row, and that row's index;
-        ``exclude`` (P,): a training image per row whose own bank rows it may not match (-1: none)."""
+    def _nearest(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Distance of each row of ``q`` (P, D) to its nearest bank row, and that row's index."""
         ds, ix = [], []
         bank = self.memory_bank
         for i in range(0, len(q), QUERY_CHUNK):
             d = torch.cdist(q[i:i + QUERY_CHUNK], bank)
-            if exclude is not None:
-                owner = self._bank_owner.to(d.device)
-                d.masked_fill_(exclude[i:i + QUERY_CHUNK, None].to(d.device) == owner[None, :], float("inf"))
             v, j = d.min(1)
             ds.append(v)
             ix.append(j)
@@ -153,14 +151,11 @@ class PatchCore(Detector):
         """The uncalibrated map (N, H, W) at the input's resolution and the raw image score (N,)."""
         return self.raw_from_features(self.features(x), tuple(x.shape[-2:]))
 
-    def raw_from_features(self, f: torch.Tensor, size: tuple[int, int],
-                          left_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`raw` from backbone features (N, 152, h, w), the map at ``size`` (Grad-CAM's entry);
-        ``left_out`` (N,): the training image whose patches each image may not match (:meth:`fit`)."""
+    def raw_from_features(self, f: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`raw` from backbone features (N, 152, h, w), the map at ``size`` (Grad-CAM's entry)."""
         n, d, h, w = f.shape
         q = f.permute(0, 2, 3, 1).reshape(n * h * w, d)
-        exclude = None if left_out is None else left_out.to(q.device).repeat_interleave(h * w)
-        dist, idx = self._nearest(q, exclude)
+        dist, idx = self._nearest(q)
         patch = dist.view(n, h, w)
         out = F.interpolate(patch[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
         s = self.sigma * size[-1] / self.input_size
@@ -197,18 +192,18 @@ class PatchCore(Detector):
 
     @torch.no_grad()
     def fit(self, train: torch.Tensor, val_normal: torch.Tensor | None = None, batch: int = 16,
-            seed: int = 0) -> torch.Tensor:
+            seed: int = 0, folds: int = FOLDS) -> torch.Tensor:
         """Memory bank from every image of ``train``; score normalisation and heat scale from
-        their left-out maps and scores. Returns the left-out raw scores (N,). (``val_normal``, the
-        other detectors' held-out normals, is not needed and not used.)
+        their out-of-fold maps and scores. Returns the out-of-fold raw scores (N,). (``val_normal``,
+        the other detectors' held-out normals, is not needed and not used.)
 
-        Left out: each training image is scored against the bank without the patches it
-        contributed (:meth:`score_left_out`), as a new good part would be, so every normal image
-        calibrates the detector while the bank keeps all of them. (A coreset searched anew
-        without the image could pick a neighbour's patch where it picked the image's own; the
-        one bank without them leaves the image at least as far from the bank, so the calibration
-        errs on the side of fewer false alarms. Searching anew per image, or per fold, would
-        repeat the coreset search, most of a fit.)
+        Out of fold: the images are split into ``folds`` folds; each fold is scored against a bank
+        searched anew from the other folds' patches (the same coreset rule), as new good parts
+        would be, so every normal image calibrates the detector while the final bank keeps all of
+        them. The fold banks stay in this object for :meth:`score_out_of_fold` (not saved).
+        Cheaper stand-ins were measured on the real bottle and not kept: one bank without an
+        image's own patches scored it too high where it alone covered a region, and the same with
+        each removed patch replaced by its nearest patch of another image too low.
         """
         dev = self.memory_bank.device
         feats, owner = [], []
@@ -217,34 +212,53 @@ class PatchCore(Detector):
             feats.append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]).cpu())
             owner.append(torch.arange(i, i + len(f)).repeat_interleave(f.shape[2] * f.shape[3]))
         allf, owner = torch.cat(feats), torch.cat(owner)
-        n = min(self.max_bank, max(1, int(round(self.coreset_fraction * len(allf)))))
-        idx = greedy_coreset(allf, n, seed, device=dev).cpu()
-        self.memory_bank = allf[idx].half().float().to(dev)
-        object.__setattr__(self, "_bank_owner", owner[idx])
-        maps, scores = self.score_left_out(train, torch.arange(len(train)), batch)
-        raw = scores.double().cpu()
+        self.memory_bank = self._coreset(allf, seed).to(dev)
+        k = max(2, min(int(folds), len(train)))
+        fold_of = torch.empty(len(train), dtype=torch.long)
+        fold_of[torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))] = \
+            torch.arange(len(train)) % k
+        banks = [self._coreset(allf[fold_of[owner] != f], seed + 1 + f) for f in range(k)]
+        object.__setattr__(self, "_folds", (fold_of, banks))
+        raw = torch.empty(len(train), dtype=torch.float64)
+        maps = []
+        for f in range(k):
+            m, sc = self.score_out_of_fold(train[fold_of == f], f, batch)
+            raw[fold_of == f] = sc.double().cpu()
+            maps.append(m.flatten().cpu())
         sd = float(raw.std()) if len(raw) > 1 else 0.0
         self.norm.copy_(torch.tensor([float(raw.mean()), max(sd, 1e-3 * max(float(raw.mean()), 1e-6))]))
-        allm = maps.flatten().cpu()
+        allm = torch.cat(maps)
         sample = allm[torch.randperm(len(allm), generator=torch.Generator().manual_seed(0))[:200000]]
         self.heat_scale.copy_(torch.quantile(sample, 0.999).clamp_min(1e-8))
         self.heat_floor.copy_(torch.quantile(sample, 0.5).clamp_max(float(self.heat_scale) * 0.999))
         self.normal_distance.copy_(allm.double().mean().float())
         return raw
 
+    def _coreset(self, feats: torch.Tensor, seed: int) -> torch.Tensor:
+        """The bank of ``feats`` (N, D): :data:`coreset_fraction` of them (at most
+        :data:`max_bank`) by greedy coreset search, rounded to float16 precision."""
+        n = min(self.max_bank, max(1, int(round(self.coreset_fraction * len(feats)))))
+        return feats[greedy_coreset(feats, n, seed, device=self.memory_bank.device).cpu()].half().float()
+
+    @property
+    def fold_of(self) -> torch.Tensor:
+        """The fold of each training image of the last :meth:`fit` (not saved)."""
+        return self._folds[0]
+
     @torch.no_grad()
-    def score_left_out(self, images: torch.Tensor, owners: torch.Tensor,
-                       batch: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw maps and scores of ``images``, image i against the bank without the patches of
-        training image ``owners[i]`` (after :meth:`fit`, in the same process): how a new part
-        would score."""
-        dev = self.memory_bank.device
-        maps, scores = [], []
-        for i in range(0, len(images), batch):
-            x = images[i:i + batch].to(dev)
-            m, s = self.raw_from_features(self.features(x), tuple(x.shape[-2:]), owners[i:i + batch])
-            maps.append(m)
-            scores.append(s)
+    def score_out_of_fold(self, images: torch.Tensor, fold: int, batch: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw maps and scores of ``images`` against fold ``fold``'s bank, searched without that
+        fold's images (after :meth:`fit`, in the same process): how new parts would score."""
+        full = self.memory_bank
+        self.memory_bank = self._folds[1][fold].to(full.device)
+        try:
+            maps, scores = [], []
+            for i in range(0, len(images), batch):
+                m, sc = self.raw(images[i:i + batch].to(full.device))
+                maps.append(m)
+                scores.append(sc)
+        finally:
+            self.memory_bank = full
         if not maps:
             return images.new_zeros((0, *images.shape[-2:])), images.new_zeros(0)
         return torch.cat(maps), torch.cat(scores)

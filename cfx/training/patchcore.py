@@ -27,11 +27,12 @@ def fit_patchcore(root: str | Path, category: str, dataset: str, seed: int = 0, 
                   target_fpr: float = DEFAULT_TARGET_FPR, **kwargs: Any) -> dict[str, Any]:
     """Fit the PatchCore detector of a category (seconds to minutes on a CPU; no training).
 
-    The memory bank comes from every train/good image; each of them is also scored against the
-    bank without its own patches (:meth:`PatchCore.fit`), and those scores normalise the score and
-    place the threshold at ``target_fpr`` (:func:`~cfx.detectors.calibration.threshold_at_fpr`,
-    with the expected FPR and its 95% bound). A synthetic defect made from each image, scored the
-    same way, gives the expected TPR, recorded beside it.
+    The memory bank comes from every train/good image; each of them is also scored out of fold
+    (:meth:`PatchCore.fit`: against a bank searched without its fold), and those scores normalise
+    the score and place the threshold at ``target_fpr``
+    (:func:`~cfx.detectors.calibration.threshold_at_fpr`, with the expected FPR and its 95%
+    bound). A synthetic defect made from each image, scored the same way, gives the expected TPR,
+    recorded beside it.
 
     Args:
         image_size: side of the working images (the card's ``image_size``: every model of the
@@ -56,14 +57,14 @@ def fit_patchcore(root: str | Path, category: str, dataset: str, seed: int = 0, 
     cal = threshold_at_fpr(s_n, target_fpr)
     thr = cal["threshold"]
     det.threshold.fill_(thr)
-    s_a = _synthetic_left_out(det, arr.images, seed)
+    s_a = _synthetic_out_of_fold(det, arr.images, seed)
     d = category_dir(dataset, category, out_dir)
     d.mkdir(parents=True, exist_ok=True)
     sha = det.save(d / det.filename)
     warnings = []
     if len(arr.images) < MIN_TRAIN_IMAGES:
         warnings.append(f"only {len(arr.images)} train/good images (< {MIN_TRAIN_IMAGES}): the threshold rests on "
-                        f"their {len(arr.images)} left-out scores and the detector may not hold on new good parts")
+                        f"their {len(arr.images)} out-of-fold scores and the detector may not hold on new good parts")
     if not cal["reached"]:
         warnings.append(f"{len(s_n)} normal images cannot place a threshold at a false-alarm rate of {target_fpr:g} "
                         f"(at least {int(1 / target_fpr)} are needed); expected FPR up to "
@@ -71,8 +72,8 @@ def fit_patchcore(root: str | Path, category: str, dataset: str, seed: int = 0, 
     info = {"file": det.filename, "sha256": sha, "threshold": thr, "threshold_rule": cal["rule"],
             "target_fpr": target_fpr, "expected_fpr": cal["expected_fpr"],
             "expected_tpr": expected_tpr(thr, s_a),
-            "calibration": {"normals": len(s_n), "scored": "each image without its own patches in the bank",
-                            "reached": cal["reached"]},
+            "calibration": {"normals": len(s_n), "folds": len(det.fold_of.unique()),
+                            "scored": "each fold against a bank searched without it", "reached": cal["reached"]},
             "train_images": len(x_all), "config": det.config(),
             "memory_bank": list(det.memory_bank.shape), "fit_seconds": round(time.perf_counter() - t0, 1),
             "synthetic_check": synthetic_check(thr, s_n, s_a),
@@ -91,10 +92,15 @@ def fit_patchcore(root: str | Path, category: str, dataset: str, seed: int = 0, 
     return card
 
 
-def _synthetic_left_out(det: PatchCore, images: np.ndarray, seed: int) -> np.ndarray:
-    """Scores of a synthetic defect made from each training image (pasting from that image
-    itself), scored against the bank without that image's patches: as a new defective part would."""
+def _synthetic_out_of_fold(det: PatchCore, images: np.ndarray, seed: int) -> np.ndarray:
+    """Scores of a synthetic defect made from each training image (pasting from that image itself),
+    each scored against the bank searched without its fold: as a new defective part would score."""
     rng = np.random.default_rng(seed + 7)
-    syn = np.concatenate([synthesize(images[i:i + 1], rng, per_image=1)[0] for i in range(len(images))])
-    _, raw = det.score_left_out(torch.from_numpy(syn), torch.arange(len(images)))
-    return ((raw - det.norm[0]) / det.norm[1]).cpu().numpy()
+    fold_of = det.fold_of.numpy()
+    out = []
+    for f in range(int(fold_of.max()) + 1):
+        own = np.flatnonzero(fold_of == f)
+        syn = np.concatenate([synthesize(images[i:i + 1], rng, per_image=1)[0] for i in own])
+        _, raw = det.score_out_of_fold(torch.from_numpy(syn), f)
+        out.append(((raw - det.norm[0]) / det.norm[1]).cpu().numpy())
+    return np.concatenate(out)

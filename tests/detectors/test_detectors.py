@@ -150,17 +150,18 @@ def test_threshold_at_a_stated_false_alarm_rate():
         threshold_at_fpr(np.array([]))
 
 
-def test_patchcore_scores_each_training_image_without_its_own_patches():
-    """A training image against the whole bank finds its own patches (distance about 0); left out,
-    it scores as a new good part of the same kind does."""
+def test_patchcore_scores_each_training_image_out_of_fold():
+    """A training image against the final bank finds its own patches; out of fold it scores nearer
+    to how a new good part of the same kind scores than to that."""
     train = torch.from_numpy(texture(12, 3, 0))
     det = PatchCore(input_size=96, coreset_fraction=0.5)
-    left_out = det.fit(train).numpy()
+    oof = det.fit(train, folds=4).numpy()
+    assert sorted(np.bincount(det.fold_of.numpy())) == [3, 3, 3, 3]
     with torch.no_grad():
         in_bank = det.raw(train)[1].numpy()
         new = det.raw(torch.from_numpy(texture(12, 3, 1)))[1].numpy()
-    assert (in_bank < left_out).all()
-    assert abs(np.median(left_out) - np.median(new)) < 0.5 * (np.median(new) - np.median(in_bank))
+    assert (in_bank < oof).all()
+    assert abs(np.median(oof) - np.median(new)) < np.median(new) - np.median(in_bank)
 
 
 def test_patchcore_fits_and_scores_with_sockets_blocked(monkeypatch):
