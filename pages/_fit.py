@@ -49,6 +49,9 @@ def fit_panel(sel) -> None:
             except CfxError as exc:
                 st.error(str(exc))
                 return
+            except OSError as exc:  # a full disk or a folder that vanished: one line, the page goes on
+                st.error(f"the fit could not be written: {exc.strerror or exc}")
+                return
         st.session_state["fit_warnings"] = list(info.get("detectors", {}).get("patchcore", {}).get("warnings", []))
         st.rerun()
     for w in st.session_state.pop("fit_warnings", []):

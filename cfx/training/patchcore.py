@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from cfx import config
+from cfx.atomic import writable_dir
 from cfx.data.mvtec import MVTecDataset
 from cfx.data.synth import synthesize
 from cfx.detectors import PatchCore
@@ -44,6 +45,7 @@ def fit_patchcore(root: str | Path, category: str, dataset: str, seed: int = 0, 
         The model card (with ``detectors["patchcore"]``).
     """
     t0 = time.perf_counter()
+    writable_dir(category_dir(dataset, category, out_dir), "the models folder")  # before minutes of fitting
     seed_everything(seed)
     ds = MVTecDataset(root, category, "train", image_size=image_size)
     arr = ds.arrays()
