@@ -175,8 +175,20 @@ def review_tab(sel: Selection) -> None:
            + (f" by {last['reviewer']}" if last.get("reviewer") else "") if last else "") + "."))
     st.dataframe(rows, hide_index=True, height=min(360, 38 + 35 * len(rows)), key="rv_table")
     names = [x["image"] for x in rows]
-    pick = st.selectbox("Image to decide", names, key=f"rv_pick_{sel.dataset}/{sel.category}/{sel.split}",
-                        index=names.index(sel.name) if sel.name in names else 0)
+    index = {smp.name: i for i, smp in enumerate(arr.samples)}
+    key = f"rv_pick_{sel.dataset}/{sel.category}/{sel.split}"
+    on_screen = sel.name if sel.source == "dataset" and sel.name in index else None
+    if on_screen is not None:
+        st.session_state[key] = on_screen  # the queue's choice is always the image on screen
+    st.selectbox("Image to decide (choosing one shows it)", names, key=key,
+                 on_change=lambda: choose_image(st.session_state[key], index.get(st.session_state[key])))
+    if on_screen is None:
+        st.caption("Choose a dataset image to decide on it (the image on screen is an upload).")
+    stored = decided.get(on_screen or "", {})
+    if st.session_state.get("rv_for") != (key, on_screen):  # a new image: its stored decision, prefilled
+        st.session_state["rv_for"] = (key, on_screen)
+        st.session_state["rv_verdict"] = stored.get("verdict") or "OK"
+        st.session_state["rv_reason"] = stored.get("reason") or ""
     c1, c2, c3, c4 = st.columns([1, 3, 2, 1])
     verdict_ = c1.radio("Verdict", ["OK", "NG"], horizontal=True, key="rv_verdict")
     reason = c2.text_input("Reason", key="rv_reason", placeholder="e.g. scratch on the rim")
@@ -186,16 +198,16 @@ def review_tab(sel: Selection) -> None:
         reviewer = user
     else:
         reviewer = c3.text_input("Reviewer", key="rv_reviewer", placeholder="your name")
-    if c4.button("Save", key="rv_save", type="primary"):
-        i = names.index(pick)
+    if c4.button("Save", key="rv_save", type="primary", disabled=on_screen is None):
         try:
-            row = store.record(sel.dataset, sel.category, pick, b.key(), verdict_, reason,
-                               score=float(s[order[i]]), threshold=float(b.threshold), reviewer=reviewer)
+            row = store.record(sel.dataset, sel.category, on_screen, b.key(), verdict_, reason,
+                               score=float(s[index[on_screen]]), threshold=float(b.threshold), reviewer=reviewer)
         except CfxError as exc:
             st.error(markdown_text(str(exc)))
         else:
-            st.toast(markdown_text(f"{pick}: {row['verdict']} " + ("held: the database is locked; it is written "
-                                                                   "when the lock clears" if row["held"] else "saved")))
+            st.toast(markdown_text(f"{on_screen}: {row['verdict']} " + ("held: the database is locked; it is written "
+                                                                        "when the lock clears" if row["held"] else "saved")))
+            st.session_state.pop("rv_for", None)  # prefill again from what was stored
             st.rerun()
     show("inspect", review={"decided": {k: v["verdict"] for k, v in decided.items()}, "threshold": thr, **r})
     st.download_button("Decisions (CSV)", data=lambda: store.csv_text(sel.dataset, sel.category).encode(),

@@ -731,6 +731,29 @@ def test_review_reason_and_reviewer_are_stored_and_shown_inert(tmp_path, monkeyp
     assert captions and beacon not in captions[0] and "\\!\\[t\\]" in captions[0] and "by Ana" in captions[0]
 
 
+def test_the_decision_is_on_the_image_on_screen_and_comes_back_prefilled(tmp_path, monkeypatch):
+    """Choosing a queue row shows that image, Save decides on the image shown, and a new session on
+    it has the stored NG (and reason) preselected, so one Save does not overwrite it with OK."""
+    monkeypatch.setenv("CFX_REVIEW_DB", str(tmp_path / "review.sqlite"))
+    at = new_app("pages/inspect.py")
+    pick = at.selectbox(key="rv_pick_demo/brick/test")
+    other = next(n for n in pick.options if n != pick.value)
+    pick.set_value(other).run()
+    ok(at)
+    assert at.session_state["selection"].name == other  # the queue's choice is now on screen
+    at.radio(key="rv_verdict").set_value("NG").run()
+    at.text_input(key="rv_reason").input("crack at the edge").run()
+    at.button(key="rv_save").click().run()
+    ok(at)
+    from cfx.review import ReviewStore
+
+    assert list(ReviewStore().latest("demo", "brick")) == [other]
+    again = new_app("pages/inspect.py")
+    again.selectbox(key="rv_pick_demo/brick/test").set_value(other).run()
+    ok(again)
+    assert again.radio(key="rv_verdict").value == "NG" and again.text_input(key="rv_reason").value == "crack at the edge"
+
+
 def test_a_folder_outside_the_allow_list_gets_one_answer(tmp_path, monkeypatch):
     """Whatever the path (missing, a file, not MVTec, a library folder with PNGs), the field says
     the same line and keeps the previous data."""
