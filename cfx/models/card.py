@@ -1,7 +1,7 @@
 """A category's model card (``card.json``): read, validated, and the files it lists checked.
 
 The card is JSON that a person may edit by hand; everything cfx relies on is checked when it is
-read (:func:`validate_card`), so a broken card is one line naming the key, never a traceback
+read (:func:`card_problem`), so a broken card is one line naming the key, never a traceback
 later in a page.
 """
 from __future__ import annotations

@@ -35,6 +35,18 @@ def is_demo(root: str | os.PathLike | None) -> bool:
     return root is None or is_demo_root(root)
 
 
+def root_id(root: str | os.PathLike) -> str:
+    """How a card names the root it was fitted on: ``demo``, or the resolved path."""
+    return config.DEMO_NAME if is_demo(root) else str(_resolved(root))
+
+
+def fitted_root(card: dict[str, Any]) -> Any:
+    """The root a card's models were fitted on (an older card: its ``data_root``; the shipped demo
+    cards say ``demo`` there)."""
+    data = card.get("data")
+    return data.get("root") if isinstance(data, dict) else card.get("data_root")
+
+
 def dataset_name(root: str | os.PathLike | None) -> str:
     """The models/ sub-folder of a data root: ``demo`` for the embedded demo, else the folder's name
     (made safe for a path) and 8 hex digits of its resolved path."""
@@ -66,8 +78,7 @@ def train_fingerprint(root: str | os.PathLike, category: str) -> dict[str, Any]:
 
 def data_record(root: str | os.PathLike, category: str) -> dict[str, Any]:
     """What a card stores under ``data``: ``{"root": resolved path or "demo", "fingerprint": ...}``."""
-    return {"root": config.DEMO_NAME if is_demo(root) else str(_resolved(root)),
-            "fingerprint": train_fingerprint(root, category)}
+    return {"root": root_id(root), "fingerprint": train_fingerprint(root, category)}
 
 
 def _retrain(root: str | os.PathLike, category: str) -> str:
@@ -89,7 +100,7 @@ def check_card_data(card: dict[str, Any], root: str | os.PathLike, category: str
             return []
         raise ModelMissingError(f"the models of {category} do not record which data they were fitted on (an older "
                                 f"cfx): refit them with {_retrain(root, category)}")
-    want = config.DEMO_NAME if demo else str(_resolved(root))
+    want = root_id(root)
     if data.get("root") != want:
         raise ModelMissingError(f"the models of {category} were fitted on {data.get('root')}, not on {want}: "
                                 f"refit them with {_retrain(root, category)}")
@@ -118,9 +129,7 @@ def guard_overwrite(models_dir: Path, root: str | os.PathLike, category: str, fo
         return  # an unreadable card is replaced by the fit
     if not isinstance(card, dict):
         return
-    data = card.get("data")
-    want = config.DEMO_NAME if is_demo(root) else str(_resolved(root))
-    other = data.get("root") if isinstance(data, dict) else card.get("data_root")
+    want, other = root_id(root), fitted_root(card)
     if other is not None and other != want:
         raise DataError(f"{models_dir} holds models fitted on {other}, not on {want}; cfx does not overwrite them "
                         f"(add --force to replace them)")

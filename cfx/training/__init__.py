@@ -3,7 +3,7 @@ the VAE multi-score detector and the classifier, the gradient method's latent en
 concept generator; :func:`~cfx.training.pipeline.train` runs them for ``python -m cfx train``.
 
 Only train/good images are used. PatchCore's memory bank takes all of them, and each is also
-scored without its own patches in the bank; the networks train on 85% and the held-out 15% (the
+scored out of fold (against a bank searched without its fold); the networks train on 85% and the held-out 15% (the
 same for every model of a category) normalise the VAE's scores. Every detector's threshold is
 placed at a stated false-alarm rate on those *real* normal scores
 (:mod:`cfx.detectors.calibration`); synthetic anomalies are only a secondary check (the expected

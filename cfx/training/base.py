@@ -27,6 +27,7 @@ from cfx.data.synth import synthesize
 from cfx.detectors import MultiScoreDetector, choose_threshold
 from cfx.detectors.calibration import DEFAULT_TARGET_FPR, expected_tpr, threshold_at_fpr
 from cfx.metrics.detection import auroc_standard_error
+from cfx.atomic import writable_dir
 from cfx.models.bundle import category_dir, round_to_half, save_module
 from cfx.models.nets import VAE, Classifier, ConvAutoencoder
 from cfx.models.identity import data_record
@@ -170,6 +171,7 @@ def train_category(root: str | Path, category: str, dataset: str, epochs: int = 
         The model card.
     """
     t0 = time.perf_counter()
+    writable_dir(category_dir(dataset, category, out_dir), "the models folder")  # before minutes of training
     seed_everything(seed)
     ds = MVTecDataset(root, category, "train", image_size=image_size)
     arr = ds.arrays()

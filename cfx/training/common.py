@@ -16,6 +16,7 @@ from cfx.atomic import write_json
 from cfx.detectors import (
     rates_at,
 )
+from cfx.models.identity import fitted_root
 
 VAL_FRACTION = 0.15
 
@@ -64,7 +65,7 @@ def merge_card(d: Path, card: dict[str, Any], detector: str, info: dict[str, Any
         if not isinstance(old, dict):
             old = {}
     same_data = (old.get("channels") == card.get("channels") and old.get("image_size") == card.get("image_size")
-                 and _data_root(old) == _data_root(card))
+                 and fitted_root(old) == fitted_root(card))
     if old and not same_data:  # models of other data or another size: none of them is kept
         for f in d.glob("*.pt"):
             if f.name not in card.get("files", {}):
@@ -79,12 +80,6 @@ def merge_card(d: Path, card: dict[str, Any], detector: str, info: dict[str, Any
     merged["files"] = {**(old.get("files", {}) if same_data else {}), **card.get("files", {})}
     write_json(path, merged)
     return merged
-
-
-def _data_root(card: dict[str, Any]) -> Any:
-    """The root a card's models were fitted on (an older card: its ``data_root``, ``demo`` on the demo)."""
-    data = card.get("data")
-    return data.get("root") if isinstance(data, dict) else card.get("data_root")
 
 
 #: train/good images below which a category's detector is flagged as fitted on too little data.

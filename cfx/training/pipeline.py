@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from cfx.atomic import writable_dir
 from cfx.config import IMAGE_SIZE
 from cfx.detectors.calibration import DEFAULT_TARGET_FPR
 from cfx.errors import ModelMissingError
@@ -62,7 +61,6 @@ def train(root: str | Path, category: str, dataset: str, detector: str = "all", 
         DataError: bad data or arguments, or models of another root in the way (one line).
     """
     guard_overwrite(category_dir(dataset, category), root, category, force)
-    writable_dir(category_dir(dataset, category), "the models folder")  # before minutes of fitting
     image_size = image_size or fitted_image_size(dataset, category) or IMAGE_SIZE
     if detector in ("patchcore", "all"):
         fit_patchcore(root, category, dataset, seed=seed, image_size=image_size, target_fpr=target_fpr,
