@@ -18,7 +18,7 @@ from cfx.errors import CfxError
 #: Sub-commands implemented in their own modules: name -> module with add_arguments(p) and run(args) -> int.
 PLUGINS = {
     "explain": ("cfx.commands.explain", "explain an image with one or all methods"),
-    "concepts": ("cfx.commands.concepts", "concept counterfactuals along alpha"),
+    "concepts": ("cfx.commands.concepts", "concept counterfactuals: named kinds of change, each walked from the image to its edit"),
     "audit": ("cfx.commands.audit", "mask-Jaccard audit of a category (or all), on Dask distributed"),
     "inspect": ("cfx.commands.inspect", "score every test image and store verdicts, scores and maps"),
 }
@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="replace models of the category that were fitted on another data root")
     p.add_argument("--base-only", action="store_true",
-                   help="only the autoencoder, VAE detector and classifier (not the ensemble and concept generator)")
+                   help="only the autoencoder, VAE detector and classifier (not the latent ensemble)")
     p.add_argument("--detector", choices=["patchcore", "vae", "all"], default="all",
                    help="patchcore: fit PatchCore only (seconds, no training); vae: train the autoencoder, VAE "
                         "detector, classifier and the explainers' models; all (default): both")

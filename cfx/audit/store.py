@@ -16,8 +16,9 @@ from cfx.resultdb import ResultDB, open_db
 
 log = logging.getLogger(__name__)
 #: 2: keyed by the image's content (not its name) and, for counterfactuals, the mask; the whole
-#: explanation is stored (version-1 keys are still found: see ``legacy_key``)
-CACHE_VERSION = 2
+#: explanation is stored (version-1 keys are still found: see ``legacy_key``); 3: counterfactuals carry
+#: AR-Pro's repair properties
+CACHE_VERSION = 3
 
 
 def _effective_params(method: str, params: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:

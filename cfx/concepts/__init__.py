@@ -1,88 +1,104 @@
-"""Concept counterfactuals: several distinct ways an anomaly could become normal, each a
-continuous path an inspector walks with a slider (after Liznerski et al., "Reimagining
-Anomalies: What If Anomalies Were Normal?").
+"""Concept counterfactuals: several distinct, named ways in which an anomaly could become normal,
+each walked with a slider (the idea of Liznerski et al., "Reimagining Anomalies: What If
+Anomalies Were Normal?": not one repair but the different kinds of change that each would do).
 
-**The generator.** ``G(z, target, k, source)`` is a small MLP that edits a latent ``z`` of the
-detector's VAE (``bundle.vae``, 64-d) for concept ``k`` in ``0..K-1`` (K = 3 by default) so that
-the edited image scores ``target`` on the detector's combined score, ``source`` being the score of
-the image ``z`` came from. It is trained, with the detector frozen, on train/good images and
-synthetic anomalies made from them (:func:`cfx.data.synth.synthesize`); never on test images.
+A concept is a *kind of change* of the real image towards the nearest normal content ``N`` (the
+real good part the counterfactual methods fill their edits with, :mod:`cfx.explainers.edit`),
+split by spatial frequency with a Gaussian of :func:`band_sigma` (the image's side / 32):
 
-**alpha.** The user-facing ``alpha`` in [0, 1] is a position on the image's own path, mapped
-onto the score scale by :func:`target_score`::
+* **colour** (``x + L(N - x)``): only the shade and colour change, the original's fine detail
+  (edges, texture, the defect's outline) stays;
+* **structure** (``L(x) + N - L(N)``): only the fine detail changes (edges, texture, shape), the
+  original's shade and colour stay;
+* **whole** (``N``): both;
+* **region i** (``N`` inside one connected region where the detector's map exceeds what a normal
+  part reaches, :func:`abnormal_regions`), one concept per region, the largest
+  :data:`MAX_REGIONS` first, when the map shows more than one.
 
-    target(alpha) = s_normal + alpha * max(score(x) - s_normal, 0)
-
-``alpha = 1`` is the image's own score (the edit is the identity), ``alpha = 0`` is *clearly
-normal*: ``s_normal = min(Q_q(normal), threshold - 0.5 * SD(normal))``, the lower quartile
-(``q = 0.25``) of the scores of held-out normal images (the validation split of train/good that
-calibrated the detector), and in any case half a normal SD below the decision threshold.
-
-**Images.** A purely decoded image ``vae.decode(z')`` lacks the sensor noise and fine texture of a
-real image; the detector notices (on the demo tablet, decoded *normal* images score ~30 against a
-threshold below 1). So the counterfactual keeps the original's pixels and applies the concept's
-edit as a change of the decoding, while the part of the image the VAE cannot explain *where the
-detector finds it abnormal* fades out as alpha goes to 0::
-
-    x'(alpha, k) = clip(x + [decode(z') - decode(z)] - (1 - alpha) * m_k * (x - decode(z)), 0, 1)
-
-with ``z = encode(x)``, ``z' = G(z, target(alpha), k, score(x))`` and ``m_k`` in [0, 1] a soft
-mask of the detector's own calibrated heatmap (1.0 = the 99.9th percentile of the per-pixel error
-of normal images): 0 below ``lo``, 1 above ``2 lo``, linear between, with
-``lo = 0.2 * 4 ** (1 - 2 gamma_k)`` (:func:`fade_mask`). The fade strength ``gamma_k`` in [0, 1]
-is fitted per image and concept, not learned (:func:`fit_fade`): the smallest value on a grid at
-which the concept's alpha = 0 image scores at most ``s_normal`` for the real detector, i.e. the
-least of the image that has to fade (on a texture the detector explains well only the defect
-fades; on the hypersensitive demo tablet also its rim). At alpha = 0 the faded pixels show the
-concept's decoded normal content and the rest of the image moves by the concept's edit only.
-Everything but ``decode(z')`` is computed once per image (:func:`prepare_for`), so a slider step
-costs one decoder pass (plus one detector pass to score it).
-
-**Losses** (weights in :data:`LOSS_WEIGHTS`): the detector's score of ``x'`` pulled to the target
-(Huber, in units of ``threshold - s_normal``; scoring below the target counts a quarter);
-reconstruction ``G(z, score(x), k, score(x)) ~ z``; cycle consistency
-``G(z', score(x), k, target) ~ z`` (latents in units of the SD of the VAE's aggregate posterior);
-a concept classifier ``R`` (a prototype classifier with a fixed temperature, trained jointly as in
-the paper) that must tell ``k`` from the change ``decode(z') - decode(z)`` (disentanglement; its
-prototypes start on the principal modes of normal variation, so concepts are the same across
-seeds); and a proximity penalty (mean squared change of the decoding). In training the fade uses
-one gamma per image, fitted without a latent edit.
-
-Files: ``concepts.pt`` in :func:`cfx.models.bundle.category_dir`, written with
-:func:`cfx.models.bundle.save_module` (``torch.load(weights_only=True)``-loadable).
-
-Modules: :mod:`~cfx.concepts.model` (the generator, the fade, loading), :mod:`~cfx.concepts.path`
-(paths and slider steps); training is :mod:`cfx.training.concepts`; the registered explanation
-method is :mod:`cfx.explainers.concepts`.
+Each becomes the smallest local edit of its kind that the *selected* detector calls normal
+(:class:`cfx.explainers.counterfactual.CounterfactualExplainer`; a region concept's edit stays in
+its region). A concept no edit of its kind makes normal is reported as *not sufficient on its
+own*, which is an answer too ("colour alone does not make it normal"). Measured on the demo and
+on real bottle: BENCHMARKS.md (the trained latent generator this replaced gave three copies of
+one edit under PatchCore, relative diversity 0.004).
 """
-from cfx.concepts.model import (  # noqa: F401
-                                DEFAULT_ALPHAS,
-                                DEFAULT_K,
-                                FILENAME,
-                                GAMMA_GRID,
-                                GAMMA_RANGE,
-                                NORMAL_QUANTILE,
-                                SLIDER_ALPHAS,
-                                THRESHOLD_MARGIN_SD,
-                                ConceptClassifier,
-                                ConceptGenerator,
-                                Prepared,
-                                compose,
-                                concepts_path,
-                                edit,
-                                fade_mask,
-                                fit_fade,
-                               
-                                load_concepts,
-                                prepare,
-                                prepare_for,
-                                target_score,
-                                train_hint,
-)
-from cfx.concepts.path import (  # noqa: F401
-                                ConceptPath,
-                                concept_path,
-                                concept_step,
-                                local_steps,
-                                render,
-)
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.ndimage import binary_dilation, gaussian_filter, label
+
+#: the kinds of change, in display order (region concepts follow)
+KINDS = ("colour", "structure", "whole")
+#: what each kind changes, in words (pages, reports)
+DESCRIPTIONS = {
+    "colour": "only the shade and colour, as on a good part; the fine detail stays",
+    "structure": "only the fine detail (edges, texture, shape), as on a good part; the shade stays",
+    "whole": "shade and detail, as on a good part",
+    "region": "only this one abnormal region, as on a good part",
+}
+#: at most this many region concepts (the largest abnormal regions by their summed map)
+MAX_REGIONS = 3
+#: the detector's calibrated map above this is beyond what a normal part reaches (1.0: the 99.9th
+#: percentile of normal pixels)
+NORMAL_LEVEL = 1.0
+#: a region concept may reach this many pixels beyond its region (the map's halo; × side / 128)
+REGION_MARGIN = 3
+
+
+@dataclass
+class Concept:
+    """One kind of change: its ``name`` (``colour``, ``structure``, ``whole`` or ``region 1``...),
+    the ``content`` its edit fills with (C, H, W) and where the edit may lie (``allowed``, H, W
+    bool, or None for anywhere)."""
+
+    name: str
+    content: np.ndarray
+    allowed: np.ndarray | None = None
+
+    @property
+    def description(self) -> str:
+        return DESCRIPTIONS["region" if self.name.startswith("region") else self.name]
+
+
+def band_sigma(side: int) -> float:
+    """The Gaussian sigma (px) that splits shade and colour from fine detail: side / 32."""
+    return max(1.0, side / 32.0)
+
+
+def lowpass(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Each channel of (C, H, W) blurred with a Gaussian of ``sigma`` px (edges reflected)."""
+    return np.stack([gaussian_filter(np.asarray(c, np.float32), sigma, mode="reflect") for c in image])
+
+
+def abnormal_regions(heat: np.ndarray, level: float = NORMAL_LEVEL, max_regions: int = MAX_REGIONS) -> list[np.ndarray]:
+    """The connected regions (8-neighbourhood) where the detector's calibrated map exceeds
+    ``level``, largest summed map first, at most ``max_regions``; each dilated by
+    :data:`REGION_MARGIN` px (scaled with the side). Regions under 0.1% of the image are left out."""
+    h = np.asarray(heat, np.float64)
+    lab, n = label(h > level, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return []
+    weight = np.bincount(lab.ravel(), weights=h.ravel(), minlength=n + 1)[1:]
+    size = np.bincount(lab.ravel(), minlength=n + 1)[1:]
+    keep = [i + 1 for i in np.argsort(-weight) if size[i] >= 0.001 * h.size][:max_regions]
+    grow = max(1, int(round(REGION_MARGIN * h.shape[0] / 128)))
+    return [binary_dilation(lab == i, iterations=grow) for i in keep]
+
+
+def named_concepts(x: np.ndarray, normal: np.ndarray, heat: np.ndarray, max_regions: int = MAX_REGIONS) -> list[Concept]:
+    """The concepts of image ``x`` (C, H, W) with the nearest normal content ``normal`` and the
+    detector's calibrated map ``heat`` (H, W): :data:`KINDS`, then one per abnormal region when
+    there are at least two (see the module docstring)."""
+    x = np.asarray(x, np.float32)
+    n = np.asarray(normal, np.float32)
+    s = band_sigma(x.shape[-1])
+    lx, ln = lowpass(x, s), lowpass(n, s)
+    out = [Concept("colour", np.clip(x + ln - lx, 0, 1)),
+           Concept("structure", np.clip(lx + n - ln, 0, 1)),
+           Concept("whole", n)]
+    regions = abnormal_regions(heat, max_regions=max_regions)
+    if len(regions) >= 2:
+        out += [Concept(f"region {i + 1}", n, r) for i, r in enumerate(regions)]
+    return out

@@ -52,8 +52,14 @@ class Counterfactual:
         latent: the method's latent of the counterfactual, if any.
         path_images, path_scores: steps from the original to the edit (for a slider; only the
             edited region morphs), images (S, C, H, W) and target scores (S,).
-        content: what fills the edited region: ``nearest normal``, ``reconstruction`` or ``generator``.
+        content: what fills the edited region: ``nearest normal``, ``reconstruction``, ``generator``
+            or a concept's content (:mod:`cfx.concepts`).
+        concept: the kind of change (the concepts method; "" for the others).
         region: the soft edited region (H, W) in [0, 1].
+        repair_properties: AR-Pro's ``overall``, ``similarity``, ``localized``,
+            ``non_degradation`` with the detector's map, in the top 10% of its map of the original,
+            and under ``mask`` the same four in the ground-truth mask (when there is one); see
+            :func:`cfx.metrics.edits.repair_properties`.
     """
 
     image: np.ndarray
@@ -69,11 +75,15 @@ class Counterfactual:
     path_scores: np.ndarray | None = None
     content: str = ""
     region: np.ndarray | None = None
+    repair_properties: dict[str, Any] = field(default_factory=dict)
+    concept: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {"score_after": self.score_after, "valid": self.valid, "detector_score": self.detector_score,
                 "detector_valid": self.detector_valid, "classifier_prob": self.classifier_prob,
-                "classifier_valid": self.classifier_valid, "content": self.content, **self.metrics}
+                "classifier_valid": self.classifier_valid, "content": self.content, "concept": self.concept,
+                **self.metrics,
+                "repair_properties": self.repair_properties}
 
 
 @dataclass

@@ -1,10 +1,7 @@
-"""Concept counterfactuals as a registered method (the generator: :mod:`cfx.concepts`).
-
-Each of the generator's K concepts proposes its own way to normal: its image at ``alpha`` (0 =
-clearly normal for the detector it was trained against, the VAE), reached along its own path from
-alpha = 1 (the original). Each proposal then becomes the smallest local edit that the *selected*
-detector calls normal (:mod:`cfx.explainers.counterfactual`); the Concepts page's slider morphs
-only that edit's region (:func:`cfx.concepts.local_steps`).
+"""Concept counterfactuals as a registered method: the named kinds of change of
+:mod:`cfx.concepts` (colour, structure, whole, and one abnormal region at a time), each the
+smallest local edit of its kind that the selected detector calls normal, or reported as not
+sufficient on its own. Works with either detector; needs no trained generator.
 """
 from __future__ import annotations
 
@@ -14,29 +11,49 @@ import numpy as np
 
 from cfx.explainers.base import Explanation, register
 from cfx.explainers.counterfactual import CounterfactualExplainer, Proposal, SearchContext
+from cfx.metrics.edits import edit_diversity
+
+#: two edits coincide when they differ by at most this share of their change from the original
+COINCIDE = 0.05
 
 
 @register
 class Concepts(CounterfactualExplainer):
-    """The concept generator's K counterfactuals, one per concept, as local edits."""
+    """One counterfactual per concept (:func:`cfx.concepts.named_concepts`), as local edits."""
 
     name: ClassVar[str] = "concepts"
     order: ClassVar[int] = 7
-    typical_evaluations: ClassVar[int | None] = 260  # measured on demo defects (VAE): 254
-    label: ClassVar[str] = "Concepts (generator)"
-    defaults: ClassVar[dict[str, Any]] = {"alpha": 0.0, "path_steps": 8}
+    typical_evaluations: ClassVar[int | None] = 60
+    label: ClassVar[str] = "Concepts (kinds of change)"
+    heavy: ClassVar[bool] = True
+    defaults: ClassVar[dict[str, Any]] = {"regions": 3, "path_steps": 11}
 
     def _propose(self, ctx: SearchContext, seed: int, params: dict[str, Any], exp: Explanation) -> list[Proposal]:
-        from cfx.concepts import concept_path, load_concepts
+        from cfx.concepts import named_concepts
 
-        vb = self.bundle.using("vae")  # the detector the generator was trained against
-        gen = load_concepts(vb)
-        alpha = float(params["alpha"])
-        if not 0.0 <= alpha < 1.0:
-            raise ValueError(f"alpha must lie in [0, 1), not {alpha}")
-        alphas = np.linspace(1.0, alpha, max(2, int(params["path_steps"])))
-        path = concept_path(vb, ctx.image, alphas, generator=gen)
-        exp.info.update({"concepts": int(path.k), "alpha": alpha, "s_normal": float(path.s_normal),
-                         "generator_scores": [float(s) for s in path.scores[:, -1]]})
-        return [Proposal(path.images[k, -1], ctx.image, path.latents[k, -1], path.latent, path.images[k],
-                         info={"concept": k}) for k in range(path.k)]
+        concepts = named_concepts(ctx.image, ctx.content, ctx.heat, max_regions=int(params["regions"]))
+        exp.info["concepts"] = len(concepts)
+        return [Proposal(c.content, ctx.image, contents={c.name: c.content}, allowed=c.allowed, concept=c.name)
+                for c in concepts]
+
+    def _explain(self, image, target, seed, params) -> Explanation:
+        exp = super()._explain(image, target, seed, params)
+        # a region concept whose edit is another concept's (the one region holds the whole
+        # anomaly) is that concept: said once, not shown twice
+        kept, same = [], []
+        for c in exp.counterfactuals:
+            twin = next((k for k in kept if np.abs(k.image - c.image).mean() <= COINCIDE * max(c.metrics["l1"], 1e-12)), None)
+            if twin is not None and c.concept.startswith("region"):
+                same.append([c.concept, twin.concept])
+                continue
+            kept.append(c)
+        if same:
+            exp.counterfactuals = kept
+            exp.info["coincide"] = same
+            exp.info["concepts"] = len(kept)
+            if len(kept) > 1:
+                exp.info.update(edit_diversity(image, [c.image for c in kept]))
+        short = [c.concept for c in exp.counterfactuals if c.concept and not c.valid]
+        if short and any(c.valid for c in exp.counterfactuals):
+            exp.info["not_sufficient"] = short
+        return exp

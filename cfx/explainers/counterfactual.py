@@ -29,7 +29,7 @@ import numpy as np
 from cfx.explainers import edit as E
 from cfx.explainers.base import Counterfactual, Explainer, Explanation
 from cfx.explainers.edit_model import EditModel
-from cfx.metrics.edits import edit_metrics
+from cfx.metrics.edits import edit_diversity, edit_metrics, repair_properties, top_region
 
 
 @dataclass
@@ -41,6 +41,10 @@ class Proposal:
         reference: ``G0``, the generator's image of the original (the change is ``G - G0``).
         latent, latent0: the latents of ``G`` and of the original, if the method has any.
         path: the generator's images from ``G0`` to ``G`` (S, C, H, W), for the slider.
+        contents: the contents this proposal's edit may fill its region with, by name (default:
+            the method's :attr:`CounterfactualExplainer.contents` of the real ones and ``G``).
+        allowed: where its edit may lie (H, W; True = allowed), or None for anywhere.
+        concept: the name of the kind of change it is (the concepts method), else "".
     """
 
     image: np.ndarray
@@ -49,6 +53,9 @@ class Proposal:
     latent0: np.ndarray | None = None
     path: np.ndarray | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    contents: dict[str, np.ndarray] | None = None
+    allowed: np.ndarray | None = None
+    concept: str = ""
 
 
 @dataclass
@@ -77,9 +84,15 @@ def counterfactual_metrics(bundle, original: np.ndarray, images: np.ndarray, tar
 
     ``valid`` means the target calls the image normal; ``detector_valid`` / ``classifier_valid``
     the same for the selected detector and the classifier (False when there is none).
+    ``repair_properties`` are AR-Pro's four (:func:`cfx.metrics.edits.repair_properties`) with the
+    selected detector's map, in the top 10% of its map of ``original`` and (key ``mask``) in the
+    ground-truth mask when one is given.
     """
     images = np.clip(np.asarray(images, np.float32), 0, 1)
     a = bundle.analyse(images)
+    heat_x = bundle.analyse(original[None])["heatmap"][0]
+    w_det = top_region(heat_x)
+    w_mask = None if mask is None or not np.any(np.asarray(mask) > 0.5) else np.asarray(mask) > 0.5
     t = bundle.target(target)
     tgt = t.read(a)
     clf = a.get("classifier")
@@ -89,12 +102,16 @@ def counterfactual_metrics(bundle, original: np.ndarray, images: np.ndarray, tar
             dz = np.asarray(latents[k], np.float64) - latent0
             m["latent_l1"] = float(np.abs(dz).sum())
             m["latent_l2"] = float(np.sqrt((dz ** 2).sum()))
+        rp = repair_properties(original, images[k], heat_x, a["heatmap"][k], float(a["score"][k]), w_det)
+        if w_mask is not None:
+            rp["mask"] = repair_properties(original, images[k], heat_x, a["heatmap"][k], float(a["score"][k]), w_mask)
         out.append(Counterfactual(
             image=images[k], score_after=float(tgt[k]), valid=bool(tgt[k] <= t.threshold),
             detector_score=float(a["score"][k]), detector_valid=bool(not a["anomalous"][k]),
             classifier_prob=float("nan") if clf is None else float(clf[k]),
             classifier_valid=False if clf is None else bool(not a["classifier_anomalous"][k]),
-            metrics=m, latent=None if latents is None else np.asarray(latents[k], np.float32)))
+            metrics=m, latent=None if latents is None else np.asarray(latents[k], np.float32),
+            repair_properties=rp))
     return out
 
 
@@ -180,21 +197,24 @@ class CounterfactualExplainer(Explainer):
         if not proposals:
             exp.info.setdefault("message", "no counterfactual found")
             return exp
-        cands = [{k: v for k, v in {**fills, "generator": np.clip(p.image, 0, 1).astype(np.float32)}.items()
+        cands = [p.contents if p.contents is not None else
+                 {k: v for k, v in {**fills, "generator": np.clip(p.image, 0, 1).astype(np.float32)}.items()
                   if k in self.contents} for p in proposals]
         # the proposals' scans in lockstep: their small chunks share the device's batches
         edits = E.minimal_edits(b, image, target, heat, cands, [E.change_map(p.image, p.reference) for p in proposals],
-                                scored=setup.scored)
+                                scored=setup.scored, allowed=[p.allowed for p in proposals])
         lat = [p.latent for p in proposals]
         cfs = counterfactual_metrics(b, image, np.stack([e.image for e in edits]), target, self.mask,
                     proposals[0].latent0, None if any(z is None for z in lat) else np.stack(lat))
         for c, e, p in zip(cfs, edits, proposals):
             c.metrics["edit_share"] = e.share
             c.path_images = self._path(image, e, p, int(params.get("path_steps", self.path_steps)))
-            c.content, c.region = e.content, e.region
+            c.content, c.region, c.concept = e.content, e.region, p.concept
         self._path_scores(image, exp.score_before, cfs, target)
         order = sorted(range(len(cfs)), key=lambda i: (not cfs[i].valid, cfs[i].metrics["l1"]))
         exp.counterfactuals = [cfs[i] for i in order]
+        if len(cfs) > 1:
+            exp.info.update(edit_diversity(image, [c.image for c in exp.counterfactuals]))
         exp.info.update({"content": [edits[i].content for i in order], "proposal_order": order,
                          "edit_evaluations": base_edit.evaluations * fresh + sum(e.evaluations for e in edits),
                          "setup_shared": not fresh, "search_region_share": base_edit.share,

@@ -259,16 +259,24 @@ class _Scan:
 
 def minimal_edits(bundle, x: np.ndarray, target: str, heat: np.ndarray, contents: list[dict[str, np.ndarray]],
                   changes: list[np.ndarray | None], margin_levels: int = MARGIN_LEVELS, chunk: int | None = None,
-                  scored: dict[bytes, float] | None = None) -> list[Edit]:
+                  scored: dict[bytes, float] | None = None,
+                  allowed: list[np.ndarray | None] | None = None) -> list[Edit]:
     """:func:`minimal_edit` of several proposals (``contents[i]``, ``changes[i]``), their scans in
     lockstep: each round scores the next chunk of every scan still open in one call, so small
     chunks fill the device's batches; each scan scores the same images and stops where it would
-    alone. An image two scans compose is scored once, counted in the first one's evaluations."""
+    alone. An image two scans compose is scored once, counted in the first one's evaluations.
+    ``allowed[i]`` (H, W; bool), when given, confines proposal ``i``'s regions to it (a level
+    larger than it is all of it)."""
     thr = bundle.threshold_for(target)
     memo = scored if scored is not None or len(contents) == 1 else {}
     scans = []
-    for cont, change in zip(contents, changes):
-        regions = level_regions(priority_map(heat, change))
+    for i, (cont, change) in enumerate(zip(contents, changes)):
+        keep = None if allowed is None else allowed[i]
+        if keep is None:
+            regions = level_regions(priority_map(heat, change))
+        else:
+            keep = np.asarray(keep, bool)
+            regions = level_regions(np.where(keep, priority_map(heat, change) + 1.0, 0.0)) * keep[None]
         step = max(1, int(chunk or getattr(bundle, "forward_batch", 0) or len(regions) * len(cont)) // len(cont))
         scans.append(_Scan(cont, regions, step, np.full((len(cont), len(regions)), np.inf)))
     live = scans

@@ -5,6 +5,15 @@ px), ``edit_area`` (share of pixels changed by more than :data:`CHANGE_EPS`), ``
 (:func:`independent_realism`: PatchCore's nearest-normal-patch distance over the edited region
 relative to that of real normal images; about 1 = as normal as a good part; independent of every
 generator), ``l1``, ``l2``, and the ``diversity`` of several counterfactuals.
+
+AR-Pro's four properties of a repair (:func:`repair_properties`, after Ji et al., "AR-Pro:
+Counterfactual Explanations for Anomaly Repair with Formal Properties", NeurIPS 2024), with the
+detector's map ``a(.)`` and a region ``w``: ``overall`` = s(x') (low), ``similarity`` =
+RMS of ``(1 - w)(x' - x)`` (low: the image outside the region is kept), ``localized`` =
+mean(w (a(x') - a(x))) (negative: the map falls where the anomaly was), ``non_degradation`` =
+mean((1 - w)(a(x') - a(x))) (at most about 0: nothing new looks abnormal elsewhere). ``w`` is
+the top :data:`REPAIR_TOP` of the detector's map of the original and, where one is known, the
+ground-truth mask.
 """
 from __future__ import annotations
 
@@ -20,6 +29,31 @@ from cfx import gpu
 CHANGE_EPS = 0.05
 #: the defect mask is dilated by this many pixels for locality
 LOCALITY_DILATION = 4
+#: AR-Pro's region: this share of the pixels, the hottest of the detector's map of the original
+REPAIR_TOP = 0.10
+#: the keys of :func:`repair_properties`
+REPAIR_KEYS = ("overall", "similarity", "localized", "non_degradation")
+
+
+def top_region(heat: np.ndarray, share: float = REPAIR_TOP) -> np.ndarray:
+    """The ``share`` of the pixels where ``heat`` is highest (bool (H, W); ties included)."""
+    h = np.asarray(heat, np.float64)
+    k = max(1, int(round(share * h.size)))
+    return h >= np.sort(h.ravel())[::-1][k - 1]
+
+
+def repair_properties(x: np.ndarray, cf: np.ndarray, heat_x: np.ndarray, heat_cf: np.ndarray, score_cf: float,
+                      region: np.ndarray) -> dict[str, float]:
+    """AR-Pro's four properties of the repair ``cf`` of ``x`` in the region ``region`` (H, W; see
+    the module docstring); maps in the detector's calibrated units (1.0 = what a normal part's
+    pixels reach at most, the 99.9th percentile)."""
+    w = np.asarray(region, np.float64)
+    if w.ndim == 3:
+        w = w.max(0)
+    da = np.asarray(heat_cf, np.float64) - np.asarray(heat_x, np.float64)
+    d = (np.asarray(cf, np.float64) - x) * (1.0 - w)[None]
+    return {"overall": float(score_cf), "similarity": float(np.sqrt((d ** 2).mean())),
+            "localized": float((w * da).mean()), "non_degradation": float(((1.0 - w) * da).mean())}
 
 
 def locality(x: np.ndarray, cf: np.ndarray, mask: np.ndarray | None) -> float:
@@ -90,3 +124,14 @@ def diversity(images: Iterable[np.ndarray]) -> float:
         return 0.0
     d = [np.abs(a - b).mean() for i, a in enumerate(ims) for b in ims[i + 1:]]
     return float(np.mean(d))
+
+
+def edit_diversity(x: np.ndarray, images: Iterable[np.ndarray]) -> dict[str, float]:
+    """How different several counterfactuals of ``x`` are, relative to how far they move:
+    ``diversity`` (mean pairwise L1), ``mean_l1`` (their mean L1 to ``x``) and
+    ``relative_diversity`` = diversity / mean_l1 (0 = one edit shown several times; about 1 = as
+    different from each other as from the original; NaN when none changes anything)."""
+    ims = [np.asarray(i, np.float32) for i in images]
+    div = diversity(ims)
+    l1 = float(np.mean([np.abs(i - x).mean() for i in ims])) if ims else 0.0
+    return {"diversity": div, "mean_l1": l1, "relative_diversity": div / l1 if l1 > 1e-12 else float("nan")}

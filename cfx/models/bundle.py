@@ -2,7 +2,7 @@
 
 Layout: ``<models dir>/<dataset>/<category>/{card.json, patchcore.pt, vae.pt, ae.pt, classifier.pt}``
 (each detector's file is optional: a category may have only PatchCore fitted, which needs no
-training; plus the optional ``ensemble.pt`` and ``concepts.pt`` of later explainers). Each ``.pt`` is
+training; plus the optional ``ensemble.pt`` of the gradient method). Each ``.pt`` is
 ``{"config": {...}, "state_dict": {...}}`` of plain tensors and numbers, loaded with
 ``torch.load(..., weights_only=True)``. Network weights are stored in float16 (the models were
 rounded to it before their statistics and thresholds were computed, so nothing shifts on load).
@@ -101,7 +101,7 @@ class ModelBundle:
         notes: what the user should know about these models on this data (a train/good that
             changed since the fit; :func:`load_for_root`).
         loaded: the parts loaded or computed on first use (:class:`~cfx.models.parts.LoadedParts`:
-            data root, train images, DiCE's PCA, latent ensemble, concept generator), shared by the views.
+            data root, train images, DiCE's PCA, latent ensemble), shared by the views.
     """
 
     dataset: str
@@ -152,7 +152,7 @@ class ModelBundle:
 
     @property
     def vae_detector(self) -> MultiScoreDetector:
-        """The VAE detector (its VAE is the latent space of the gradient and concept methods)."""
+        """The VAE detector (its VAE is the latent space of the gradient method)."""
         if "vae" not in self.detectors:
             raise ModelMissingError(f"the VAE of {self.dataset}/{self.category} is not trained: run "
                                     f"{_train_hint(self.dataset, self.category, 'vae')}")

@@ -28,7 +28,6 @@ class LoadedParts:
         pca: DiCE's PCA of the train images, by number of components.
         pca_rows: the train images in that PCA (DiCE's reference rows), by number of components.
         latent_ensemble: the gradient method's latent classifier ensemble (``ensemble.pt``).
-        concepts: the concept generator (``concepts.pt``).
         edit_setups: what every counterfactual search of one image starts from (the detector's
             map, the normal content, the smallest edit ``R*`` and the scores of the edits'
             compositions), by (bundle key, target, image); the last :data:`EDIT_SETUPS` only
@@ -40,7 +39,6 @@ class LoadedParts:
     pca: dict[int, Any] = field(default_factory=dict)
     pca_rows: dict[int, np.ndarray] = field(default_factory=dict)
     latent_ensemble: nn.Module | None = None
-    concepts: nn.Module | None = None
     edit_setups: OrderedDict = field(default_factory=OrderedDict)
 
     def set_data_root(self, root: str | Path) -> None:

@@ -16,16 +16,14 @@ from cfx.training.patchcore import fit_patchcore
 
 def train_explainer_models(root, category: str, dataset: str, seed: int = 0, progress: bool = True) -> None:
     """The explainers' own models of a category whose VAE is trained: the gradient method's latent
-    classifier ensemble and the concept generator (explaining never trains them)."""
+    classifier ensemble (explaining never trains it)."""
     from cfx.explainers._util import set_data_root, train_images
     from cfx.models.bundle import load_bundle
-    from cfx.training.concepts import train_concepts
     from cfx.training.ensemble import save_latent_ensemble, train_latent_ensemble
 
     bundle = load_bundle(dataset, category, detector="vae")
     set_data_root(bundle, root)
     save_latent_ensemble(bundle, train_latent_ensemble(bundle, train_images(bundle), seed=seed), seed=seed)
-    train_concepts(bundle, root, category, seed=seed, progress=progress)
 
 
 def default_input_size(image_size: int) -> int:
@@ -49,8 +47,7 @@ def train(root: str | Path, category: str, dataset: str, detector: str = "all", 
           progress: bool = True, log: Callable[[str], None] = print, image_size: int | None = None,
           force: bool = False, target_fpr: float = DEFAULT_TARGET_FPR) -> None:
     """Fit what a category needs: PatchCore (``detector`` patchcore or all), then the AE, VAE
-    detector and classifier (vae or all), then the latent ensemble and the concept generator
-    (unless ``base_only``), all on images of ``image_size`` px (default: the size of the models
+    detector and classifier (vae or all), then the latent ensemble (unless ``base_only``), all on images of ``image_size`` px (default: the size of the models
     the category already has, so that fitting one detector never drops the other; else
     :data:`~cfx.config.IMAGE_SIZE`). PatchCore's backbone sees ``input_size`` (default
     :func:`default_input_size`). Every detector's threshold is set at ``target_fpr``
@@ -72,4 +69,4 @@ def train(root: str | Path, category: str, dataset: str, detector: str = "all", 
     if base_only:
         return
     train_explainer_models(root, category, dataset, seed=seed, progress=progress)
-    log(f"{dataset}/{category}: latent ensemble and concept generator written")
+    log(f"{dataset}/{category}: latent ensemble written")

@@ -642,17 +642,21 @@ def test_two_sessions_explaining_at_once_get_their_own_results(brick, demo_root)
 # ---------------------------------------------------------------- concepts
 def test_concepts_wipe_and_radio_survive_slider_moves():
     """The wipe is a plain slider (no deprecated component); the chosen concept stays chosen when
-    a concept's alpha slider moves, and the wipe's caption follows both."""
+    a concept's alpha slider moves, and the wipe's caption follows both; each concept's image is
+    labelled with its own slider's position."""
     at = new_app("pages/concepts.py")
     assert not at.error, [e.value for e in at.error]
-    at.radio(key="cc_compare").set_value(1).run()
+    names = [o.split(" (")[0] for o in at.radio(key="cc_compare").options]
+    assert len(names) >= 3 and {"colour", "structure", "whole"} <= set(names)
+    at.radio(key="cc_compare").set_value("structure").run()
     ok(at)
     at.slider(key="cc_wipe").set_value(20).run()
     ok(at)
-    at.select_slider(key="cc_alpha_1").set_value(0.5).run()
+    at.select_slider(key="cc_alpha_structure").set_value(0.5).run()
     ok(at)
-    assert at.radio(key="cc_compare").value == 1 and at.slider(key="cc_wipe").value == 20
-    assert shown(at, "concepts")["wipe"] == {"concept": 1, "alpha": 0.5, "position": 20}
+    assert at.radio(key="cc_compare").value == "structure" and at.slider(key="cc_wipe").value == 20
+    assert shown(at, "concepts")["wipe"] == {"concept": "structure", "alpha": 0.5, "position": 20}
+    assert at.select_slider(key="cc_alpha_colour").value == 0.0
 
 
 def test_gif_and_webp_uploads_are_read():

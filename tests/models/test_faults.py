@@ -14,7 +14,7 @@ from cfx.cli import main
 from cfx import config
 
 DETECTOR_FILES = ["patchcore.pt", "vae.pt", "ae.pt", "classifier.pt", "card.json"]
-METHOD_FILES = {"ensemble.pt": "gradient", "concepts.pt": "concepts"}
+METHOD_FILES = {"ensemble.pt": "gradient"}
 FAULTS = ["truncated", "empty", "wrong_hash"]
 
 
