@@ -1,11 +1,16 @@
-"""Counterfactuals as local edits (issue 12): validity, locality, edit area, realism.
+"""Counterfactuals as local edits (issues 12 and 35): validity, locality, edit area, realism by two
+measures, AR-Pro's four repair properties, relative diversity and the concepts' validity.
 
 For each demo category and both detectors, on ``--per-category`` defect test images that the
-detector calls anomalous (spread over the defect types) (and on the ``../shared/mvtec-sample`` bottle defects when that
-folder exists and bottle is fitted), every counterfactual method runs with its defaults and the
-best counterfactual is measured: validity (the detector calls the shown image normal), locality
-(share of the change inside the mask dilated by 4 px), edit area over mask area, and realism
-(PatchCore nearest-normal-patch distance of the edited region over real normal pixels).
+detector calls anomalous (spread over the defect types) (and on the ``../shared/mvtec-sample`` bottle
+defects when that folder exists and bottle is fitted), every counterfactual method runs with its
+defaults and every counterfactual is measured: validity (the detector calls the shown image
+normal), locality (share of the change inside the mask dilated by 4 px), edit area over mask area,
+realism (PatchCore's nearest-normal-patch distance of the edited region over real normal pixels)
+and pixel realism (no network: 5x5 pixel patches against good parts), the seam (gradient on the
+edit's border over the original's), AR-Pro's ``overall``, ``similarity``, ``localized`` and
+``non_degradation`` (the detector's top-10% region; ``mask``: the ground truth), and the relative
+diversity of a method's K counterfactuals (mean pairwise L1 over mean L1 to the original).
 
     python bench/bench_counterfactuals.py [--per-category 4] [--categories brick,gravel,tablet,shortcut]
         [--detectors patchcore,vae] [--methods clear,dice,gradient,concepts] [--params JSON] [--json out.json]
@@ -48,36 +53,81 @@ def run(dataset: str, root: Path, cat: str, det: str, per: int, methods, params:
     chosen = flagged_defects(b, root, cat, per)
     rows = []
     for m in methods:
-        if m in ("clear", "gradient", "concepts") and not b.has("ae"):
+        if m in ("clear", "gradient") and not b.has("ae"):
             continue
         for name, image, mask in chosen:
             t0 = time.perf_counter()
             e = REGISTRY[m](b).attribute(image, mask=mask, **(params or {}).get(m, {}))
             c = e.best
+            area = max(float((mask > 0.5).mean()), 1e-6)
+            valid = [x for x in e.counterfactuals if x.valid]
             rows.append({"category": cat, "detector": det, "method": m, "image": name,
-                         "seconds": time.perf_counter() - t0, "evaluations": e.info.get("evaluations"), "valid": bool(c is not None and c.valid),
+                         "seconds": time.perf_counter() - t0, "evaluations": e.info.get("evaluations"),
+                         "valid": bool(c is not None and c.valid),
                          "locality": c.metrics["locality"] if c else float("nan"),
-                         "area_ratio": c.metrics["edit_area"] / max(float((mask > 0.5).mean()), 1e-6) if c else float("nan"),
+                         "area_ratio": c.metrics["edit_area"] / area if c else float("nan"),
                          "realism": c.metrics["realism"] if c else float("nan"),
-                         "content": c.content if c else ""})
+                         "realism_pixels": c.metrics.get("realism_pixels", float("nan")) if c else float("nan"),
+                         "seam": c.metrics.get("seam", float("nan")) if c else float("nan"),
+                         "content": c.content if c else "",
+                         "rp": [x.repair_properties for x in valid],
+                         "relative_diversity": e.info.get("relative_diversity"),
+                         "concepts": {x.concept: x.valid for x in e.counterfactuals if x.concept}})
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
-def table(rows: list[dict]) -> str:
-    out = ["| data | detector | method | n | validity | median locality | median edit area / mask | "
-           "median realism | median s | median evaluations | content (nearest normal / reconstruction / generator) |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+def _groups(rows: list[dict]):
     keys = sorted({(r["data"], r["detector"], r["method"]) for r in rows}, key=lambda k: (k[0], k[1], METHODS.index(k[2])))
-    for d, det, m in keys:
-        rs = [r for r in rows if (r["data"], r["detector"], r["method"]) == (d, det, m)]
+    for k in keys:
+        yield k, [r for r in rows if (r["data"], r["detector"], r["method"]) == k]
+
+
+def table(rows: list[dict]) -> str:
+    out = ["| data | detector | method | n | validity | locality | edit area / mask | realism (PatchCore) | "
+           "realism (pixels) | seam | s |",
+           "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for (d, det, m), rs in _groups(rows):
         ok = [r for r in rs if r["valid"]]
         med = lambda k: float(np.nanmedian([r[k] for r in ok])) if ok else float("nan")  # noqa: E731
-        kinds = [sum(r["content"] == c for r in ok) for c in ("nearest normal", "reconstruction", "generator")]
         out.append(f"| {d} | {det} | {m} | {len(rs)} | {len(ok) / max(1, len(rs)):.2f} | {med('locality'):.2f} | "
-                   f"{med('area_ratio'):.2f} | {med('realism'):.2f} | "
-                   f"{float(np.median([r['seconds'] for r in rs])):.1f} | "
-                   f"{float(np.median([r.get('evaluations') or 0 for r in rs])):.0f} | {' / '.join(map(str, kinds))} |")
+                   f"{med('area_ratio'):.2f} | {med('realism'):.2f} | {med('realism_pixels'):.2f} | {med('seam'):.2f} | "
+                   f"{float(np.median([r['seconds'] for r in rs])):.1f} |")
+    return "\n".join(out)
+
+
+def repair_table(rows: list[dict]) -> str:
+    """AR-Pro's properties of every valid counterfactual: medians, and the worst (largest) value of
+    localized and non-degradation, with the detector's region and with the mask."""
+    out = ["| data | detector | method | valid counterfactuals | overall | similarity | localized (worst) | "
+           "non-degradation (worst) | mask: localized (worst) | mask: non-degradation (worst) |",
+           "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for (d, det, m), rs in _groups(rows):
+        rp = [p for r in rs for p in r["rp"]]
+        if not rp:
+            continue
+        v = lambda k, src=None: np.array([(p[src] if src else p)[k] for p in rp if not src or src in p])  # noqa: E731
+        f = lambda a: f"{np.median(a):+.3f} ({a.max():+.3f})" if len(a) else "–"  # noqa: E731
+        out.append(f"| {d} | {det} | {m} | {len(rp)} | {np.median(v('overall')):.2f} | {np.median(v('similarity')):.4f} | "
+                   f"{f(v('localized'))} | {f(v('non_degradation'))} | {f(v('localized', 'mask'))} | "
+                   f"{f(v('non_degradation', 'mask'))} |")
+    return "\n".join(out)
+
+
+def diversity_table(rows: list[dict]) -> str:
+    """Relative diversity of the methods with K counterfactuals, and each concept's validity."""
+    out = ["| data | detector | method | images | relative diversity: median (min) | concepts: valid share each |",
+           "|---|---|---|---:|---:|---|"]
+    for (d, det, m), rs in _groups(rows):
+        rd = np.array([r["relative_diversity"] for r in rs if r["relative_diversity"] is not None], float)
+        if not len(rd):
+            continue
+        names: dict[str, list[bool]] = {}
+        for r in rs:
+            for k, ok in r["concepts"].items():
+                names.setdefault(k, []).append(ok)
+        conc = ", ".join(f"{k} {np.mean(v):.2f} ({len(v)})" for k, v in names.items()) or "–"
+        out.append(f"| {d} | {det} | {m} | {len(rd)} | {np.median(rd):.2f} ({rd.min():.2f}) | {conc} |")
     return "\n".join(out)
 
 
@@ -107,6 +157,10 @@ def main() -> int:
     print(f"\n{time.strftime('%Y-%m-%d')} on {platform.processor() or platform.machine()}, torch CPU; "
           f"parameters {params or 'the defaults'}\n")
     print(table(rows))
+    print()
+    print(repair_table(rows))
+    print()
+    print(diversity_table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0

@@ -41,7 +41,7 @@ from cfx.data.imageio import image_to_array, open_image
 from cfx.data.mvtec import GOOD, Arrays, list_categories, validate_root
 from cfx.errors import CfxError, DataError, ModelMissingError
 from cfx.models.bundle import ModelBundle, available_models, dataset_name
-from pages._figures import (DETECTOR_HEAT_SCALE, DISPLAY_MAX, DISPLAY_MIN, add_contour, display_size,  # noqa: F401
+from pages._figures import (DISPLAY_MAX, DISPLAY_MIN, add_contour, display_size,  # noqa: F401
                             heat_figure, image_figure, map_opacity, outline_shown, plot, report_downloads, rgb_uint8, wipe_image)
 from pages._results import (_arrays, _channels, _display_image, _root, analyse_one, analyse_split,  # noqa: F401
                             bundle_for, effective_params, explain_key, explain_one, image_hash, is_cached, is_heavy,

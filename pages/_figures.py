@@ -13,9 +13,6 @@ import streamlit as st
 from cfx import reports as X
 from cfx.reports.encode import pil_png, png_data_uri
 
-#: The detector heatmap is calibrated (1.0 = 99.9th percentile of normal pixels): shown on 0..2.
-DETECTOR_HEAT_SCALE = 2.0
-
 
 # ====================================================================== figures
 #: Images and maps are drawn at least this many pixels wide (the models work at 128 px; a defect
@@ -71,13 +68,17 @@ def add_contour(fig: go.Figure, mask: np.ndarray | None, factor: float = 1.0) ->
     coordinates scaled by ``factor`` (display pixels per mask pixel)."""
     if mask is None or not np.any(mask) or not outline_shown():
         return
+    _outline(fig, mask, factor, "#00e000", "mask")
+
+
+def _outline(fig: go.Figure, mask: np.ndarray, factor: float, colour: str, name: str) -> None:
     m = np.ascontiguousarray(np.asarray(mask, bool))
     xs, ys = _contours(m.tobytes(), m.shape)
     f = float(factor)
     sx = [None if v is None else (v + 0.5) * f - 0.5 for v in xs]
     sy = [None if v is None else (v + 0.5) * f - 0.5 for v in ys]
-    fig.add_trace(go.Scatter(x=sx, y=sy, mode="lines", line={"color": "#00e000", "width": 1.6},
-                             hoverinfo="skip", name="mask"))
+    fig.add_trace(go.Scatter(x=sx, y=sy, mode="lines", line={"color": colour, "width": 1.6},
+                             hoverinfo="skip", name=name))
 
 
 def display_size(shape: tuple[int, ...], native: int | None = None) -> int:
@@ -130,17 +131,21 @@ def image_figure(image: np.ndarray, mask: np.ndarray | None = None, title: str =
     return _axes(fig, title, height)
 
 
-def heat_figure(image: np.ndarray | None, heat: np.ndarray, scale: float, mask: np.ndarray | None = None,
+def heat_figure(image: np.ndarray | None, heat: np.ndarray, scale: float | None, mask: np.ndarray | None = None,
                 title: str = "", height: int = 300, showscale: bool = True, label: str = "value",
                 display: np.ndarray | None = None) -> go.Figure:
     """A map over a faint copy of the image, in the shared colour scale (map / scale on [-1, 1]),
     drawn at :func:`display_size` with the map upsampled bilinearly (``display``: the image at its
-    file's resolution); raw values on hover, the mask outline."""
+    file's resolution); raw values on hover, the mask outline. ``scale`` None: a calibrated map
+    (1.0 = what a good part reaches), drawn with :func:`cfx.reports.colours.calibrated_display`
+    and a yellow contour where it leaves the normal range."""
     heat = np.asarray(heat, np.float32)
     base = display if display is not None else image
     side = display_size(heat.shape, None if base is None else np.shape(base)[-1])
     factor = side / heat.shape[-1]
-    norm = X.normalise(_resize_map(heat, side), scale)
+    cal = scale is None
+    big = _resize_map(heat, side)
+    norm = X.calibrated_display(big) if cal else X.normalise(big, scale)
     colour = X.heat_rgb(norm).astype(np.float32)
     if base is not None:
         under = _resize_rgb(rgb_uint8(base), side).astype(np.float32)
@@ -148,14 +153,22 @@ def heat_figure(image: np.ndarray | None, heat: np.ndarray, scale: float, mask: 
         colour = (1 - a) * under + a * colour
     rgb = np.clip(colour + 0.5, 0, 255).astype(np.uint8)
     fig = go.Figure(go.Image(source=_png_uri(rgb), x0=0, y0=0, dx=1, dy=1, hoverinfo="skip"))
-    fig.add_trace(_hover_layer(X.normalise(heat, scale), factor,
-                               f"x %{{x:.0f}}, y %{{y:.0f}}<br>{label} %{{customdata:.4g}}<br>scaled %{{z:.2f}}<extra></extra>",
-                               customdata=heat))
+    if cal:
+        fig.add_trace(_hover_layer(heat, factor, f"x %{{x:.0f}}, y %{{y:.0f}}<br>{label} %{{z:.3g}} x the normal "
+                                                 "maximum<extra></extra>"))
+    else:
+        fig.add_trace(_hover_layer(X.normalise(heat, scale), factor,
+                                   f"x %{{x:.0f}}, y %{{y:.0f}}<br>{label} %{{customdata:.4g}}<br>scaled %{{z:.2f}}<extra></extra>",
+                                   customdata=heat))
     if showscale:  # the colour bar of the shared scale
+        peak = float(np.nanmax(heat)) if heat.size else 0.0
+        bar = ({"tickvals": [0, X.NORMAL_SHARE, 1], "ticktext": ["0", "normal max", f"peak {peak:.3g}"]} if cal
+               else {"tickvals": [-1, 0, 1], "ticktext": ["most negative", "0", "strongest"]})
         fig.add_trace(go.Heatmap(z=[[-1, 1]], x=[-10, -10], y=[-10, -10], colorscale=X.plotly_colorscale(),
                                  zmin=-1, zmax=1, showscale=True, hoverinfo="skip", opacity=0,
-                                 colorbar={"thickness": 8, "len": 0.8, "tickvals": [-1, 0, 1],
-                                           "title": {"text": "÷ scale", "side": "right"}}))
+                                 colorbar={"thickness": 8, "len": 0.8, **bar}))
+    if cal and float(np.nanmax(heat, initial=0.0)) > 1.0:
+        _outline(fig, big > 1.0, 1.0, X.NORMAL_CONTOUR, "beyond a good part")
     add_contour(fig, mask, factor)
     return _axes(fig, title, height)
 

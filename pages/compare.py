@@ -131,7 +131,8 @@ def _cell(m: str, exp, first_scale: bool) -> bool:
         return first_scale
     st.markdown(sentence(exp, sel.mask))  # the plain-words lead; the numbers are below
     if exp.heatmap is not None:
-        plot(heat_figure(image, exp.heatmap, X.heat_scale(exp), sel.mask, height=280, display=sel.display,
+        plot(heat_figure(image, exp.heatmap, None if X.calibrated(exp) else X.heat_scale(exp), sel.mask, height=280,
+                         display=sel.display,
                          showscale=first_scale, label=m), f"cmp_{m}_heat")
         first_scale = False
     if exp.counterfactuals:

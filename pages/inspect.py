@@ -10,7 +10,7 @@ from cfx import reports as X
 from cfx.data.mvtec import GOOD
 from cfx.errors import DataError
 from cfx.inert import markdown_text
-from pages._common import (show, DETECTOR_HEAT_SCALE, UPLOAD_TYPES, Selection, analyse_one, analyse_split, choose_image,
+from pages._common import (show, UPLOAD_TYPES, Selection, analyse_one, analyse_split, choose_image,
                            current, file_stem, heat_figure, image_figure, plot, read_upload, report_downloads,
                            require_models, upload_limit_bytes)
 
@@ -48,8 +48,9 @@ def verdict(sel: Selection) -> None:
             plot(image_figure(a["recon"], sel.mask, "reconstruction (VAE)"), "insp_recon")
     with c[-1]:
         what = "reconstruction error" if b.detector_name == "vae" else f"{b.detector_name} anomaly map"
-        plot(heat_figure(sel.image, a["heatmap"], DETECTOR_HEAT_SCALE, sel.mask,
-                         f"{what} (1 = 99.9th pct of normal)", label="heat", display=sel.display), "insp_heat")
+        plot(heat_figure(sel.image, a["heatmap"], None, sel.mask, f"{what} (yellow: beyond a good part)",
+                         label="heat", display=sel.display), "insp_heat")
+        st.caption(X.calibrated_caption(a["heatmap"]).capitalize() + ".")
     show("inspect", verdict={"name": sel.name, "score": score, "anomalous": bool(a["anomalous"])})
 
     def _report() -> X.Report:

@@ -30,7 +30,6 @@ import torch
 
 from cfx.explainers._util import to_probability, train_images
 from cfx.explainers.base import Explanation, register
-from cfx.metrics.edits import diversity
 from cfx.explainers.counterfactual import CounterfactualExplainer, Proposal, SearchContext
 from cfx.explainers.edit import STRENGTH_CELLS
 
@@ -175,8 +174,7 @@ class Dice(CounterfactualExplainer):
                                   f"rows the model finds most normal")
             exp.info["model_evaluations"] = model.evaluations
             rows = table[order]
-            return [Proposal(g, g0, r.astype(np.float32), p0[0].astype(np.float32))
-                    for g, r in zip(model.images(rows), rows)]
+            return self._own(ctx, pca, rows, model.images(rows), g0, p0)
         df = pd.DataFrame(table, columns=cols).astype(np.float64)
         df[OUTCOME] = labels
         data = dice_ml.Data(dataframe=df, continuous_features=cols, outcome_name=OUTCOME,
@@ -216,27 +214,51 @@ class Dice(CounterfactualExplainer):
             exp.info["message"] = "no counterfactual found" + why
             return []
         rows = found[cols].to_numpy(np.float64)
-        ims = model.images(rows)
-        return [Proposal(g, g0, r.astype(np.float32), p0[0].astype(np.float32)) for g, r in zip(ims, rows)]
+        return self._own(ctx, pca, rows, model.images(rows), g0, p0)
+
+    def _own(self, ctx: SearchContext, pca, rows: np.ndarray, images: np.ndarray, g0: np.ndarray,
+             p0: np.ndarray) -> list[Proposal]:
+        """The found rows as proposals, each realised with its *own* real good part: the train
+        image nearest to the row in the PCA (a different one for each row, nearest first),
+        aligned with the original. DiCE's rows differ (its diversity term); filling every edit
+        with the one good part nearest to the original made its K counterfactuals one edit
+        (measured: relative diversity 0.015 on the demo tablet's scratch/003)."""
+        from cfx.explainers.edit import aligned, scaled
+
+        train = self._train_rows(pca)
+        normals = train_images(self.bundle)
+        w = (1.0 - scaled(ctx.heat)).astype(np.float32)
+        taken: set[int] = set()
+        out = []
+        for g, r in zip(images, rows):
+            i = next(int(j) for j in np.argsort(((train - r) ** 2).sum(1)) if int(j) not in taken or len(taken) >= len(train))
+            taken.add(i)
+            own = aligned(normals[i], ctx.image, w)[0]
+            out.append(Proposal(g, g0, r.astype(np.float32), p0[0].astype(np.float32), contents={"nearest normal": own},
+                                info={"content_index": i}))
+        return out
 
     def _explain(self, image: np.ndarray, target: str, seed: int, params: dict[str, Any]) -> Explanation:
         exp = super()._explain(image, target, seed, params)
         if exp.counterfactuals:
-            exp.info["diversity"] = diversity(c.image for c in exp.counterfactuals)
             exp.info["n_valid"] = int(sum(c.valid for c in exp.counterfactuals))
         return exp
 
-    def _table(self, pca, p0: np.ndarray) -> np.ndarray:
-        """dice-ml's reference rows: the PCA features of the train images nearest to the query,
-        rows between the query and its nearest ones (so that the genetic search starts near the
-        query), and the query itself (so the feature ranges contain it)."""
+    def _train_rows(self, pca) -> np.ndarray:
+        """The train images in the PCA (cached per bundle)."""
         b = self.bundle
         with b.lock:
             k = int(pca.n_components_)
             if k not in b.loaded.pca_rows:
                 x = train_images(b)
                 b.loaded.pca_rows[k] = pca.transform(x.reshape(len(x), -1).astype(np.float64))
-            train = b.loaded.pca_rows[k]
+            return b.loaded.pca_rows[k]
+
+    def _table(self, pca, p0: np.ndarray) -> np.ndarray:
+        """dice-ml's reference rows: the PCA features of the train images nearest to the query,
+        rows between the query and its nearest ones (so that the genetic search starts near the
+        query), and the query itself (so the feature ranges contain it)."""
+        train = self._train_rows(pca)
         order = np.argsort(((train - p0) ** 2).sum(1))
         near = train[order[:NEAR_ROWS]]
         parts = [train[order[:TABLE_TRAIN_ROWS]]] + [p0 + a * (near - p0) for a in BETWEEN] + [p0]

@@ -31,6 +31,12 @@ CHANGE_EPS = 0.05
 LOCALITY_DILATION = 4
 #: AR-Pro's region: this share of the pixels, the hottest of the detector's map of the original
 REPAIR_TOP = 0.10
+#: :func:`pixel_realism`: good parts held out as its reference, in its bank, its patches' shift
+#: (px) and the most edited pixels it samples
+PIXEL_HELDOUT = 4
+PIXEL_BANK = 48
+PIXEL_SHIFT = 1
+PIXEL_SAMPLE = 400
 #: the keys of :func:`repair_properties`
 REPAIR_KEYS = ("overall", "similarity", "localized", "non_degradation")
 
@@ -104,16 +110,96 @@ def independent_realism(bundle, x: np.ndarray, images: np.ndarray) -> np.ndarray
     return np.array(res)
 
 
+def edited_pixels(x: np.ndarray, img: np.ndarray) -> np.ndarray:
+    """The pixels an edit changed (by more than :data:`CHANGE_EPS`), grown by 2 px (H, W bool)."""
+    w = np.abs(np.asarray(img, np.float32) - x).max(0) > CHANGE_EPS
+    return binary_dilation(w, iterations=2) if w.any() else w
+
+
+def _patches(images: np.ndarray, ys: np.ndarray, xs: np.ndarray, r: int) -> np.ndarray:
+    """The (2r+1)² patches of ``images`` (N, C, H, W) centred on the pixels (ys, xs), edges
+    replicated: (N, P, C (2r+1)²)."""
+    pad = np.pad(images, ((0, 0), (0, 0), (r, r), (r, r)), mode="edge")
+    offs = [(dy, dx) for dy in range(2 * r + 1) for dx in range(2 * r + 1)]
+    return np.concatenate([pad[:, :, ys + dy, xs + dx] for dy, dx in offs], axis=1).transpose(0, 2, 1)
+
+
+def pixel_realism(normals: np.ndarray, x: np.ndarray, images: np.ndarray, max_pixels: int = PIXEL_SAMPLE,
+                  seed: int = 0) -> np.ndarray:
+    """Realism measured without any network: each edited pixel's 5x5 patch against the patches of
+    real good parts at the same place (shifted by up to :data:`PIXEL_SHIFT` px), the mean
+    nearest-patch distance over the edited pixels, over the same measure of held-out good parts
+    on the same pixels (about 1 = as normal as a good part; NaN where nothing changed).
+
+    ``normals`` (N, C, H, W): the category's train/good images; the :data:`PIXEL_HELDOUT` nearest
+    to ``x`` are held out as the reference, the :data:`PIXEL_BANK` next nearest are the bank."""
+    normals = np.asarray(normals, np.float32)
+    order = np.argsort(((normals - x[None]) ** 2).reshape(len(normals), -1).mean(1))
+    held = normals[order[:PIXEL_HELDOUT]]
+    bank = normals[order[PIXEL_HELDOUT:PIXEL_HELDOUT + PIXEL_BANK]]
+    if not len(bank):
+        return np.full(len(images), np.nan)
+    r, rng, out = 2, np.random.default_rng(seed), []
+    for img in np.asarray(images, np.float32):
+        ys, xs = np.nonzero(edited_pixels(x, img))
+        if not len(ys):
+            out.append(float("nan"))
+            continue
+        if len(ys) > max_pixels:
+            keep = rng.choice(len(ys), max_pixels, replace=False)
+            ys, xs = ys[keep], xs[keep]
+        best = None
+        for dy in range(-PIXEL_SHIFT, PIXEL_SHIFT + 1):
+            for dx in range(-PIXEL_SHIFT, PIXEL_SHIFT + 1):
+                yy = np.clip(ys + dy, 0, x.shape[1] - 1)
+                xx = np.clip(xs + dx, 0, x.shape[2] - 1)
+                b = _patches(bank, yy, xx, r)  # (B, P, D)
+                q = _patches(np.concatenate([img[None], held]), ys, xs, r)  # (1 + H, P, D)
+                d = ((q[:, None] - b[None]) ** 2).mean(-1).min(1)  # (1 + H, P)
+                best = d if best is None else np.minimum(best, d)
+        dist = np.sqrt(best).mean(1)
+        ref = float(np.median(dist[1:])) if len(dist) > 1 else float("nan")
+        out.append(float(dist[0] / ref) if ref > 1e-12 else float("nan"))
+    return np.array(out)
+
+
+def seam_visibility(x: np.ndarray, img: np.ndarray) -> float:
+    """How visible an edit's border is: the mean gradient magnitude of the edited image on the
+    ring just outside the changed pixels over that of the original on the same ring (1 = no
+    seam added; NaN where nothing changed)."""
+    w = np.abs(np.asarray(img, np.float32) - x).max(0) > CHANGE_EPS
+    if not w.any():
+        return float("nan")
+    ring = binary_dilation(w, iterations=2) ^ w
+    if not ring.any():
+        return float("nan")
+
+    def grad(a: np.ndarray) -> np.ndarray:
+        gy, gx = np.gradient(np.asarray(a, np.float64).mean(0))
+        return np.hypot(gy, gx)
+
+    base = float(grad(x)[ring].mean())
+    return float(grad(img)[ring].mean() / base) if base > 1e-9 else float("nan")
+
+
 def edit_metrics(bundle, x: np.ndarray, images: np.ndarray, mask: np.ndarray | None = None) -> list[dict[str, float]]:
-    """``l1``, ``l2``, ``edit_area``, ``locality`` and ``realism`` of each image (N, C, H, W) as an
-    edit of ``x``."""
+    """``l1``, ``l2``, ``edit_area``, ``locality``, ``realism`` (PatchCore's), ``realism_pixels``
+    (no network: :func:`pixel_realism`, so a counterfactual valid under PatchCore is not realistic
+    by construction) and ``seam`` (:func:`seam_visibility`) of each image (N, C, H, W) as an edit of ``x``."""
     images = np.asarray(images, np.float32)
     real = independent_realism(bundle, x, images)
+    try:
+        from cfx.explainers._util import train_images
+
+        pix = pixel_realism(train_images(bundle), x, images)
+    except Exception:  # noqa: BLE001 - no train images here (an upload without the data): not measured
+        pix = np.full(len(images), np.nan)
     out = []
-    for img, r in zip(images, real):
+    for img, r, p in zip(images, real, pix):
         d = img - x
         out.append({"l1": float(np.abs(d).mean()), "l2": float(np.sqrt((d ** 2).mean())),
-                    "edit_area": edit_area(x, img), "locality": locality(x, img, mask), "realism": float(r)})
+                    "edit_area": edit_area(x, img), "locality": locality(x, img, mask), "realism": float(r),
+                    "realism_pixels": float(p), "seam": seam_visibility(x, img)})
     return out
 
 

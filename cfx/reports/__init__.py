@@ -23,6 +23,11 @@ reports can be built from several threads at once.
 from cfx.reports.colours import (  # noqa: F401
                                  ALPHA_FLOOR,
                                  HEAT_CMAP,
+                                 NORMAL_CONTOUR,
+                                 NORMAL_SHARE,
+                                 calibrated,
+                                 calibrated_caption,
+                                 calibrated_display,
                                  heat_alpha,
                                  heat_rgb,
                                  heat_rgba,

@@ -1,9 +1,14 @@
 """The one colour scale of every heatmap and difference map (app, reports, audit).
 
 Heatmaps share :data:`HEAT_CMAP` on [-1, 1]; each map is divided by its scale (:func:`heat_scale`:
-``info["heat_scale"]`` when the method calibrates its map, else the largest absolute value), so
-unsigned maps use the upper half and signed maps both halves. The app builds its Plotly colour
-scale from the same colormap (:func:`plotly_colorscale`).
+the largest absolute value), so unsigned maps use the upper half and signed maps both halves. The
+app builds its Plotly colour scale from the same colormap (:func:`plotly_colorscale`).
+
+A *calibrated* map, the detector's own (1.0 = the 99.9th percentile of normal pixels), is drawn
+by :func:`calibrated_display` instead: the normal range 0..1 fills the lower half of the positive
+scale and the range above it, up to the image's own peak, the upper half, with a contour where
+the map crosses 1.0 (what a good part reaches). Divided by a fixed scale, a defect 80 times over
+the normal range saturated into a red blob several times its size (the demo tablet's crack).
 """
 from __future__ import annotations
 
@@ -20,15 +25,43 @@ HEAT_CMAP = "RdBu_r"
 
 # ------------------------------------------------------------------ colour scale
 def heat_scale(exp: Explanation) -> float:
-    """The value that maps to the end of the colour scale for ``exp.heatmap``.
-
-    ``exp.info["heat_scale"]`` when the method calibrates its map (e.g. the reconstruction map,
-    where 1.0 is the 99.9th percentile of normal images), else the largest absolute value.
-    """
+    """The value that maps to the end of the colour scale for ``exp.heatmap`` (a calibrated
+    map's 1.0, the top of the normal range, else the largest absolute value); recorded in the
+    exports' numbers. A calibrated map is drawn with :func:`calibrated_display`."""
     s = exp.info.get("heat_scale") if exp.info else None
     if s:
         return float(s)
     return max_abs(exp.heatmap)
+
+
+#: on a calibrated map, the share of the colour scale's positive half that the normal range fills
+NORMAL_SHARE = 0.5
+#: the colour of the contour where a calibrated map leaves the normal range (the mask's is green)
+NORMAL_CONTOUR = "#ffd400"
+
+
+def calibrated(exp: Explanation) -> bool:
+    """Whether ``exp.heatmap`` is a calibrated map (1.0 = the most a normal part's pixels reach)."""
+    return bool(exp.info and exp.info.get("heat_scale"))
+
+
+def calibrated_display(heat: np.ndarray) -> np.ndarray:
+    """A calibrated map on the colour scale's [0, 1]: the normal range 0..1 linearly onto
+    0..:data:`NORMAL_SHARE`, the range above it linearly onto the rest up to the image's own peak
+    (so a defect never saturates into its halo; a normal image stays pale)."""
+    h = np.clip(np.nan_to_num(np.asarray(heat, np.float64)), 0, None)
+    peak = float(h.max(initial=0.0))
+    above = NORMAL_SHARE + (1 - NORMAL_SHARE) * (h - 1.0) / max(peak - 1.0, 1e-9)
+    return np.where(h <= 1.0, NORMAL_SHARE * h, above).clip(0, 1).astype(np.float32)
+
+
+def calibrated_caption(heat: np.ndarray) -> str:
+    """What the colours of a calibrated map mean, in words."""
+    peak = float(np.nanmax(heat)) if np.size(heat) else 0.0
+    if peak <= 1.0:
+        return "all within what a good part reaches (yellow line: none)"
+    return (f"pale: within a good part's range; red: above it, up to this image's peak {peak:.3g} "
+            "x the normal maximum; yellow line: where it leaves the normal range")
 
 
 def max_abs(a: np.ndarray | None) -> float:

@@ -15,6 +15,10 @@ from cfx.reports.colours import (
     heat_alpha,
     heat_rgb,
     heat_rgba,
+    NORMAL_CONTOUR,
+    calibrated,
+    calibrated_caption,
+    calibrated_display,
     heat_scale,
     image_hwc,
     max_abs,
@@ -36,6 +40,8 @@ class Panel:
     image: np.ndarray | None = None
     heat: np.ndarray | None = None
     caption: str = ""
+    #: a calibrated map: its contour at 1.0 (where it leaves the normal range) is drawn
+    normal_level: np.ndarray | None = None
 
 
 def panels(report: Report) -> list[Panel]:
@@ -47,13 +53,17 @@ def panels(report: Report) -> list[Panel]:
     if report.reconstruction is not None:
         out.append(Panel("reconstruction (VAE)", report.reconstruction))
     if report.detector_heatmap is not None:
-        out.append(Panel("detector heat (1 = normal p99.9)", report.image,
-                         normalise(report.detector_heatmap, 2.0), caption="scale 0..2"))
+        out.append(Panel("the detector's map", report.image, calibrated_display(report.detector_heatmap),
+                         caption=_wrap(calibrated_caption(report.detector_heatmap), 38),
+                         normal_level=np.asarray(report.detector_heatmap)))
     for name, exp in report.explanations.items():
         if not exp.ok:
             out.append(Panel(f"{name}: failed", None, caption=_wrap(exp.error or "", 38)))
             continue
-        if exp.heatmap is not None:
+        if exp.heatmap is not None and calibrated(exp):
+            out.append(Panel(f"{name} ({exp.target})", report.image, calibrated_display(exp.heatmap),
+                             caption=_wrap(calibrated_caption(exp.heatmap), 38), normal_level=np.asarray(exp.heatmap)))
+        elif exp.heatmap is not None:
             s = heat_scale(exp)
             out.append(Panel(f"{name} ({exp.target})", report.image, normalise(exp.heatmap, s),
                              caption=f"{exp.seconds:.2f} s, scale {s:.3g}"))
@@ -167,6 +177,8 @@ def figure(report: Report, ncols: int = 4, panel_inches: float = 2.3):
                 from matplotlib.colors import Normalize
 
                 mappable = ScalarMappable(norm=Normalize(-1, 1), cmap=cm)
+        if p.normal_level is not None and np.nanmax(p.normal_level) > 1.0:
+            ax.contour(np.asarray(p.normal_level, float), levels=[1.0], colors=[NORMAL_CONTOUR], linewidths=0.8)
         if report.mask is not None and report.mask.any():
             ax.contour(report.mask.astype(float), levels=[0.5], colors=["#00e000"], linewidths=0.8)
         if p.caption:
@@ -237,6 +249,9 @@ def panel_png(report: Report, p: Panel, upscale: int = 2) -> bytes:
             a = heat_alpha(p.heat)[..., None].astype(np.float32)
             rgb = (1 - a) * rgb + a * heat
     rgb = np.clip(rgb, 0, 1)
+    if p.normal_level is not None and np.nanmax(p.normal_level) > 1.0:
+        rgb = rgb.copy()
+        rgb[mask_outline(np.asarray(p.normal_level) > 1.0)] = tuple(int(NORMAL_CONTOUR[i:i + 2], 16) / 255 for i in (1, 3, 5))
     if report.mask is not None and report.mask.any():
         rgb = rgb.copy()
         rgb[mask_outline(report.mask)] = (0.0, 0.88, 0.0)

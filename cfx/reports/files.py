@@ -6,9 +6,11 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import numpy as np
+
 from cfx.atomic import write_bytes
 from cfx.data.imageio import array_to_pil
-from cfx.reports.colours import heat_scale, max_abs, normalise
+from cfx.reports.colours import calibrated, calibrated_display, heat_scale, max_abs, normalise
 from cfx.reports.encode import pil_png, safe_name
 from cfx.reports.figures import Panel, panel_png, pdf_bytes, png_bytes
 from cfx.reports.html_page import html_text
@@ -69,7 +71,8 @@ def export_explanations(report: Report, out_dir: str | os.PathLike,
                                  "error": exp.error, "score_before": exp.score_before, "threshold": exp.threshold,
                                  "target": exp.target, "params": exp.params, "info": nums[name]["info"]}
         if exp.ok and exp.heatmap is not None:
-            p = Panel(name, report.image, normalise(exp.heatmap, heat_scale(exp)))
+            p = (Panel(name, report.image, calibrated_display(exp.heatmap), normal_level=np.asarray(exp.heatmap))
+                 if calibrated(exp) else Panel(name, report.image, normalise(exp.heatmap, heat_scale(exp))))
             entry["heatmap"] = str(write_bytes(out / f"{stem}_heatmap.png", panel_png(report, p, upscale=1)))
             entry["heatmap_scale"] = heat_scale(exp)
         for k, cf in enumerate(exp.counterfactuals if exp.ok else []):

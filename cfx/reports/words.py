@@ -9,8 +9,12 @@ from cfx.explainers.base import Explanation
 
 #: a map whose largest absolute value is below this counts as empty
 EMPTY = 1e-12
-#: the share of a map's positive weight on the (dilated) defect above which it "points at the defect"
+#: a counterfactual whose locality (share of its change on the dilated defect) reaches this is "on the defect"
 ON_DEFECT = 0.5
+#: a map "points at the defect" with J* of at least this, or a pixel AUROC on the image of at least
+#: :data:`ON_DEFECT_AUROC` (the numbers the Mask Jaccard page shows)
+ON_DEFECT_JACCARD = 0.3
+ON_DEFECT_AUROC = 0.9
 
 
 def _where(heat: np.ndarray) -> str:
@@ -59,14 +63,36 @@ def sentence(exp: Explanation, mask: np.ndarray | None = None) -> str:
         note = (exp.info or {}).get("note") or "no pixel pushes the score up"
         return f"The map is empty: {str(note).rstrip('.')}. It says nothing about where the anomaly is."
     if mask is not None and np.any(mask):
-        m = np.asarray(mask, bool)
-        share = float(pos[m].sum() / pos.sum())
-        area = float(m.mean())
-        if share >= ON_DEFECT:
-            return f"It points at the defect: {share:.0%} of its weight lies on the marked defect ({area:.1%} of the image)."
-        return (f"It points mostly elsewhere: only {share:.0%} of its weight lies on the marked defect "
-                f"({area:.1%} of the image); its strongest evidence is in {_where(pos)}.")
+        return map_sentence(h, mask)
     return f"Its strongest evidence for an anomaly is in {_where(pos)} of the image."
+
+
+def map_sentence(heat: np.ndarray, mask: np.ndarray) -> str:
+    """What a map says about a marked defect, from the audit's own numbers (the Mask Jaccard
+    page's): J*, the best overlap of a cut of the map with the mask, and the map's pixel AUROC
+    on this image (how well it ranks the defect's pixels above the rest). A map with J* of at
+    least :data:`ON_DEFECT_JACCARD`, or pixel AUROC of at least :data:`ON_DEFECT_AUROC`, points
+    at the defect; one below the audit's cutoff with AUROC under :data:`ON_DEFECT_AUROC` points
+    elsewhere; the rest in part."""
+    from cfx.audit.results import DEFAULT_CUTOFF
+    from cfx.metrics.jaccard import optimal_jaccard, pixel_auroc
+
+    h = np.asarray(heat, np.float64)
+    m = np.asarray(mask) > 0.5
+    m = m.any(0) if m.ndim == 3 else m
+    j = float(optimal_jaccard(h, m).jaccard)
+    auc = pixel_auroc([h], [m])
+    a = f"pixel AUROC {auc:.3f}" if auc is not None else "no pixel AUROC"
+    area = f"{float(m.mean()):.1%} of the image"
+    if j >= ON_DEFECT_JACCARD or (auc is not None and auc >= ON_DEFECT_AUROC):
+        return (f"It points at the defect: its best cut overlaps the marked defect ({area}) with J* {j:.2f}, "
+                f"and it ranks the defect's pixels above the rest with {a}.")
+    where = _where(np.clip(h, 0, None))
+    if j < DEFAULT_CUTOFF:
+        return (f"It points elsewhere: no cut of it overlaps the marked defect ({area}) better than J* {j:.2f} "
+                f"(the audit flags below {DEFAULT_CUTOFF:g}; {a}); its strongest evidence is in {where}.")
+    return (f"It points partly at the defect: J* {j:.2f} with the marked defect ({area}), {a}; its strongest "
+            f"evidence is in {where}.")
 
 
 #: what the numbers an explanation records are called on a page or in a report (keys not listed
