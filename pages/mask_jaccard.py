@@ -140,6 +140,8 @@ def _summary(r: AuditResult) -> None:
         "method": r.methods,
         "flagged (of detected)": [s["flagged_fraction"][m] for m in r.methods],
         "flagged": [f"{s['n_flagged'][m]}/{s['n_evaluated'][m]}" for m in r.methods],
+        "explainer at fault": [s["fault"][m]["explainer"] for m in r.methods],
+        "detector at fault": [s["fault"][m]["detector"] for m in r.methods],
         "mean J*": [s["mean_optimal_jaccard"][m] for m in r.methods],
         "mean J* (detected)": [s["mean_optimal_jaccard_detected"][m] for m in r.methods],
         "pixel AUROC": [s["pixel_auroc"][m] for m in r.methods],
@@ -151,6 +153,10 @@ def _summary(r: AuditResult) -> None:
         "mean J* (detected)": st.column_config.NumberColumn(format="%.3f"),
         "pixel AUROC": st.column_config.NumberColumn(format="%.3f"),
     })
+    if any(s["fault"][m]["explainer"] or s["fault"][m]["detector"] for m in r.methods):
+        st.caption("A flag blames the explainer when the detector's own map does localise the defect (its J* "
+                   f"reaches the cutoff {r.cutoff:g}): the detector looked at the right thing and the method's map "
+                   "misses it. It blames the detector when its own map misses the defect too.")
     a = s["agreement"]
     if a["n"] and len(r.methods) > 1:
         st.caption(f"{s['n_detected']} of {len(r.images)} audited anomalies detected. On the {a['n']} detected "
@@ -168,7 +174,9 @@ def _table(r: AuditResult, thumbs: dict[str, str]) -> int | None:
              "decision": "anomalous" if x.anomalous else "normal"}
         for m in r.methods:
             d[f"J* {m}"] = x.methods[m].optimal_jaccard
-        d["flagged by"] = ", ".join(x.flagged_by)
+        d["detector J*"] = x.detector_jaccard
+        d["flagged by"] = ", ".join(f"{m} ({x.methods[m].fault} at fault)" if x.methods[m].fault else m
+                                    for m in x.flagged_by)
         d["flags"] = len(x.flagged_by)
         rows.append(d)
     df = pd.DataFrame(rows)
@@ -177,6 +185,7 @@ def _table(r: AuditResult, thumbs: dict[str, str]) -> int | None:
                format="%.3f", help=f"{r.target}; threshold {r.images[0].threshold:.3f}" if r.images else r.target)}
     for m in r.methods:
         cfg[f"J* {m}"] = st.column_config.NumberColumn(format="%.3f")
+    cfg["detector J*"] = st.column_config.NumberColumn(format="%.3f", help="J* of the detector's own map")
     event = st.dataframe(df, hide_index=True, width="stretch", column_config=cfg, on_select="rerun",
                          selection_mode="single-row", key="mj_table", height=min(420, 38 + 35 * len(df)))
     sel = list(getattr(getattr(event, "selection", None), "rows", []) or [])

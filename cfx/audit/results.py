@@ -32,6 +32,10 @@ class MethodResult:
         seconds: the method's time when it was computed (0 for a cache hit is not implied: the
             time of the original computation is kept).
         cached: whether it came from the disk cache.
+        fault: for a flagged image, who is at fault: ``explainer`` when the detector's own map
+            localises the defect (its J* reaches the cutoff: the detector looked at the right
+            thing and this method's map misses it), ``detector`` when it does not either; None
+            when not flagged or when the explained model has no map of its own (the classifier).
     """
 
     optimal_jaccard: float | None = None
@@ -42,9 +46,12 @@ class MethodResult:
     error: str | None = None
     seconds: float = 0.0
     cached: bool = False
+    fault: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = {"optimal_jaccard": self.optimal_jaccard, "threshold": self.threshold, "flagged": self.flagged}
+        if self.fault:
+            out["fault"] = self.fault
         if self.status != "ok":
             out["status"] = self.status
         if self.error:
@@ -66,6 +73,9 @@ class ImageAudit:
         detector_score, detector_anomalous, classifier_prob, classifier_anomalous: both models' outputs.
         mask_fraction: the share of pixels in the defect mask.
         methods: method name -> :class:`MethodResult`.
+        detector_jaccard: J* of the detector's own calibrated map (None when the audited target
+            is the classifier, which has none): tells an explainer that misses the defect from a
+            detector that looks elsewhere (:attr:`MethodResult.fault`).
     """
 
     image: str
@@ -80,6 +90,13 @@ class ImageAudit:
     classifier_anomalous: bool
     mask_fraction: float
     methods: dict[str, MethodResult] = field(default_factory=dict)
+    detector_jaccard: float | None = None
+
+    def blame(self, flagged: bool | None, cutoff: float) -> str | None:
+        """Who is at fault for a flag (see :attr:`MethodResult.fault`)."""
+        if not flagged or self.detector_jaccard is None:
+            return None
+        return "explainer" if self.detector_jaccard >= cutoff else "detector"
 
     @property
     def flagged_by(self) -> list[str]:
@@ -97,6 +114,7 @@ class ImageAudit:
             "index": self.index, "threshold": self.threshold, "flagged_by": self.flagged_by,
             "detector_score": self.detector_score, "detector_anomalous": self.detector_anomalous,
             "classifier_prob": self.classifier_prob, "classifier_anomalous": self.classifier_anomalous,
+            "detector_jaccard": self.detector_jaccard,
         }
 
 
@@ -198,7 +216,8 @@ class AuditResult:
         """``flagged_fraction`` and ``mean_optimal_jaccard`` per method (the issue's JSON), plus
         ``mean_optimal_jaccard_detected``, ``pixel_auroc``, ``n_flagged``, ``n_evaluated``
         (detected anomalies with a map), ``n_errors``, ``n_images``, ``n_detected``,
-        ``agreement``."""
+        ``agreement``, ``fault`` (per method, its flags where the explainer is at fault and where
+        the detector is: :attr:`MethodResult.fault`)."""
         s: dict[str, Any] = {
             "flagged_fraction": {m: self.flagged_fraction(m) for m in self.methods},
             "mean_optimal_jaccard": {m: self.mean_optimal_jaccard(m) for m in self.methods},
@@ -210,6 +229,8 @@ class AuditResult:
                          for m in self.methods},
             "n_images": len(self.images), "n_detected": self.n_detected,
             "agreement": self.agreement(),
+            "fault": {m: {who: sum(r.methods[m].fault == who for r in self._ok(m, True))
+                          for who in ("explainer", "detector")} for m in self.methods},
         }
         return s
 
@@ -237,19 +258,22 @@ class AuditResult:
                 mr = r.methods.get(m, MethodResult())
                 d[f"J*:{m}"] = mr.optimal_jaccard
                 d[f"flag:{m}"] = mr.flagged
+                d[f"fault:{m}"] = mr.fault
+            d["detector J*"] = r.detector_jaccard
             d["flagged_by"] = ", ".join(r.flagged_by)
             out.append(d)
         return out
 
 
-def _score(heat, mask, error, secs, cached, anomalous, cutoff) -> MethodResult:
+def _score(heat, mask, error, secs, cached, row: ImageAudit, cutoff) -> MethodResult:
     if heat is None:
         return MethodResult(status="error", error=error or "no map", seconds=secs, cached=cached)
     c = optimal_jaccard(heat, mask)
     j = float(c.jaccard)
+    flagged = bool(row.anomalous and j < cutoff)
     return MethodResult(optimal_jaccard=j, threshold=float(c.threshold) if np.isfinite(c.threshold) else None,
-                        flagged=bool(anomalous and j < cutoff), best_selected=c.best_selected, status="ok",
-                        seconds=secs, cached=cached)
+                        flagged=flagged, best_selected=c.best_selected, status="ok",
+                        seconds=secs, cached=cached, fault=row.blame(flagged, cutoff))
 
 
 def with_cutoff(result: AuditResult, cutoff: float) -> AuditResult:
@@ -262,4 +286,5 @@ def with_cutoff(result: AuditResult, cutoff: float) -> AuditResult:
         for mr in r.methods.values():
             if mr.status == "ok":
                 mr.flagged = bool(r.anomalous and mr.optimal_jaccard < cutoff)
+                mr.fault = r.blame(mr.flagged, cutoff)
     return out

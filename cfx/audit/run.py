@@ -155,7 +155,8 @@ def audit_category(bundle, root: str | Path, category: str, methods: str | Seque
             anomalous=bool(tscore[i] > thr), detector_score=float(a["score"][i]),
             detector_anomalous=bool(a["anomalous"][i]), classifier_prob=float(clf_p[i]),
             classifier_anomalous=bool(clf_a[i]), mask_fraction=float(an.masks[i].mean()),
-            methods={m: MethodResult() for m in methods})
+            methods={m: MethodResult() for m in methods},
+            detector_jaccard=None if target == "classifier" else float(optimal_jaccard(a["heatmap"][i], an.masks[i]).jaccard))
         rows.append(row)
         for m in methods:
             if stop is not None and stop.is_set():
@@ -165,7 +166,7 @@ def audit_category(bundle, root: str | Path, category: str, methods: str | Seque
                                                       db, compute=compute, mask=an.masks[i])
             done += 1
             if ok:
-                row.methods[m] = _score(heat, an.masks[i], error, secs, cached, row.anomalous, cutoff)
+                row.methods[m] = _score(heat, an.masks[i], error, secs, cached, row, cutoff)
                 if heat is not None:
                     maps[m].append((heat, an.masks[i]))
             if progress is not None:

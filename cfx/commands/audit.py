@@ -146,10 +146,12 @@ def _print_table(r) -> None:
               + "  " + ", ".join(row.flagged_by))
     s = r.summary()
     print()
-    print(f"{'method':<10} {'flagged':>8} {'mean J*':>8} {'pixel AUROC':>12}   ({s['n_detected']} detected)")
+    print(f"{'method':<10} {'flagged':>8} {'mean J*':>8} {'pixel AUROC':>12} {'explainer/detector at fault':>28}"
+          f"   ({s['n_detected']} detected)")
     for m in ms:
+        f = s["fault"][m]
         print(f"{m:<10} {_fmt(s['flagged_fraction'][m], '.1%'):>8} {_fmt(s['mean_optimal_jaccard'][m]):>8} "
-              f"{_fmt(s['pixel_auroc'][m]):>12}")
+              f"{_fmt(s['pixel_auroc'][m]):>12} {str(f['explainer']) + ' / ' + str(f['detector']):>28}")
     a = s["agreement"]
     if a["n"] and len(ms) > 1:
         print(f"all methods agree on {a['all_agree']:.0%} of {a['n']} detected anomalies; "

@@ -272,3 +272,32 @@ def test_cli_table_and_errors(capsys, demo_root):
     assert main(["audit", "--category", "brick", "--cutoff", "2"]) == 2
     assert main(["audit", "--category", "brick", "--params", "{bad"]) == 2
     assert "--params" in capsys.readouterr().err
+
+
+def test_a_flag_says_whether_the_explainer_or_the_detector_is_at_fault(demo_root, tmp_path):
+    """Shortcut under PatchCore: Grad-CAM (which explains the classifier's stamp) is flagged on most
+    anomalies while the detector's own map localises the defect; those flags blame the explainer.
+    The counts in the summary add up to the flags, and a new cutoff re-blames without recomputing."""
+    from cfx.audit.results import with_cutoff
+
+    b = load_bundle("demo", "shortcut", detector="patchcore")
+    r = audit_category(b, demo_root, "shortcut", ["recon", "gradcam"], target="score", limit=6, cache=tmp_path)
+    s = r.summary()
+    for x in r.images:
+        assert x.detector_jaccard is not None
+        for m, mr in x.methods.items():
+            if mr.flagged:
+                assert mr.fault == ("explainer" if x.detector_jaccard >= r.cutoff else "detector")
+            else:
+                assert mr.fault is None
+        # the detector's own map (recon) is that map: it is never an explainer at fault
+        assert x.methods["recon"].fault != "explainer"
+    for m in r.methods:
+        assert s["fault"][m]["explainer"] + s["fault"][m]["detector"] == s["n_flagged"][m]
+    assert s["fault"]["gradcam"]["explainer"] >= 1, s
+    strict = with_cutoff(r, 0.99).summary()
+    assert strict["fault"]["gradcam"]["detector"] + strict["fault"]["gradcam"]["explainer"] == strict["n_flagged"]["gradcam"]
+    assert strict["fault"]["gradcam"]["explainer"] == 0  # no map reaches J* 0.99: the detector is blamed
+    clf = audit_category(load_bundle("demo", "shortcut"), demo_root, "shortcut", ["gradcam"], target="classifier",
+                         limit=2, cache=tmp_path)
+    assert all(x.detector_jaccard is None and x.methods["gradcam"].fault is None for x in clf.images)
