@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from cfx.explainers.base import CANCELLED
+from cfx.metrics.edits import coinciding
 
 from cfx import reports as X
 from cfx.reports.words import numbers, sentence, value
@@ -169,7 +170,8 @@ thr = b.threshold_for(target)
 verdict = "" if before is None else (" — **anomalous**" if before > thr else " — **normal**")
 st.caption(labels_line + (f" = {before:.3f}" if before is not None else "") + f" (threshold {thr:.3f})"
            + verdict + ". One colour scale for every map (red: pushes the target up, blue: down; each map "
-           "divided by its scale, shown on hover); green outline: the defect mask.")
+           "divided by its largest value; the detector's own map: pale within a good part's range, red above it "
+           "up to the image's peak, yellow line where it leaves the normal range); green outline: the defect mask.")
 first_scale = True
 for r in range(0, len(methods), NCOLS):
     cols = st.columns(NCOLS)
@@ -182,6 +184,10 @@ for r in range(0, len(methods), NCOLS):
                 _live(m, stream.cost is not None)  # only this cell polls; the queued ones are redrawn when it ends
             else:
                 _placeholder(m)
+
+same = coinciding(image, {m: e.best.image for m, e in results.items() if e.ok and e.best is not None and e.best.valid})
+for a, c in same:
+    st.caption(f"{reg[a].label or a} and {reg[c].label or c} coincide: they end in the same edit of the image.")
 
 # ------------------------------------------------------------------ table and exports
 if results:
@@ -197,6 +203,10 @@ if results:
             "edit area": best.metrics.get("edit_area") if best else None,
             "locality": best.metrics.get("locality") if best else None,
             "realism": best.metrics.get("realism") if best else None,
+            "realism (pixels)": best.metrics.get("realism_pixels") if best else None,
+            "seam": best.metrics.get("seam") if best else None,
+            "map on its hot region": best.repair_properties.get("localized") if best else None,
+            "map elsewhere": best.repair_properties.get("non_degradation") if best else None,
             "error": exp.error}.items()})
     st.dataframe(pd.DataFrame(rows), hide_index=True)
 

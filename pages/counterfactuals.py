@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from cfx import reports as X
-from cfx.metrics.edits import diversity
+from cfx.metrics.edits import REPAIR_KEYS
 from cfx.reports.words import label, value
 from pages._common import (outline_shown, show, shown, wipe_image, target_labels, bound, current, explain_one, file_stem, heat_figure, image_figure,
                            is_cached, plot, registry, report_downloads, require_models)
@@ -52,7 +52,9 @@ K = len(exp.counterfactuals)
 nvalid = sum(c.valid for c in exp.counterfactuals)
 st.caption(f"{method}: {K} counterfactual(s), {nvalid} valid, {exp.seconds:.2f} s; target {labels[target]} "
            f"{exp.score_before:.3f} → threshold {exp.threshold:.3f}."
-           + (f" Diversity (mean pairwise L1) {diversity(c.image for c in exp.counterfactuals):.3f}." if K > 1 else ""))
+           + (f" Relative diversity {exp.info['relative_diversity']:.2f} (mean pairwise L1 "
+              f"{exp.info['diversity']:.4f} over the edits' mean L1 to the original {exp.info['mean_l1']:.4f}; "
+              "0 = one edit shown several times)." if K > 1 and exp.info.get("relative_diversity") is not None else ""))
 
 
 def _u8(image: np.ndarray) -> np.ndarray:
@@ -156,6 +158,17 @@ def view() -> None:
     tc[0].dataframe(table, hide_index=True)
     tc[1].dataframe(pd.DataFrame([{"metric": label(k2), "value": value(v)} for k2, v in cf.metrics.items()]),
                     hide_index=True)
+    rp = cf.repair_properties or {}
+    if rp:
+        regions = {"the detector's hot region (top 10% of its map)": rp}
+        if isinstance(rp.get("mask"), dict):
+            regions["the marked defect"] = rp["mask"]
+        st.markdown("**As a repair** (AR-Pro's four properties; the detector's map in units of the most a good "
+                    "part reaches)")
+        st.dataframe(pd.DataFrame([{"region": name, **{label(k2): value(r[k2]) for k2 in REPAIR_KEYS}}
+                                   for name, r in regions.items()]), hide_index=True)
+        st.caption("score after: low; change outside the region: low; the map on the region: falls (negative); "
+                   "the map elsewhere: does not rise (about 0 or below).")
     compare_view(cf)
     if cf.path_images is not None and len(cf.path_images) > 1:
         path_view(cf, k)

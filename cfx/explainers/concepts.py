@@ -7,14 +7,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import numpy as np
-
 from cfx.explainers.base import Explanation, register
 from cfx.explainers.counterfactual import CounterfactualExplainer, Proposal, SearchContext
-from cfx.metrics.edits import edit_diversity
-
-#: two edits coincide when they differ by at most this share of their change from the original
-COINCIDE = 0.05
+from cfx.metrics.edits import coincide, edit_diversity
 
 
 @register
@@ -42,7 +37,7 @@ class Concepts(CounterfactualExplainer):
         # anomaly) is that concept: said once, not shown twice
         kept, same = [], []
         for c in exp.counterfactuals:
-            twin = next((k for k in kept if np.abs(k.image - c.image).mean() <= COINCIDE * max(c.metrics["l1"], 1e-12)), None)
+            twin = next((k for k in kept if coincide(image, k.image, c.image)), None)
             if twin is not None and c.concept.startswith("region"):
                 same.append([c.concept, twin.concept])
                 continue

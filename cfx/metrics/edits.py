@@ -221,3 +221,21 @@ def edit_diversity(x: np.ndarray, images: Iterable[np.ndarray]) -> dict[str, flo
     div = diversity(ims)
     l1 = float(np.mean([np.abs(i - x).mean() for i in ims])) if ims else 0.0
     return {"diversity": div, "mean_l1": l1, "relative_diversity": div / l1 if l1 > 1e-12 else float("nan")}
+
+
+#: two edits coincide when they differ by at most this share of their change from the original
+COINCIDE = 0.05
+
+
+def coincide(x: np.ndarray, a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two edits of ``x`` are the same edit: their mean absolute difference is at most
+    :data:`COINCIDE` of their mean L1 to ``x`` (and both change something)."""
+    la, lb = float(np.abs(a - x).mean()), float(np.abs(b - x).mean())
+    scale = max(la, lb)
+    return scale > 1e-12 and float(np.abs(np.asarray(a, np.float32) - b).mean()) <= COINCIDE * scale
+
+
+def coinciding(x: np.ndarray, edits: dict[str, np.ndarray]) -> list[tuple[str, str]]:
+    """The pairs of named edits of ``x`` that are one edit (:func:`coincide`), in the given order."""
+    names = list(edits)
+    return [(a, b) for i, a in enumerate(names) for b in names[i + 1:] if coincide(x, edits[a], edits[b])]

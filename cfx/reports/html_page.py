@@ -30,15 +30,18 @@ def html_text(report: Report) -> str:
     for name, m in d["methods"].items():
         cfs = m.get("counterfactuals") or []
         best = cfs[0] if cfs else {}
+        rp = best.get("repair_properties") or {}
         method_rows.append(
             "<tr>" + "".join(f"<td>{e(_fmt(x))}</td>" for x in (
                 name, m["target"], m["seconds"], m["score_before"], m["threshold"], m.get("score_after"),
                 f"{sum(bool(c.get('valid')) for c in cfs)}/{len(cfs)}" if cfs else "",
-                best.get("l1"), best.get("edit_area"), best.get("locality"), best.get("realism"), m.get("error") or "",
+                best.get("l1"), best.get("edit_area"), best.get("locality"), best.get("realism"),
+                best.get("realism_pixels"), rp.get("localized"), rp.get("non_degradation"), m.get("error") or "",
                 ", ".join(f"{k}={_short(v)}" for k, v in sorted((m.get("params") or {}).items())))) + "</tr>")
     head = "".join(f"<th>{h}</th>" for h in ("method", "target", "seconds", "before", "threshold", "after",
-                                               "valid", "L1", "edit area", "locality", "realism", "error",
-                                               "parameters"))
+                                               "valid", "L1", "edit area", "locality", "realism",
+                                               "realism (pixels)", "map change on its hot region",
+                                               "map change elsewhere", "error", "parameters"))
     fig_uri = png_data_uri(png_bytes(report, dpi=90))
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{e(report.heading)}</title>

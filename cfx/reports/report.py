@@ -126,6 +126,7 @@ def report_dict(report: Report) -> dict[str, Any]:
                 d["heatmap_stats"]["mean_outside_mask"] = float(np.nanmean(h[~report.mask]))
         if len(exp.counterfactuals) > 1:
             d["diversity"] = diversity(c.image for c in exp.counterfactuals)
+            d["relative_diversity"] = exp.info.get("relative_diversity")
         methods[name] = d
     mask = None
     if report.mask is not None:

@@ -118,6 +118,10 @@ LABELS: dict[str, str] = {
     "locality": "locality (share of the change on the defect)", "realism": "realism (1 = like a good part)",
     "edit_share": "share of the searched region edited",
     "samples": "samples used", "early_stop": "early stop", "evaluations": "detector evaluations",
+    "realism_pixels": "realism without a network (1 = like a good part)",
+    "seam": "seam (1 = no edge added at the edit's border)", "relative_diversity": "relative diversity",
+    "mean_l1": "mean L1 to the original", "overall": "score after", "similarity": "change outside the region (RMS)",
+    "localized": "map change on the region", "non_degradation": "map change elsewhere",
 }
 #: internal keys never shown as a number
 HIDDEN = frozenset({"heat_scale", "traceback", "proposal_order"})
