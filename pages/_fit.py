@@ -94,7 +94,7 @@ def _vae_job(sel, n: int) -> None:
         eta = estimate_seconds(n)
         if st.button(f"Train the VAE detector, classifier and explainers' models in the background "
                      f"(about {eta / 60:.0f} min)", key="fit_vae",
-                     help="the counterfactual methods (CLEAR, gradient, concepts) and Grad-CAM need them; "
+                     help="CLEAR, the gradient method and Grad-CAM need them; DiCE, concepts and the other "
                           "PatchCore explanations work without"):
             _jobs()[key] = TrainJob.start(sel.root, sel.category, sel.dataset, detector="vae", expected_seconds=eta)
             st.rerun()

@@ -16,8 +16,8 @@ st.markdown("""
 | **Inspect** | What does the detector say about this image? Score against threshold, decision, classifier probability, reconstruction, heatmap, the ground-truth mask. Browse, filter or upload images. |
 | **Compare** | Where does each explanation method put the blame? Every method side by side on one colour scale, with its time and metrics; download a PNG, JSON, PDF or HTML report. |
 | **Counterfactuals** | What is the closest image the detector calls normal? Original, counterfactual and difference, a comparison slider, and the path across the decision boundary step by step. |
-| **Concepts** | Which different ways could this anomaly become normal? One slider per concept, from the image's score down to normal. |
-| **Mask Jaccard** | Were the anomalies detected for the right reason? The optimal Jaccard of each explanation against the defect mask, over a whole category. |
+| **Concepts** | Which different kinds of change would make this anomaly normal: colour only, structure only, both, one region at a time? One slider per concept, from the original to its edit; a kind that is not enough alone is said so. |
+| **Mask Jaccard** | Were the anomalies detected for the right reason? The optimal Jaccard of each explanation against the defect mask, over a whole category, and for each flag whether the explainer or the detector is at fault. |
 | **Detector** | How good is the detector? ROC curves, score histograms with the threshold, confusion matrix, model card. |
 """)
 
