@@ -28,7 +28,8 @@ class Concepts(CounterfactualExplainer):
 
         concepts = named_concepts(ctx.image, ctx.content, ctx.heat, max_regions=int(params["regions"]))
         exp.info["concepts"] = len(concepts)
-        return [Proposal(c.content, ctx.image, contents={c.name: c.content}, allowed=c.allowed, concept=c.name)
+        return [Proposal(c.content, ctx.image, contents={c.name: c.content}, allowed=c.allowed, concept=c.name,
+                         fallback=False)
                 for c in concepts]
 
     def _explain(self, image, target, seed, params) -> Explanation:

@@ -45,6 +45,8 @@ class Proposal:
             the method's :attr:`CounterfactualExplainer.contents` of the real ones and ``G``).
         allowed: where its edit may lie (H, W; True = allowed), or None for anywhere.
         concept: the name of the kind of change it is (the concepts method), else "".
+        fallback: when no edit with ``contents`` is valid, try the method's usual contents
+            (False: the contents are the point, as a concept's kind of change is).
     """
 
     image: np.ndarray
@@ -56,6 +58,7 @@ class Proposal:
     contents: dict[str, np.ndarray] | None = None
     allowed: np.ndarray | None = None
     concept: str = ""
+    fallback: bool = True
 
 
 @dataclass
@@ -197,12 +200,20 @@ class CounterfactualExplainer(Explainer):
         if not proposals:
             exp.info.setdefault("message", "no counterfactual found")
             return exp
-        cands = [p.contents if p.contents is not None else
-                 {k: v for k, v in {**fills, "generator": np.clip(p.image, 0, 1).astype(np.float32)}.items()
-                  if k in self.contents} for p in proposals]
+        default = [{k: v for k, v in {**fills, "generator": np.clip(p.image, 0, 1).astype(np.float32)}.items()
+                    if k in self.contents} for p in proposals]
+        cands = [p.contents if p.contents is not None else d for p, d in zip(proposals, default)]
+        changes = [E.change_map(p.image, p.reference) for p in proposals]
         # the proposals' scans in lockstep: their small chunks share the device's batches
-        edits = E.minimal_edits(b, image, target, heat, cands, [E.change_map(p.image, p.reference) for p in proposals],
-                                scored=setup.scored, allowed=[p.allowed for p in proposals])
+        edits = E.minimal_edits(b, image, target, heat, cands, changes, scored=setup.scored,
+                                allowed=[p.allowed for p in proposals])
+        again = [i for i, (p, e) in enumerate(zip(proposals, edits)) if p.contents is not None and p.fallback
+                 and not e.valid]
+        if again:  # a proposal's own content that no region makes valid: the method's usual contents
+            for i, e in zip(again, E.minimal_edits(b, image, target, heat, [default[i] for i in again],
+                                                   [changes[i] for i in again], scored=setup.scored)):
+                e.evaluations += edits[i].evaluations
+                edits[i] = e
         lat = [p.latent for p in proposals]
         cfs = counterfactual_metrics(b, image, np.stack([e.image for e in edits]), target, self.mask,
                     proposals[0].latent0, None if any(z is None for z in lat) else np.stack(lat))
