@@ -47,6 +47,23 @@ def flagged_defects(b, root: Path, cat: str, per: int) -> list[tuple[str, np.nda
             for i in flagged[::max(1, len(flagged) // per)][:per]]
 
 
+def good_part_spread(b, x: np.ndarray, k: int = 4) -> float | None:
+    """How much k valid minimal repairs of ``x`` can differ at all: the relative diversity of the
+    smallest valid edits filled with each of the ``k`` good parts nearest to ``x`` (aligned), the
+    natural spread of repairs in that spot (None when fewer than two are valid)."""
+    from cfx.explainers import edit as E
+    from cfx.explainers._util import train_images
+    from cfx.metrics.edits import edit_diversity
+
+    heat = E.detector_heat(b, x)
+    normals = train_images(b)
+    w = (1.0 - E.scaled(heat)).astype(np.float32)
+    d = (((normals - x[None]) ** 2).mean(1) * w[None]).reshape(len(normals), -1).sum(1)
+    conts = [E.aligned(normals[i], x, w)[0] for i in np.argsort(d)[:k]]
+    edits = [e.image for e in E.minimal_edits(b, x, "score", heat, [{"n": c} for c in conts], [None] * k) if e.valid]
+    return edit_diversity(x, edits)["relative_diversity"] if len(edits) > 1 else None
+
+
 def run(dataset: str, root: Path, cat: str, det: str, per: int, methods, params: dict | None = None) -> list[dict]:
     b = load_bundle(dataset, cat, detector=det)
     set_data_root(b, root)
@@ -72,7 +89,8 @@ def run(dataset: str, root: Path, cat: str, det: str, per: int, methods, params:
                          "content": c.content if c else "",
                          "rp": [x.repair_properties for x in valid],
                          "relative_diversity": e.info.get("relative_diversity"),
-                         "concepts": {x.concept: x.valid for x in e.counterfactuals if x.concept}})
+                         "concepts": {x.concept: x.valid for x in e.counterfactuals if x.concept},
+                         "spread": good_part_spread(b, image) if m == "dice" else None})
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -116,8 +134,9 @@ def repair_table(rows: list[dict]) -> str:
 
 def diversity_table(rows: list[dict]) -> str:
     """Relative diversity of the methods with K counterfactuals, and each concept's validity."""
-    out = ["| data | detector | method | images | relative diversity: median (min) | concepts: valid share each |",
-           "|---|---|---|---:|---:|---|"]
+    out = ["| data | detector | method | images | relative diversity: median (min) | the 4 nearest good parts' "
+           "repairs: median (min) | concepts: valid share each |",
+           "|---|---|---|---:|---:|---:|---|"]
     for (d, det, m), rs in _groups(rows):
         rd = np.array([r["relative_diversity"] for r in rs if r["relative_diversity"] is not None], float)
         if not len(rd):
@@ -127,7 +146,9 @@ def diversity_table(rows: list[dict]) -> str:
             for k, ok in r["concepts"].items():
                 names.setdefault(k, []).append(ok)
         conc = ", ".join(f"{k} {np.mean(v):.2f} ({len(v)})" for k, v in names.items()) or "–"
-        out.append(f"| {d} | {det} | {m} | {len(rd)} | {np.median(rd):.2f} ({rd.min():.2f}) | {conc} |")
+        sp = np.array([r["spread"] for r in rs if r.get("spread") is not None], float)
+        spread = f"{np.median(sp):.2f} ({sp.min():.2f})" if len(sp) else "–"
+        out.append(f"| {d} | {det} | {m} | {len(rd)} | {np.median(rd):.2f} ({rd.min():.2f}) | {spread} | {conc} |")
     return "\n".join(out)
 
 
