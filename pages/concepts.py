@@ -70,14 +70,9 @@ def _column(exp, k: int, sel, diff_scale: float) -> float:
     i = options.index(alpha)
     img, s = cf.path_images[i], float(cf.path_scores[i])
     C.plot(C.image_figure(img, sel.mask, title=f"alpha {alpha:.2f}", height=240), key=f"cc_img_{k}")
-    m1, m2 = st.columns(2)
-    m1.metric("score", f"{s:.2f}", delta=f"{s - exp.score_before:+.2f}", delta_color="inverse",
-              help=f"the selected detector's score of this image; threshold {exp.threshold:.3f}")
-    if alpha >= 1.0:
-        m2.metric("verdict", "original")
-    else:
-        m2.metric("verdict", "normal" if s <= exp.threshold else "anomalous",
-                  help="the selected detector's verdict on this image")
+    verdict = "the original" if alpha >= 1.0 else ":green[**normal**]" if s <= exp.threshold else ":red[**anomalous**]"
+    st.markdown(f"score **{s:.2f}** ({s - exp.score_before:+.2f}) · {verdict}",
+                help=f"the selected detector's score of this image and its verdict; threshold {exp.threshold:.3f}")
     if not cf.valid:
         st.warning(f"{cf.concept.capitalize()} alone is not sufficient: no edit of this kind makes the detector "
                    "call the image normal (shown: the strongest one tried).")

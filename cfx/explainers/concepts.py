@@ -35,17 +35,22 @@ class Concepts(CounterfactualExplainer):
     def _explain(self, image, target, seed, params) -> Explanation:
         exp = super()._explain(image, target, seed, params)
         # a region concept whose edit is another concept's (the one region holds the whole
-        # anomaly) is that concept: said once, not shown twice
-        kept, same = [], []
+        # anomaly) is that concept: said once, not shown twice; one whose region holds nothing to
+        # change (the residue of the map's halo) is left out
+        kept, same, empty = [], [], []
         for c in exp.counterfactuals:
             twin = next((k for k in kept if coincide(image, k.image, c.image)), None)
             if twin is not None and c.concept.startswith("region"):
                 same.append([c.concept, twin.concept])
                 continue
+            if c.concept.startswith("region") and c.metrics["edit_area"] == 0.0:
+                empty.append(c.concept)
+                continue
             kept.append(c)
-        if same:
+        if same or empty:
             exp.counterfactuals = kept
             exp.info["coincide"] = same
+            exp.info["nothing_to_change"] = empty
             exp.info["concepts"] = len(kept)
             if len(kept) > 1:
                 exp.info.update(edit_diversity(image, [c.image for c in kept]))
