@@ -46,7 +46,8 @@ class Counterfactual:
             of pixels changed by more than 0.05), ``locality`` (share of the change inside the
             defect mask dilated by 4 px; NaN without a mask), ``realism`` (PatchCore's
             nearest-normal-patch distance of the edited region over that of real normal images;
-            about 1 = as normal as a good part), ``edit_share`` (the region's size),
+            about 1 = as normal as a good part), ``realism_pixels`` (the same on pixel patches,
+            no network), ``seam`` (the edit border's visibility), ``edit_share`` (the region's size),
             ``latent_l1``, ``latent_l2`` (when the method has a latent);
             see :mod:`cfx.explainers.edit`.
         latent: the method's latent of the counterfactual, if any.

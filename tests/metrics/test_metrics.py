@@ -236,3 +236,59 @@ def test_resolution_hint_only_for_a_poor_detector_on_downscaled_images(tmp_path)
     assert resolution_hint(0.33, 128, [SimpleNamespace(path=small)]) is None  # nothing lost by reading
     assert resolution_hint(None, 128, originals) is None
     assert resolution_hint(0.33, 128, [SimpleNamespace(path=tmp_path / "gone.png")]) is None
+
+
+# ---------------------------------------------------------------- edits: realism without a network, seam, AR-Pro
+def _parts(n=24, seed=0):
+    """Good parts: one smooth shading with sensor noise; the test image is another one."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:48, :48] / 48.0
+    base = (0.3 + 0.4 * yy * xx)[None].repeat(3, 0)
+    return np.clip(base[None] + rng.normal(0, 0.02, (n + 1, 3, 48, 48)), 0, 1).astype(np.float32)
+
+
+def test_pixel_realism_tells_a_good_fill_from_a_blob():
+    from cfx.metrics.edits import pixel_realism
+
+    parts = _parts()
+    normals, x = parts[1:], parts[0].copy()
+    x[:, 20:28, 20:28] = 0.95  # the defect
+    good = x.copy()
+    good[:, 18:30, 18:30] = normals[5][:, 18:30, 18:30]  # filled with a good part
+    blob = x.copy()
+    blob[:, 18:30, 18:30] = 0.05  # filled with something no good part has
+    r = pixel_realism(normals, x, np.stack([good, blob, x]))
+    assert r[0] < 1.5 and r[1] > 5 and np.isnan(r[2])  # copied good texture: as normal as a good part or more
+
+
+def test_seam_is_visible_where_a_fill_adds_an_edge():
+    from cfx.metrics.edits import seam_visibility
+
+    x = _parts(1)[0]
+    smooth = x.copy()
+    smooth[:, 18:30, 18:30] += 0.06  # changed, but as smooth as the original at its border
+    hard = x.copy()
+    hard[:, 18:30, 18:30] = 0.95  # a bright square: an edge all round
+    assert seam_visibility(x, hard) > 3 * seam_visibility(x, smooth)
+    assert np.isnan(seam_visibility(x, x))
+
+
+def test_repair_properties_follow_ar_pro():
+    from cfx.metrics.edits import repair_properties, top_region
+
+    x = np.zeros((1, 10, 10), np.float32)
+    heat_x = np.zeros((10, 10))
+    heat_x[2:4, 2:7] = 5.0  # the hot region: 10 pixels, the top 10%
+    w = top_region(heat_x)
+    assert w.sum() == 10 and w[2:4, 2:7].all()
+    cf = x.copy()
+    cf[0, 2:4, 2:7] = 0.5  # a repair inside the region
+    heat_cf = heat_x.copy()
+    heat_cf[2:4, 2:7] = 0.5
+    heat_cf[8, 8] = 1.0  # and a new hot pixel elsewhere
+    rp = repair_properties(x, cf, heat_x, heat_cf, 0.7, w)
+    assert rp["overall"] == 0.7 and rp["similarity"] == 0.0
+    assert rp["localized"] == pytest.approx(10 * -4.5 / 100)
+    assert rp["non_degradation"] == pytest.approx(1.0 / 100)
+    cf[0, 9, 0] = 1.0  # a change outside the region
+    assert repair_properties(x, cf, heat_x, heat_cf, 0.7, w)["similarity"] == pytest.approx(np.sqrt(1 / 100))
