@@ -2,7 +2,9 @@
 
 Environment variables:
     CFX_DATA_ROOT: a real MVTec AD root used when no ``--data-root`` is given.
-    CFX_MODELS_DIR: where checkpoints live (default: ``models/`` beside the package).
+    CFX_MODELS_DIR: where checkpoints live, the demo's included (default: the shipped demo models in
+        ``models/`` beside the package, every other dataset's in the user's data folder,
+        :func:`user_models_dir`, so fitting on a real folder never writes into the checkout).
     CFX_CACHE_DIR: where the demo dataset and resized-array caches go (default: ``.cfx-cache/``
         beside the package, ignored by git).
     CFX_ALLOWED_ROOTS: folders (separated by ``os.pathsep``) the app's data-root field may open,
@@ -29,9 +31,22 @@ LARGE_IMAGE_SIZE = 256
 DEMO_NAME = "demo"
 
 
-def models_dir() -> Path:
-    """Root of the checkpoints: ``$CFX_MODELS_DIR`` or ``<project>/models``."""
-    return Path(os.environ.get("CFX_MODELS_DIR") or PROJECT_ROOT / "models")
+def models_dir(dataset: str | None = None) -> Path:
+    """Root of the checkpoints of ``dataset``: ``$CFX_MODELS_DIR`` when set; else
+    ``<project>/models`` for the demo (its models ship there; also for ``dataset`` None) and
+    :func:`user_models_dir` for any other dataset."""
+    env = os.environ.get("CFX_MODELS_DIR")
+    if env:
+        return Path(env)
+    return PROJECT_ROOT / "models" if dataset in (None, DEMO_NAME) else user_models_dir()
+
+
+def user_models_dir() -> Path:
+    """Where models of the user's own data go by default: ``$XDG_DATA_HOME/cfx/models``, else
+    ``~/.local/share/cfx/models`` (outside the checkout: a fit from the browser leaves
+    ``git status`` clean)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "cfx" / "models"
 
 
 def cache_dir() -> Path:

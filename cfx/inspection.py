@@ -98,7 +98,7 @@ def inspect_category(bundle, root: str | Path, category: str, db: ResultDB, spli
     elif batches:
         from distributed import as_completed
 
-        spec = WorkerSpec(models_dir=str(config.models_dir()), dataset=bundle.dataset, category=category,
+        spec = WorkerSpec(models_dir=str(config.models_dir(bundle.dataset)), dataset=bundle.dataset, category=category,
                           detector=bundle.detector_name, model_key=bundle.key(), data_root=str(Path(root).resolve()),
                           db_path=str(db.path))
         futures = [client.submit(inspect_task, spec, split, [names[i] for i in b], run, pure=False, retries=2)

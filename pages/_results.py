@@ -65,7 +65,7 @@ def bundle_for(dataset: str, category: str, root: Path | None = None) -> ModelBu
 
     card = category_dir(dataset, category) / "card.json"
     stamp = card.stat().st_mtime if card.exists() else 0.0
-    b = _bundle(dataset, category, str(config.models_dir()), stamp)
+    b = _bundle(dataset, category, str(config.models_dir(dataset)), stamp)
     if root is not None:
         from cfx.explainers._util import set_data_root
         from cfx.models.identity import check_card_data

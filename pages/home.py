@@ -31,7 +31,7 @@ c1, c2 = st.columns(2)
 with c1:
     st.subheader("Models")
     st.markdown(f"Models run on **{config.device_label()}**.")
-    st.caption(f"Checkpoints: `{config.models_dir()}`")
+    st.caption(f"Checkpoints: `{config.models_dir(sel.dataset if sel is not None else None)}`")
     if sel is not None:
         have = available_models(sel.dataset)
         st.markdown(f"Trained categories of **{sel.dataset}**: {', '.join(have) or 'none'}")

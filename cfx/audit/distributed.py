@@ -100,7 +100,7 @@ def audit_distributed(bundle, root: str | Path, category: str, methods: str | Se
         progress(done, total, f"{done} stored")
     stopped = False
     if todo:
-        spec = WorkerSpec(models_dir=str(config.models_dir()), dataset=bundle.dataset, category=category,
+        spec = WorkerSpec(models_dir=str(config.models_dir(bundle.dataset)), dataset=bundle.dataset, category=category,
                           detector=bundle.detector_name, model_key=model, data_root=str(Path(root).resolve()),
                           db_path=str(db.path))
         with (contextlib.nullcontext(client) if client is not None else dask_client(scheduler, workers)) as c:

@@ -36,7 +36,8 @@ HALF_PREFIXES = ("enc.", "dec.", "to_latent.", "from_latent.", "to_logvar.", "bo
 
 
 def category_dir(dataset: str, category: str, root: Path | None = None) -> Path:
-    return (root or config.models_dir()) / dataset / category
+    """The folder of a category's models (:func:`cfx.config.models_dir` of its dataset, or ``root``)."""
+    return (root or config.models_dir(dataset)) / dataset / category
 
 
 def round_to_half(module: torch.nn.Module) -> torch.nn.Module:
@@ -307,7 +308,7 @@ def model_exists(dataset: str, category: str) -> bool:
 
 
 def available_models(dataset: str) -> list[str]:
-    root = config.models_dir() / dataset
+    root = config.models_dir(dataset) / dataset
     return sorted(p.name for p in root.iterdir() if model_exists(dataset, p.name)) if root.is_dir() else []
 
 
