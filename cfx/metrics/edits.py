@@ -116,12 +116,15 @@ def edited_pixels(x: np.ndarray, img: np.ndarray) -> np.ndarray:
     return binary_dilation(w, iterations=2) if w.any() else w
 
 
-def _patches(images: np.ndarray, ys: np.ndarray, xs: np.ndarray, r: int) -> np.ndarray:
-    """The (2r+1)² patches of ``images`` (N, C, H, W) centred on the pixels (ys, xs), edges
-    replicated: (N, P, C (2r+1)²)."""
-    pad = np.pad(images, ((0, 0), (0, 0), (r, r), (r, r)), mode="edge")
-    offs = [(dy, dx) for dy in range(2 * r + 1) for dx in range(2 * r + 1)]
-    return np.concatenate([pad[:, :, ys + dy, xs + dx] for dy, dx in offs], axis=1).transpose(0, 2, 1)
+def _patches(padded: np.ndarray, pad: int, ys: np.ndarray, xs: np.ndarray, r: int) -> np.ndarray:
+    """The (2r+1)² patches centred on the pixels (ys, xs) of images edge-padded by ``pad`` px
+    (N, C, H + 2 pad, W + 2 pad): (N, P, C (2r+1)²)."""
+    offs = [(dy, dx) for dy in range(pad - r, pad + r + 1) for dx in range(pad - r, pad + r + 1)]
+    return np.concatenate([padded[:, :, ys + dy, xs + dx] for dy, dx in offs], axis=1).transpose(0, 2, 1)
+
+
+def _edge_pad(images: np.ndarray, pad: int) -> np.ndarray:
+    return np.pad(images, ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="edge")
 
 
 def pixel_realism(normals: np.ndarray, x: np.ndarray, images: np.ndarray, max_pixels: int = PIXEL_SAMPLE,
@@ -140,6 +143,8 @@ def pixel_realism(normals: np.ndarray, x: np.ndarray, images: np.ndarray, max_pi
     if not len(bank):
         return np.full(len(images), np.nan)
     r, rng, out = 2, np.random.default_rng(seed), []
+    pad = r + PIXEL_SHIFT
+    bank_p, held_p = _edge_pad(bank, pad), _edge_pad(held, pad)
     for img in np.asarray(images, np.float32):
         ys, xs = np.nonzero(edited_pixels(x, img))
         if not len(ys):
@@ -148,14 +153,15 @@ def pixel_realism(normals: np.ndarray, x: np.ndarray, images: np.ndarray, max_pi
         if len(ys) > max_pixels:
             keep = rng.choice(len(ys), max_pixels, replace=False)
             ys, xs = ys[keep], xs[keep]
+        q = _patches(np.concatenate([_edge_pad(img[None], pad), held_p]), pad, ys, xs, r)  # (1 + H, P, D)
+        qq = (q ** 2).sum(-1)[:, None]
         best = None
         for dy in range(-PIXEL_SHIFT, PIXEL_SHIFT + 1):
             for dx in range(-PIXEL_SHIFT, PIXEL_SHIFT + 1):
-                yy = np.clip(ys + dy, 0, x.shape[1] - 1)
-                xx = np.clip(xs + dx, 0, x.shape[2] - 1)
-                b = _patches(bank, yy, xx, r)  # (B, P, D)
-                q = _patches(np.concatenate([img[None], held]), ys, xs, r)  # (1 + H, P, D)
-                d = ((q[:, None] - b[None]) ** 2).mean(-1).min(1)  # (1 + H, P)
+                b = _patches(bank_p, pad, ys + dy, xs + dx, r)  # (B, P, D): the bank shifted by (dy, dx)
+                # |q - b|² = |q|² + |b|² - 2 q.b, one matrix product per pixel (no (H, B, P, D) temporary)
+                cross = np.einsum("hpd,bpd->hbp", q, b, optimize=True)
+                d = ((qq + (b ** 2).sum(-1)[None] - 2 * cross).min(1) / q.shape[-1]).clip(0)
                 best = d if best is None else np.minimum(best, d)
         dist = np.sqrt(best).mean(1)
         ref = float(np.median(dist[1:])) if len(dist) > 1 else float("nan")
