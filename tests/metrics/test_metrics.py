@@ -292,3 +292,19 @@ def test_repair_properties_follow_ar_pro():
     assert rp["non_degradation"] == pytest.approx(1.0 / 100)
     cf[0, 9, 0] = 1.0  # a change outside the region
     assert repair_properties(x, cf, heat_x, heat_cf, 0.7, w)["similarity"] == pytest.approx(np.sqrt(1 / 100))
+
+
+def test_coinciding_edits_are_named_once_per_pair():
+    from cfx.metrics.edits import coinciding, edit_diversity
+
+    x = np.zeros((1, 8, 8), np.float32)
+    a = x.copy()
+    a[0, 2:4, 2:4] = 1.0
+    b = a.copy()
+    b[0, 2, 2] = 0.99  # the same edit up to rounding
+    c = x.copy()
+    c[0, 5:7, 5:7] = 1.0  # another edit
+    assert coinciding(x, {"clear": a, "dice": b, "gradient": c}) == [("clear", "dice")]
+    assert coinciding(x, {"clear": x, "dice": x}) == []  # no change is no edit
+    assert edit_diversity(x, [a, b])["relative_diversity"] < 0.01
+    assert edit_diversity(x, [a, c])["relative_diversity"] == pytest.approx(2.0)
