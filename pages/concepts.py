@@ -22,7 +22,7 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from cfx.concepts import DESCRIPTIONS
+from cfx.concepts import describe
 from cfx.data.imageio import array_to_pil
 from pages import _common as C
 
@@ -32,10 +32,6 @@ CONCEPT_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377
 def _alphas(cf) -> np.ndarray:
     """The slider positions of a concept's path: 1 (the original) down to 0 (its edit)."""
     return np.round(np.linspace(1.0, 0.0, len(cf.path_images)), 2)
-
-
-def _describe(name: str) -> str:
-    return DESCRIPTIONS["region" if name.startswith("region") else name]
 
 
 def _score_figure(exp, chosen: dict[str, float]) -> go.Figure:
@@ -60,7 +56,7 @@ def _column(exp, k: int, sel, diff_scale: float) -> float:
     cf = exp.counterfactuals[k]
     col = CONCEPT_COLOURS[k % len(CONCEPT_COLOURS)]
     st.markdown(f"<span style='color:{col};font-weight:600'>{cf.concept.capitalize()}</span>", unsafe_allow_html=True)
-    st.caption(_describe(cf.concept))
+    st.caption(describe(cf.concept))
     options = [float(a) for a in _alphas(cf)]
     key = f"cc_alpha_{cf.concept}"
     if st.session_state.get(key) not in options:  # a new path (another image or detector): start at the edit

@@ -68,8 +68,9 @@ def step_image(x: np.ndarray, edit: np.ndarray, alpha: float) -> np.ndarray:
 def concepts_json(bundle, name: str, exp, alphas: list[float], out: Path | None = None,
                   mask: np.ndarray | None = None) -> dict[str, Any]:
     """The command's JSON for the ``concepts`` method's Explanation of one image (writes PNGs under ``out``)."""
-    from cfx.concepts import DESCRIPTIONS
+    from cfx.concepts import describe
     from cfx.explainers.counterfactual import counterfactual_metrics
+    from cfx.explainers.edit import detector_heat
 
     x = exp.image
     stem = file_stem(name)
@@ -77,10 +78,11 @@ def concepts_json(bundle, name: str, exp, alphas: list[float], out: Path | None 
         out.mkdir(parents=True, exist_ok=True)
         _write_png(out / f"{stem}_original.png", x)
     concepts = []
+    heat = detector_heat(bundle, x)  # the original's map, for every concept's repair properties
     for cf in exp.counterfactuals:
         imgs = np.stack([step_image(x, cf.image, a) for a in alphas])
         steps = []
-        for a, img, c in zip(alphas, imgs, counterfactual_metrics(bundle, x, imgs, exp.target, mask)):
+        for a, img, c in zip(alphas, imgs, counterfactual_metrics(bundle, x, imgs, exp.target, mask, heat=heat)):
             p = None
             if out is not None:
                 p = _write_png(out / f"{stem}_{cf.concept.replace(' ', '')}_alpha{a:.2f}.png", img)
@@ -88,7 +90,7 @@ def concepts_json(bundle, name: str, exp, alphas: list[float], out: Path | None 
                           "edit_area": c.metrics["edit_area"], "locality": c.metrics["locality"],
                           "realism": c.metrics["realism"], "path": p})
         concepts.append({"name": cf.concept, "valid": cf.valid, "score_after": cf.score_after,
-                         "description": DESCRIPTIONS["region" if cf.concept.startswith("region") else cf.concept],
+                         "description": describe(cf.concept),
                          "repair_properties": cf.repair_properties, "steps": steps})
     metrics = {
         "score_before": exp.score_before, "threshold": exp.threshold, "anomalous": exp.score_before > exp.threshold,

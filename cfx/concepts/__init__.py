@@ -59,7 +59,12 @@ class Concept:
 
     @property
     def description(self) -> str:
-        return DESCRIPTIONS["region" if self.name.startswith("region") else self.name]
+        return describe(self.name)
+
+
+def describe(name: str) -> str:
+    """What the concept called ``name`` changes, in words (:data:`DESCRIPTIONS`)."""
+    return DESCRIPTIONS["region" if name.startswith("region") else name]
 
 
 def band_sigma(side: int) -> float:

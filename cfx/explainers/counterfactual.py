@@ -29,7 +29,7 @@ import numpy as np
 from cfx.explainers import edit as E
 from cfx.explainers.base import Counterfactual, Explainer, Explanation
 from cfx.explainers.edit_model import EditModel
-from cfx.metrics.edits import edit_diversity, edit_metrics, repair_properties, top_region
+from cfx.metrics.edits import defect_mask, edit_diversity, edit_metrics, repair_properties, top_region
 
 
 @dataclass
@@ -82,20 +82,22 @@ class SearchContext:
 
 
 def counterfactual_metrics(bundle, original: np.ndarray, images: np.ndarray, target: str, mask: np.ndarray | None = None,
-          latent0: np.ndarray | None = None, latents: np.ndarray | None = None) -> list[Counterfactual]:
+          latent0: np.ndarray | None = None, latents: np.ndarray | None = None,
+          heat: np.ndarray | None = None) -> list[Counterfactual]:
     """Score counterfactual images with the real models and measure them as edits of ``original``.
 
     ``valid`` means the target calls the image normal; ``detector_valid`` / ``classifier_valid``
     the same for the selected detector and the classifier (False when there is none).
     ``repair_properties`` are AR-Pro's four (:func:`cfx.metrics.edits.repair_properties`) with the
     selected detector's map, in the top 10% of its map of ``original`` and (key ``mask``) in the
-    ground-truth mask when one is given.
+    ground-truth mask when one is given. ``heat``: the selected detector's map of ``original``
+    when the caller has it (else computed here).
     """
     images = np.clip(np.asarray(images, np.float32), 0, 1)
     a = bundle.analyse(images)
-    heat_x = bundle.analyse(original[None])["heatmap"][0]
+    heat_x = E.detector_heat(bundle, original) if heat is None else heat
     w_det = top_region(heat_x)
-    w_mask = None if mask is None or not np.any(np.asarray(mask) > 0.5) else np.asarray(mask) > 0.5
+    w_mask = defect_mask(mask)
     t = bundle.target(target)
     tgt = t.read(a)
     clf = a.get("classifier")
@@ -216,7 +218,7 @@ class CounterfactualExplainer(Explainer):
                 edits[i] = e
         lat = [p.latent for p in proposals]
         cfs = counterfactual_metrics(b, image, np.stack([e.image for e in edits]), target, self.mask,
-                    proposals[0].latent0, None if any(z is None for z in lat) else np.stack(lat))
+                    proposals[0].latent0, None if any(z is None for z in lat) else np.stack(lat), heat=heat)
         for c, e, p in zip(cfs, edits, proposals):
             c.metrics["edit_share"] = e.share
             c.path_images = self._path(image, e, p, int(params.get("path_steps", self.path_steps)))

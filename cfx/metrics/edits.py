@@ -62,15 +62,26 @@ def repair_properties(x: np.ndarray, cf: np.ndarray, heat_x: np.ndarray, heat_cf
             "localized": float((w * da).mean()), "non_degradation": float(((1.0 - w) * da).mean())}
 
 
+def defect_mask(mask: np.ndarray | None) -> np.ndarray | None:
+    """A ground-truth mask as bool (H, W) (a (1, H, W) or (C, H, W) one: any channel), or None
+    when there is none or it marks nothing."""
+    if mask is None:
+        return None
+    m = np.asarray(mask) > 0.5
+    m = m.any(0) if m.ndim == 3 else m
+    return m if m.any() else None
+
+
+def changed_pixels(x: np.ndarray, img: np.ndarray) -> np.ndarray:
+    """The pixels an edit changed: largest channel change over :data:`CHANGE_EPS` (H, W bool)."""
+    return np.abs(np.asarray(img, np.float32) - x).max(0) > CHANGE_EPS
+
+
 def locality(x: np.ndarray, cf: np.ndarray, mask: np.ndarray | None) -> float:
     """Share of ``|cf - x|`` inside the defect mask dilated by :data:`LOCALITY_DILATION` px (NaN
     without a mask or without any change; 1.0 = the edit stays on the defect)."""
-    if mask is None:
-        return float("nan")
-    m = np.asarray(mask) > 0.5
-    if m.ndim == 3:
-        m = m.any(0)
-    if not m.any():
+    m = defect_mask(mask)
+    if m is None:
         return float("nan")
     d = np.abs(np.asarray(cf, np.float64) - x).mean(0)
     tot = float(d.sum())
@@ -81,7 +92,7 @@ def locality(x: np.ndarray, cf: np.ndarray, mask: np.ndarray | None) -> float:
 
 def edit_area(x: np.ndarray, cf: np.ndarray) -> float:
     """Share of pixels whose largest channel change exceeds :data:`CHANGE_EPS`."""
-    return float((np.abs(np.asarray(cf, np.float32) - x).max(0) > CHANGE_EPS).mean())
+    return float(changed_pixels(x, cf).mean())
 
 
 @torch.inference_mode()
@@ -104,15 +115,15 @@ def independent_realism(bundle, x: np.ndarray, images: np.ndarray) -> np.ndarray
     maps = np.concatenate(out)
     res = []
     for img, m in zip(images, maps):
-        w = (np.abs(img - x).max(0) > CHANGE_EPS)
-        w = binary_dilation(w, iterations=2) if w.any() else np.ones_like(w)
+        w = edited_pixels(x, img)
+        w = w if w.any() else np.ones_like(w)
         res.append(float(m[w].mean()) / ref)
     return np.array(res)
 
 
 def edited_pixels(x: np.ndarray, img: np.ndarray) -> np.ndarray:
     """The pixels an edit changed (by more than :data:`CHANGE_EPS`), grown by 2 px (H, W bool)."""
-    w = np.abs(np.asarray(img, np.float32) - x).max(0) > CHANGE_EPS
+    w = changed_pixels(x, img)
     return binary_dilation(w, iterations=2) if w.any() else w
 
 
@@ -173,7 +184,7 @@ def seam_visibility(x: np.ndarray, img: np.ndarray) -> float:
     """How visible an edit's border is: the mean gradient magnitude of the edited image on the
     ring just outside the changed pixels over that of the original on the same ring (1 = no
     seam added; NaN where nothing changed)."""
-    w = np.abs(np.asarray(img, np.float32) - x).max(0) > CHANGE_EPS
+    w = changed_pixels(x, img)
     if not w.any():
         return float("nan")
     ring = binary_dilation(w, iterations=2) ^ w
@@ -194,11 +205,12 @@ def edit_metrics(bundle, x: np.ndarray, images: np.ndarray, mask: np.ndarray | N
     by construction) and ``seam`` (:func:`seam_visibility`) of each image (N, C, H, W) as an edit of ``x``."""
     images = np.asarray(images, np.float32)
     real = independent_realism(bundle, x, images)
-    try:
-        from cfx.explainers._util import train_images
+    from cfx.errors import CfxError
+    from cfx.explainers._util import train_images
 
+    try:
         pix = pixel_realism(train_images(bundle), x, images)
-    except Exception:  # noqa: BLE001 - no train images here (an upload without the data): not measured
+    except (CfxError, OSError):  # no train images to compare with: not measured
         pix = np.full(len(images), np.nan)
     out = []
     for img, r, p in zip(images, real, pix):

@@ -75,11 +75,13 @@ def map_sentence(heat: np.ndarray, mask: np.ndarray) -> str:
     at the defect; one below the audit's cutoff with AUROC under :data:`ON_DEFECT_AUROC` points
     elsewhere; the rest in part."""
     from cfx.audit.results import DEFAULT_CUTOFF
+    from cfx.metrics.edits import defect_mask
     from cfx.metrics.jaccard import optimal_jaccard, pixel_auroc
 
     h = np.asarray(heat, np.float64)
-    m = np.asarray(mask) > 0.5
-    m = m.any(0) if m.ndim == 3 else m
+    m = defect_mask(mask)
+    if m is None:
+        return f"Its strongest evidence for an anomaly is in {_where(np.clip(h, 0, None))} of the image."
     j = float(optimal_jaccard(h, m).jaccard)
     auc = pixel_auroc([h], [m])
     a = f"pixel AUROC {auc:.3f}" if auc is not None else "no pixel AUROC"
