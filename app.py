@@ -14,6 +14,11 @@ import streamlit as st
 
 
 st.set_page_config(page_title="cfx: why is it anomalous?", page_icon=":material/troubleshoot:", layout="wide")
+# Less empty space above each page's title (Streamlit's default is 6rem): at 1280x720 the first
+# images of Compare then show without scrolling. Pills wrap onto more lines instead of scrolling
+# sideways (a method's pill would be cut off). A style block alone takes no room on the page.
+st.html("<style>[data-testid='stMainBlockContainer']{padding-top:2.2rem;padding-bottom:3rem}"
+        "[data-testid='stButtonGroup'] div:has(> button){flex-wrap:wrap;overflow-x:visible}</style>")
 
 #: (file, title, icon), in the navigation's order.
 PAGES = [

@@ -41,6 +41,7 @@ from cfx.data.imageio import image_to_array, open_image
 from cfx.data.mvtec import GOOD, Arrays, list_categories, validate_root
 from cfx.errors import CfxError, DataError, ModelMissingError
 from cfx.models.bundle import ModelBundle, available_models, dataset_name
+from pages._url import read_url, write_url
 from pages._figures import (DISPLAY_MAX, DISPLAY_MIN, add_contour, display_size,  # noqa: F401
                             heat_figure, image_figure, map_opacity, outline_shown, plot, report_downloads, rgb_uint8, wipe_image)
 from pages._results import (_arrays, _channels, _display_image, _root, analyse_one, analyse_split,  # noqa: F401
@@ -56,7 +57,9 @@ DEFAULTS: dict[str, Any] = {"data_root": None, "category": None, "split": "test"
 
 # ====================================================================== state
 def init_state() -> None:
-    """Fill the session's plain selection keys with their defaults (once)."""
+    """Fill the session's plain selection keys with their defaults, after those the URL names
+    (once per session, :func:`pages._url.read_url`)."""
+    read_url(_set_root)
     for k, v in DEFAULTS.items():
         st.session_state.setdefault(k, v)
 
@@ -124,12 +127,21 @@ class Selection:
         return image_hash(self.image) if self.image is not None else ""
 
 
-def show_model_missing(message: str) -> None:
-    """A missing model: the message and the command that trains it, no traceback."""
-    st.error(message)
-    m = re.search(r"run (python -m cfx train .+)$", message)
-    if m:
-        st.code(m.group(1), language="bash")
+#: a command-line hint at the end of a core message (the CLI shows it; the app offers its fit panel)
+_CLI_HINT = re.compile(r"\s*[:;,]?\s*(?:run|refit them with|retrain it with|try)\s+`?(?:python -m )?cfx train\b[^`]*`?"
+                       r"(?:\s*\([^)]*\))?\s*$")
+
+
+def for_app(message: str, where: str = "with the panel below") -> str:
+    """A core message in the app's words: a trailing ``cfx train`` command becomes a pointer to
+    the fit panel (no command-line text in the app), as inert Markdown."""
+    text, n = _CLI_HINT.subn("", message)
+    return markdown_text(text + (f"; fit them here {where}" if n else ""))
+
+
+def show_model_missing(message: str, where: str = "with the panel below") -> None:
+    """A missing model: the message and where to fit it in the app, no traceback and no command."""
+    st.warning(for_app(message, where))
 
 
 def _draw_sidebar() -> Selection | None:
@@ -178,7 +190,7 @@ def _draw_sidebar() -> Selection | None:
                          help="the anomaly detector whose decisions are explained (PatchCore by default where fitted)")
             bundle = bundle.using(name)
             for note in bundle.notes:
-                st.warning(note)
+                st.warning(for_app(note))
         size = bundle.image_size if bundle else config.IMAGE_SIZE
         try:
             channels = bundle.channels if bundle else _channels(str(root), category)
@@ -209,6 +221,7 @@ def _draw_sidebar() -> Selection | None:
             sel.display = _display_image(str(arr.samples[i].path), channels)
             sel.mask = arr.masks[i] if arr.has_mask[i] and sel.defect != GOOD else None
         st.caption(markdown_text(f"{dataset}/{category} · {sel.name}"))
+        write_url(sel)
         with st.expander("Display"):
             st.session_state.setdefault("show_outline", True)
             st.session_state.setdefault("map_opacity", 1.0)

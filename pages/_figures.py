@@ -174,7 +174,7 @@ def heat_figure(image: np.ndarray | None, heat: np.ndarray, scale: float | None,
 
 
 def plot(fig: go.Figure, key: str) -> None:
-    st.plotly_chart(fig, key=key, config={"displayModeBar": "hover", "scrollZoom": True, "displaylogo": False})
+    st.plotly_chart(fig, key=key, config={"displayModeBar": "hover", "scrollZoom": False, "displaylogo": False})
 
 
 def wipe_image(before: np.ndarray, after: np.ndarray, position: int, mode: str = "wipe") -> np.ndarray:

@@ -20,22 +20,65 @@ def _jobs() -> dict[tuple[str, str], TrainJob]:
     return {}
 
 
-def _n_train(sel) -> int:
+def n_train(sel) -> int:
     try:
         return len(MVTecDataset(sel.root, sel.category, "train").samples)
     except CfxError:
         return 0
 
 
+def method_labels(names) -> str:
+    from cfx.explainers import methods
+
+    reg = methods()
+    return ", ".join(reg[m].label or m for m in names)
+
+
+def detector_fit_enables() -> list[str]:
+    """The methods a fitted PatchCore alone makes usable (none of their :attr:`needs` under it)."""
+    from cfx.explainers import methods
+
+    return [m for m, c in methods().items() if not (c.needs.get("*") or c.needs.get("patchcore"))]
+
+
+def models_fit_enables(bundle) -> list[str]:
+    """The methods the background fit of the VAE detector, classifier and explainers' models
+    makes usable on ``bundle`` (those that lack one of its parts now)."""
+    from cfx.explainers import ready
+
+    return [m for m, lacking in ready(bundle).items() if lacking]
+
+
+def models_fit_minutes(sel) -> float:
+    """About how long the background fit of the explainers' models takes on this category."""
+    return max(1.0, estimate_seconds(n_train(sel)) / 60)
+
+
+def needs_fit(sel, method: str) -> str | None:
+    """None when ``method`` can run on the selection's models; otherwise what it needs, in words
+    (shown in its place instead of running it into an error)."""
+    from cfx.explainers import methods
+    from cfx.explainers.base import PART_NAMES
+
+    lacking = methods()[method].missing(sel.bundle)
+    if not lacking:
+        return None
+    parts = " and ".join(PART_NAMES.get(p, p) for p in lacking)
+    return (f"Needs the explainers' models ({parts}; about {models_fit_minutes(sel):.0f} min to fit on this "
+            "computer): fit them with the button below.")
+
+
 def fit_panel(sel) -> None:
     """What can be fitted for the selected category, with buttons (call where models are missing)."""
-    n = _n_train(sel)
+    n = n_train(sel)
     st.markdown(f"**Fit {sel.dataset}/{sel.category} here** ({n} train/good images)")
     if n < MIN_TRAIN_IMAGES:
         st.warning(f"Only {n} train/good images (fewer than {MIN_TRAIN_IMAGES}): a detector fitted on so few normal "
                    "parts has a noisy threshold and may call good parts defective. Add good images if you can.")
     has_detector = sel.bundle is not None
-    if not has_detector and _detector_job(sel, n):
+    if not has_detector:
+        st.caption(f"The detector alone makes these usable: {method_labels(detector_fit_enables())}.")
+    if not has_detector and hires_fit(sel, n):
         return
     if not has_detector and st.button("Fit the detector (PatchCore) now", key="fit_patchcore", type="primary",
                                       help="no training: a memory bank of patch features of the good parts and a "
@@ -60,7 +103,7 @@ def fit_panel(sel) -> None:
         _vae_job(sel, n)
 
 
-def _detector_job(sel, n: int) -> bool:
+def hires_fit(sel, n: int) -> bool:
     """PatchCore at :data:`~cfx.config.LARGE_IMAGE_SIZE` px as a background job (minutes on a
     CPU): its button, or its progress while it runs and once it is done (True: the progress is
     shown)."""
@@ -92,10 +135,12 @@ def _vae_job(sel, n: int) -> None:
         if job is not None:
             st.error(f"The last training run {state}: {job.last_line()}")
         eta = estimate_seconds(n)
-        if st.button(f"Train the VAE detector, classifier and explainers' models in the background "
-                     f"(about {eta / 60:.0f} min)", key="fit_vae",
-                     help="CLEAR, the gradient method and Grad-CAM need them; DiCE, concepts and the other "
-                          "PatchCore explanations work without"):
+        enables = models_fit_enables(sel.bundle)
+        st.caption(f"This fit adds the VAE detector and makes these usable: {method_labels(enables) or 'nothing new'}.")
+        if st.button(f"Fit the explainers' models in the background (about {max(1.0, eta / 60):.0f} min)",
+                     key="fit_vae",
+                     help="the autoencoder, the VAE detector, its classifier and the latent ensemble; the other "
+                          "methods work without them"):
             _jobs()[key] = TrainJob.start(sel.root, sel.category, sel.dataset, detector="vae", expected_seconds=eta)
             st.rerun()
         return
@@ -116,8 +161,10 @@ def _progress(key: tuple[str, str]) -> None:
             job.cancel()
             st.rerun()
     elif s["state"] == "done":
-        st.success(f"{key[0]}/{key[1]}: trained in {s['elapsed'] / 60:.1f} min.")
-        if st.button("Use the new models", key="fit_use", type="primary"):
+        seen = f"fit_done_{key[0]}/{key[1]}@{job.started}"
+        if not st.session_state.get(seen):  # once: the whole app reruns, so every label and page uses the new models
+            st.session_state[seen] = True
             st.rerun(scope="app")
+        st.success(f"{key[0]}/{key[1]}: trained in {s['elapsed'] / 60:.1f} min; the new models are in use.")
     else:
         st.error(f"Training {s['state']}: {s['last_line'][:200]}")

@@ -8,11 +8,13 @@ import pandas as pd
 import streamlit as st
 
 from cfx.explainers.base import CANCELLED
+from cfx.inert import markdown_text
 from cfx.metrics.edits import coinciding
 
 from cfx import reports as X
 from cfx.reports.words import numbers, sentence, value
-from pages._common import (show, target_labels, _bind, _sync, bound, current, explain_one, file_stem, heat_figure,
+from pages._fit import fit_panel, needs_fit
+from pages._common import (for_app, show, target_labels, _bind, _sync, bound, current, explain_one, file_stem, heat_figure,
                            image_figure, is_cached, is_heavy, param_inputs, plot, registry, report_downloads, require_models,
                            start_stream, stream_for)
 
@@ -29,18 +31,28 @@ if not reg:
     st.stop()
 
 # ------------------------------------------------------------------ controls
+def _choose_methods() -> None:
+    _sync("compare_methods", "w_compare_methods")
+    st.session_state["compare_methods_chosen"] = True
+
+
 c1, c2, c3 = st.columns([1.4, 3.6, 1.0])
 with c1:
     labels = target_labels(b)
     target = bound(st.radio, "Explain", "target", list(labels), format_func=labels.get)
 with c2:
-    st.session_state.setdefault("compare_methods", list(reg))
+    # a method whose models are missing is offered with what it needs, never run into an error; until
+    # the user picks the methods, the choice is every method these models can run (so after a fit too)
+    needs = {m: needs_fit(sel, m) for m in reg}
+    if not st.session_state.get("compare_methods_chosen"):
+        st.session_state["compare_methods"] = [m for m in reg if needs[m] is None]
     st.session_state["compare_methods"] = [m for m in st.session_state["compare_methods"] if m in reg]
     _bind("compare_methods", "w_compare_methods")
-    st.multiselect("Methods", list(reg), key="w_compare_methods", on_change=_sync,
-                   args=("compare_methods", "w_compare_methods"),
-                   format_func=lambda m: f"{reg[m].label} ({m})" if reg[m].label else m)
-    methods = list(st.session_state["compare_methods"])
+    # pills, not a multiselect: every method stays readable at 1280 px (a multiselect's chips are cut off)
+    st.pills("Methods", list(reg), selection_mode="multi", key="w_compare_methods", on_change=_choose_methods,
+             format_func=lambda m: (reg[m].label or m) + (" (needs a fit)" if needs[m] else ""))
+    chosen = list(st.session_state["compare_methods"])
+    methods = [m for m in chosen if needs[m] is None]
     auto = st.toggle("Run heavy methods automatically", key="cmp_auto",
                      help="heavy methods (counterfactuals, sampling methods) otherwise run when you press Run")
 with c3:
@@ -75,12 +87,12 @@ waiting = [m for m in methods if m not in results and m not in finished and m no
 # in automatic mode a method the user cancelled waits for Run
 auto_run = [m for m in waiting if not (stream is not None and stream.cancelled(m))] if auto else []
 todo: list[str] = []
-if waiting and (auto_run or st.button(f"▶ Run {len(waiting)} heavy method(s): {', '.join(waiting)}",
+if waiting and (auto_run or st.button(f"▶ Run {len(waiting)} heavy method(s): {', '.join(reg[m].label or m for m in waiting)}",
                                       type="primary", key="cmp_run")):
     todo = auto_run or waiting  # started at the end of this run, after the first answer is drawn
 
 # ------------------------------------------------------------------ grid
-labels_line = f"**{sel.name}** · target: {labels[target]}"
+labels_line = f"**{markdown_text(sel.name)}** · target: {labels[target]}"
 
 
 def _metrics_line(exp) -> str:
@@ -124,17 +136,19 @@ def _placeholder(m: str) -> None:
 
 def _cell(m: str, exp, first_scale: bool) -> bool:
     """One finished method's cell; returns whether the colour scale still has to be shown."""
+    if not exp.ok and "ModelMissingError" in (exp.error or ""):  # e.g. models refitted meanwhile
+        st.info(for_app(exp.error.split(": ", 1)[-1]))
+        return first_scale
     if not exp.ok:
         st.error(sentence(exp))
         if exp.info.get("traceback"):
             with st.expander("details"):
                 st.code(exp.info["traceback"])
         return first_scale
-    st.markdown(sentence(exp, sel.mask))  # the plain-words lead; the numbers are below
-    if exp.heatmap is not None:
+    if exp.heatmap is not None:  # the map first (in view at 1280x720), its plain-words reading below
         plot(heat_figure(image, exp.heatmap, None if X.calibrated(exp) else X.heat_scale(exp), sel.mask, height=280,
                          display=sel.display,
-                         showscale=first_scale, label=m), f"cmp_{m}_heat")
+                         showscale=first_scale, label=reg[m].label or m), f"cmp_{m}_heat")
         first_scale = False
     if exp.counterfactuals:
         cf = exp.counterfactuals[0]
@@ -145,9 +159,10 @@ def _cell(m: str, exp, first_scale: bool) -> bool:
         with sc[1]:
             plot(heat_figure(None, d, X.max_abs(d), sel.mask, "difference", height=200, showscale=False,
                              label="change"), f"cmp_{m}_diff")
+    st.markdown(sentence(exp, sel.mask))
     with st.expander("numbers"):
         st.caption(_metrics_line(exp))
-    st.caption(f"✔ {m} done")
+    st.caption(f"✔ {reg[m].label or m} done")
     return first_scale
 
 
@@ -168,22 +183,28 @@ show("compare", results=results, pending=[m for m in methods if m not in results
 before = next((e.score_before for e in results.values() if e.ok), None)
 thr = b.threshold_for(target)
 verdict = "" if before is None else (" — **anomalous**" if before > thr else " — **normal**")
-st.caption(labels_line + (f" = {before:.3f}" if before is not None else "") + f" (threshold {thr:.3f})"
-           + verdict + ". One colour scale for every map (red: pushes the target up, blue: down; each map "
-           "divided by its largest value; the detector's own map: pale within a good part's range, red above it "
-           "up to the image's peak, yellow line where it leaves the normal range); green outline: the defect mask.")
+st.markdown(labels_line + (f" = {before:.3f}" if before is not None else "") + f" (threshold {thr:.3f})" + verdict + ".",
+            help="One colour scale for every map (red: pushes the target up, blue: down; each map divided by its "
+                 "largest value; the detector's own map: pale within a good part's range, red above it up to the "
+                 "image's peak, yellow line where it leaves the normal range); green outline: the defect mask.")
 first_scale = True
-for r in range(0, len(methods), NCOLS):
+for r in range(0, len(chosen), NCOLS):
     cols = st.columns(NCOLS)
-    for col, m in zip(cols, methods[r:r + NCOLS]):
+    for col, m in zip(cols, chosen[r:r + NCOLS]):
         with col.container(border=True):
-            st.markdown(f"**{reg[m].label or m}** · `{m}`")
-            if m in results:
+            st.markdown(f"**{reg[m].label or m}**")
+            if needs[m]:
+                st.info(needs[m])
+            elif m in results:
                 first_scale = _cell(m, results[m], first_scale)
             elif m == head:
                 _live(m, stream.cost is not None)  # only this cell polls; the queued ones are redrawn when it ends
             else:
                 _placeholder(m)
+
+if any(needs[m] for m in chosen):
+    with st.expander("Fit the missing models", expanded=True):
+        fit_panel(sel)
 
 same = coinciding(image, {m: e.best.image for m, e in results.items() if e.ok and e.best is not None and e.best.valid})
 for a, c in same:
@@ -195,7 +216,7 @@ if results:
     for m, exp in results.items():
         best = exp.best
         rows.append({k: value(v) for k, v in {
-            "method": m, "seconds": round(exp.seconds, 3), "target": exp.target,
+            "method": reg[m].label or m, "seconds": round(exp.seconds, 3), "target": exp.target,
             "before": exp.score_before, "after": best.score_after if best else None, "threshold": exp.threshold,
             "valid": f"{sum(c.valid for c in exp.counterfactuals)}/{len(exp.counterfactuals)}"
             if exp.counterfactuals else None,
@@ -208,7 +229,10 @@ if results:
             "map on its hot region": best.repair_properties.get("localized") if best else None,
             "map elsewhere": best.repair_properties.get("non_degradation") if best else None,
             "error": exp.error}.items()})
-    st.dataframe(pd.DataFrame(rows), hide_index=True)
+    table = pd.DataFrame(rows)
+    if not any(e.error for e in results.values()):
+        table = table.drop(columns="error")
+    st.dataframe(table, hide_index=True)
 
     def _report() -> X.Report:
         return X.Report.from_bundle(b, image, sel.name, results, mask=sel.mask, target=target,

@@ -8,6 +8,8 @@ import streamlit as st
 from cfx import reports as X
 from cfx.metrics.edits import REPAIR_KEYS
 from cfx.reports.words import label, value
+from cfx.inert import markdown_text
+from pages._fit import fit_panel, needs_fit
 from pages._common import (outline_shown, show, shown, wipe_image, target_labels, bound, current, explain_one, file_stem, heat_figure, image_figure,
                            is_cached, plot, registry, report_downloads, require_models)
 
@@ -24,33 +26,39 @@ if not cf_methods:
 
 c1, c2, c3 = st.columns([2, 2, 1])
 with c1:
+    needs = {m: needs_fit(sel, m) for m in cf_methods}
     method = bound(st.selectbox, "Method", "cf_method", list(cf_methods),
-                   format_func=lambda m: f"{cf_methods[m].label} ({m})" if cf_methods[m].label else m)
+                   format_func=lambda m: (cf_methods[m].label or m) + (" (needs a fit)" if needs[m] else ""))
 with c2:
     labels = target_labels(b)
     target = bound(st.radio, "Explain", "target", list(labels), format_func=labels.get)
 with c3:
     seed = int(st.number_input("Seed", 0, 2**31 - 1, 0, key="cf_seed"))
 
+name = cf_methods[method].label or method
+if needs[method]:
+    st.info(needs[method])
+    fit_panel(sel)
+    st.stop()
 if not is_cached(b, image, method, target, None, seed, sel.mask):
-    if not st.button(f"▶ Find counterfactuals with {method}", type="primary", key="cf_run"):
-        st.info(f"{method} runs on demand (a few seconds). The detector's score of this image: "
+    if not st.button(f"▶ Find counterfactuals with {name}", type="primary", key="cf_run"):
+        st.info(f"{name} runs on demand (a few seconds). The detector's score of this image: "
                 f"{float(b.score_numpy(image[None], target)[0]):.3f} (threshold {b.threshold_for(target):.3f}).")
         st.stop()
-with st.spinner(f"Running {method}..."):
+with st.spinner(f"Running {name}..."):
     exp = explain_one(b, image, method, target, None, seed, sel.mask)
 show("counterfactuals", result=exp)
 if not exp.ok:
-    st.error(f"{method} failed: {exp.error}")
+    st.error(markdown_text(f"{name} failed: {exp.error}"))
     st.stop()
 if not exp.counterfactuals:
-    st.warning(f"{method} found no counterfactual for this image "
+    st.warning(f"{name} found no counterfactual for this image "
                f"({exp.info.get('message', 'none crossed the threshold within the search budget')}).")
     st.stop()
 
 K = len(exp.counterfactuals)
 nvalid = sum(c.valid for c in exp.counterfactuals)
-st.caption(f"{method}: {K} counterfactual(s), {nvalid} valid, {exp.seconds:.2f} s; target {labels[target]} "
+st.caption(f"{name}: {K} counterfactual(s), {nvalid} valid, {exp.seconds:.2f} s; target {labels[target]} "
            f"{exp.score_before:.3f} → threshold {exp.threshold:.3f}."
            + (f" Relative diversity {exp.info['relative_diversity']:.2f} (mean pairwise L1 "
               f"{exp.info['diversity']:.4f} over the edits' mean L1 to the original {exp.info['mean_l1']:.4f}; "

@@ -40,7 +40,7 @@ def _side_by_side(keys: tuple[str, ...], root: str, category: str) -> list[dict]
     for name in b.detectors:
         v = b.using(name)
         arr_v, sc = analyse_split(v, sel.root, category, "test")
-        e = detector_evaluation(v, arr_v.labels, sc)["scores"]["combined"]
+        e = detector_evaluation(v, arr_v.labels, sc)["scores"]["detector score"]
         rule = v.card.get("detectors", {}).get(name, {}).get("threshold_rule") or v.card.get("threshold_rule", "")
         rows.append({"detector": name, "label": v.detector.label, "auroc": e["auroc"], "fpr": e["fpr"], "tpr": e["tpr"],
                      "threshold": e["threshold"], "fpr_good": e["fpr_good"], "tpr_defect": e["tpr_defect"],
@@ -51,27 +51,31 @@ def _side_by_side(keys: tuple[str, ...], root: str, category: str) -> list[dict]
 ev = _evaluate(b.key(), str(sel.root), sel.category, arr.labels, scores, [s.defect for s in arr.samples])
 show("detector", evaluation=ev)
 st.caption(f"{sel.dataset}/{sel.category}: {ev['n']} test images, {ev['n_defective']} defective · model `{b.key()}`")
-hint = resolution_hint(ev["scores"]["combined"]["auroc"], b.image_size, arr.samples)
+hint = resolution_hint(ev["scores"]["detector score"]["auroc"], b.image_size, arr.samples)
 if hint:
+    from pages._fit import hires_fit, n_train
+
     st.info(f"Hint: {hint}.")
+    hires_fit(sel, n_train(sel))
 
 if len(b.detectors) > 1:
     st.subheader("Detectors side by side")
     side = _side_by_side(tuple(b.using(n).key() for n in b.detectors), str(sel.root), sel.category)
-    s1, s2 = st.columns([1.7, 1])
+    st.dataframe(pd.DataFrame([{
+        "detector": r["label"], "AUROC": "n/a" if r["auroc"] is None else round(r["auroc"], 3),
+        "good called defective": "n/a" if r["fpr_good"] is None else f"{r['fpr_good']:.0%}",
+        "defects found": "n/a" if r["tpr_defect"] is None else f"{r['tpr_defect']:.0%}",
+        "threshold": round(r["threshold"], 3), "threshold rule": r["rule"]} for r in side]), hide_index=True,
+        width="stretch")  # the whole width: no column is cut off at 1280 px
+    s1, s2 = st.columns([1.2, 1])
     with s1:
-        st.dataframe(pd.DataFrame([{
-            "detector": r["label"], "AUROC": "n/a" if r["auroc"] is None else round(r["auroc"], 3),
-            "good called defective": "n/a" if r["fpr_good"] is None else f"{r['fpr_good']:.0%}",
-            "defects found": "n/a" if r["tpr_defect"] is None else f"{r['tpr_defect']:.0%}",
-            "threshold": round(r["threshold"], 3), "threshold rule": r["rule"]} for r in side]), hide_index=True)
         st.caption("Test split, at each detector's stored threshold (its rule is in the model card below). "
                    "Pick the explained detector in the sidebar.")
     with s2:
         rf = go.Figure()
         for r in side:
             if r["fpr"]:
-                rf.add_trace(go.Scatter(x=r["fpr"], y=r["tpr"], mode="lines", name=f"{r['detector']} ({r['auroc']:.3f})"))
+                rf.add_trace(go.Scatter(x=r["fpr"], y=r["tpr"], mode="lines", name=f"{r['label']} ({r['auroc']:.3f})"))
         rf.update_layout(title="ROC: every detector", height=300, xaxis_title="false positive rate",
                          yaxis_title="true positive rate", margin={"l": 10, "r": 10, "t": 40, "b": 10})
         st.plotly_chart(rf, key="det_roc_all")
@@ -79,7 +83,7 @@ if len(b.detectors) > 1:
 
 cols = st.columns(4)
 for c, (name, e) in zip(cols, ev["scores"].items()):
-    c.metric(f"AUROC · {name}", "n/a" if e["auroc"] is None else f"{e['auroc']:.3f}")
+    c.metric(f"AUROC: {name}", "n/a" if e["auroc"] is None else f"{e['auroc']:.3f}")
 
 c1, c2 = st.columns(2)
 with c1:
@@ -118,7 +122,7 @@ with c3:
     st.caption(f"accuracy {(tn + tp) / max(1, cm.sum()):.3f} · recall {tp / max(1, tp + fn):.3f} · "
                f"precision {tp / max(1, tp + fp):.3f}")
     if ev["per_defect_auroc"]:
-        st.dataframe(pd.DataFrame([{"defect": k, "AUROC (combined)": round(v, 3)}
+        st.dataframe(pd.DataFrame([{"defect": k, "AUROC (detector score)": round(v, 3)}
                                    for k, v in ev["per_defect_auroc"].items()]), hide_index=True)
 with c4:
     st.markdown("**Model card**")

@@ -6,9 +6,10 @@ import streamlit as st
 # the text first: it shows while torch and the models load (below)
 st.title("cfx: why is this image anomalous?")
 st.markdown(
-    "A visual anomaly detector (a VAE's reconstruction error plus the Mahalanobis distance of its "
-    "latent code, with a CNN classifier beside it) scores each image. This dashboard shows **why** "
-    "it called an image defective and **what would make it look normal**.")
+    "A visual anomaly detector scores each image: **PatchCore** by default (how far each patch of the "
+    "part is from the nearest patch of good parts, on ImageNet features of EfficientNet-Lite0), or a "
+    "**VAE** (its reconstruction error plus the Mahalanobis distance of its latent code). This "
+    "dashboard shows **why** it called an image defective and **what would make it look normal**.")
 
 st.markdown("""
 | Page | Answers |
@@ -36,7 +37,7 @@ with c1:
         have = available_models(sel.dataset)
         st.markdown(f"Trained categories of **{sel.dataset}**: {', '.join(have) or 'none'}")
         if sel.bundle is None and sel.model_error:
-            show_model_missing(sel.model_error)
+            show_model_missing(sel.model_error, "on any page (the Fit button)")
 with c2:
     st.subheader("Data")
     if sel is None:
@@ -49,8 +50,8 @@ with c2:
             "page catches it.")
         st.markdown(
             "**Use real MVTec AD:** type the folder that holds `bottle/`, `screw/`, ... into "
-            "*MVTec AD root* in the sidebar (or start the app with `CFX_DATA_ROOT=/path/to/mvtec`), "
-            "then train its models once per category:")
-        st.code("python -m cfx train --data-root /path/to/mvtec --category bottle", language="bash")
+            "*MVTec AD root* in the sidebar, pick a category and press **Fit the detector** on any page "
+            "(PatchCore needs no training: about 2 minutes for 200 good images on a CPU). Its models are "
+            f"kept in `{config.models_dir('real')}`, outside this folder.")
     else:
         st.success(f"Data root `{sel.root}` (dataset **{sel.dataset}**).")

@@ -30,15 +30,16 @@ def verdict(sel: Selection) -> None:
     else:
         truth = "unknown (uploaded image)"
     st.subheader(sel.name)
-    m = st.columns([1, 1.15, 1.1, 1, 1])
-    m[0].metric("Anomaly score", f"{score:.3f}", f"{score - thr:+.3f} vs threshold {thr:.3f}", delta_color="inverse",
-                help=f"{b.detector.label}; z-score on held-out good parts")
-    m[1].metric("Decision", "anomalous" if a["anomalous"] else "normal")
+    # the verdict as wrapping text, never a metric that cuts "anomalous" or the threshold short
+    word, colour = ("Anomalous", "red") if a["anomalous"] else ("Normal", "green")
+    st.markdown(f"#### :{colour}[{word}] · anomaly score {score:.3f} against the threshold {thr:.3f} "
+                f"({score - thr:+.3f})", help=f"{b.detector.label}; z-score on held-out good parts")
+    parts = []
     if "classifier" in a:
         p, pthr = float(a["classifier"]), b.classifier_threshold
-        m[2].metric("Classifier P(anomalous)", f"{p:.3f}", f"{p - pthr:+.3f} vs {pthr:.3f}", delta_color="inverse")
-    for col, (key, (_, label)) in zip(m[3:], b.detector.parts.items()):
-        col.metric(label.capitalize(), f"{float(a[key]):.2f}")
+        parts.append(f"classifier P(anomalous) {p:.3f} (threshold {pthr:.3f})")
+    parts += [f"{label} {float(a[key]):.2f}" for key, (_, label) in b.detector.parts.items()]
+    st.caption(f"Detector: {b.detector.label}" + (" · " + " · ".join(parts) if parts else "") + ".")
     st.markdown(f"Ground truth: {truth}." + (" Green outline: the defect mask." if sel.mask is not None else ""))
     c = st.columns(3 if "recon" in a else 2)
     with c[0]:
@@ -47,7 +48,7 @@ def verdict(sel: Selection) -> None:
         with c[1]:
             plot(image_figure(a["recon"], sel.mask, "reconstruction (VAE)"), "insp_recon")
     with c[-1]:
-        what = "reconstruction error" if b.detector_name == "vae" else f"{b.detector_name} anomaly map"
+        what = "the detector's map: reconstruction error" if b.detector_name == "vae" else "the detector's map"
         plot(heat_figure(sel.image, a["heatmap"], None, sel.mask, f"{what} (yellow: beyond a good part)",
                          label="heat", display=sel.display), "insp_heat")
         st.caption(X.calibrated_caption(a["heatmap"]).capitalize() + ".")
@@ -152,7 +153,7 @@ def review_tab(sel: Selection) -> None:
     s = np.asarray(scores["score"], np.float64)
     lo, hi = float(min(s.min(), b.threshold)), float(max(s.max(), b.threshold))
     st.session_state.setdefault(key, float(b.threshold))
-    c1, c2 = st.columns([4, 1])
+    c1, c2 = st.columns([3, 1.3], vertical_alignment="bottom")
     thr = c1.slider("Trial threshold (the stored one decides everywhere else)", lo, hi, key=key,
                     step=(hi - lo) / 200 or 0.01, format="%.3f")
     c2.button("Restore the stored threshold", key="rv_restore", on_click=st.session_state.__setitem__,
@@ -225,10 +226,11 @@ if sel.source == "upload" and sel.notes:
     st.warning(f"{sel.name}: " + "; ".join(sel.notes) + ".")
 if require_models(sel):
     verdict(sel)
-    if "vae" not in sel.bundle.detectors:
-        from pages._fit import fit_panel
+    from pages._fit import method_labels, fit_panel, models_fit_enables
 
-        with st.expander("More models for this category (counterfactuals, Grad-CAM, concepts)"):
+    if "vae" not in sel.bundle.detectors or models_fit_enables(sel.bundle):
+        enables = models_fit_enables(sel.bundle)
+        with st.expander(f"More models for this category ({method_labels(enables) or 'the VAE detector'})"):
             fit_panel(sel)
 st.divider()
 queue, browse, upload = st.tabs(["Review queue", "Browse the dataset", "Upload an image"])

@@ -32,6 +32,8 @@ from cfx.audit import (
 from cfx.data.imageio import array_to_pil
 from cfx.data.mvtec import MVTecDataset
 from cfx.explainers import resolve_methods
+from cfx.inert import markdown_text
+from pages._fit import needs_fit
 from cfx.reports.colours import max_abs
 from cfx.reports.encode import pil_png, png_data_uri
 from cfx.reports.figures import detail_png, overlay
@@ -48,6 +50,14 @@ from pages._common import (
 )
 
 COMPARE_PAGE = "pages/compare.py"
+
+
+def name(method: str) -> str:
+    """A method's name for the inspector (its label, not its id)."""
+    from cfx.explainers import REGISTRY
+
+    cls = REGISTRY.get(method)
+    return (cls.label if cls is not None else "") or method
 OUTCOME_COLOURS = {"detected": "#d62728", "missed": "#1f77b4"}
 
 
@@ -79,12 +89,14 @@ def _select_row(r: AuditResult, row: int | None) -> None:
 def _controls(bundle) -> tuple[list[str], str, float, dict, int | None]:
     from cfx.explainers import REGISTRY
 
-    known = resolve_methods("all")
+    sel = current()
+    known = [m for m in resolve_methods("all") if needs_fit(sel, m) is None]  # the rest needs the explainers' models
     default = [m for m in known if REGISTRY[m].kind == "heatmap"] or known[:1]  # the maps; counterfactuals on demand
-    c1, c2, c3 = st.columns([3, 1.3, 1.7])
-    methods = c1.multiselect("Methods", known, default=default, key="mj_methods",
-                             help="heatmap methods are judged by their map, counterfactual methods by the "
-                                  "absolute difference of their closest counterfactual")
+    methods = st.pills("Methods", known, selection_mode="multi", default=default, key="mj_methods", format_func=name,
+                       help="heatmap methods are judged by their map, counterfactual methods by the "
+                            "absolute difference of their closest counterfactual")
+    methods = list(methods or [])
+    c2, c3 = st.columns([1.3, 1.7])
     with c2:
         labels = target_labels(bundle)
         target = bound(st.selectbox, "Target", "target", list(labels), format_func=labels.get,
@@ -104,14 +116,24 @@ def _run_key(bundle, methods, target, params, limit) -> str:
 
 
 def _job_panel(job: AuditJob) -> None:
-    @st.fragment(run_every=1.0)
+    @st.fragment(run_every=2.0)
     def progress() -> None:
         if job.running:
-            st.progress(job.fraction, text=f"Auditing: {job.done}/{job.total or '?'} · {job.message}")
+            eta = job.eta()
+            left = ("time left after each method's first image" if eta is None
+                    else f"about {_duration(eta)} left (each method's measured cost per image)")
+            st.progress(job.fraction, text=f"Auditing: {job.done}/{job.total or '?'} units · {left} · "
+                                           f"{markdown_text(job.message)}")
             if st.button("Stop", key="mj_stop", type="secondary",
                          help="ends after the current method; what is done stays cached and the next run resumes"):
                 job.stop()
                 st.toast("Stopping after the current method...")
+            part = with_cutoff(job.partial(), st.session_state.get("mj_cutoff", DEFAULT_CUTOFF))
+            if part.images:  # the results so far, filling in per image
+                st.subheader(f"Summary so far ({len(part.images)} of {part.total} anomalies)")
+                _summary(part)
+                st.plotly_chart(_scatter(part), width="stretch", key="mj_scatter_live")
+                _table(part, {}, key="mj_table_live")
         else:
             st.rerun(scope="app")
 
@@ -137,7 +159,7 @@ def _results(root, bundle, category, methods, target, params, limit, key) -> Aud
 def _summary(r: AuditResult) -> None:
     s = r.summary()
     table = pd.DataFrame({
-        "method": r.methods,
+        "method": [name(m) for m in r.methods],
         "flagged (of detected)": [s["flagged_fraction"][m] for m in r.methods],
         "flagged": [f"{s['n_flagged'][m]}/{s['n_evaluated'][m]}" for m in r.methods],
         "explainer at fault": [s["fault"][m]["explainer"] for m in r.methods],
@@ -166,16 +188,20 @@ def _summary(r: AuditResult) -> None:
         st.caption(f"{s['n_detected']} of {len(r.images)} audited anomalies detected.")
 
 
-def _table(r: AuditResult, thumbs: dict[str, str]) -> int | None:
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+def _table(r: AuditResult, thumbs: dict[str, str], key: str = "mj_table") -> int | None:
     """The sortable table; returns the index (into r.images) of the selected row."""
     rows = []
     for x in r.images:
         d = {"thumbnail": thumbs.get(x.image), "image": x.image, "defect": x.defect, "score": x.score,
              "decision": "anomalous" if x.anomalous else "normal"}
         for m in r.methods:
-            d[f"J* {m}"] = x.methods[m].optimal_jaccard
+            d[f"J* {name(m)}"] = x.methods[m].optimal_jaccard
         d["detector J*"] = x.detector_jaccard
-        d["flagged by"] = ", ".join(f"{m} ({x.methods[m].fault} at fault)" if x.methods[m].fault else m
+        d["flagged by"] = ", ".join(f"{name(m)} ({x.methods[m].fault} at fault)" if x.methods[m].fault else name(m)
                                     for m in x.flagged_by)
         d["flags"] = len(x.flagged_by)
         rows.append(d)
@@ -184,10 +210,10 @@ def _table(r: AuditResult, thumbs: dict[str, str]) -> int | None:
            "score": st.column_config.NumberColumn(
                format="%.3f", help=f"{r.target}; threshold {r.images[0].threshold:.3f}" if r.images else r.target)}
     for m in r.methods:
-        cfg[f"J* {m}"] = st.column_config.NumberColumn(format="%.3f")
+        cfg[f"J* {name(m)}"] = st.column_config.NumberColumn(format="%.3f")
     cfg["detector J*"] = st.column_config.NumberColumn(format="%.3f", help="J* of the detector's own map")
     event = st.dataframe(df, hide_index=True, width="stretch", column_config=cfg, on_select="rerun",
-                         selection_mode="single-row", key="mj_table", height=min(420, 38 + 35 * len(df)))
+                         selection_mode="single-row", key=key, height=min(420, 38 + 35 * len(df)))
     sel = list(getattr(getattr(event, "selection", None), "rows", []) or [])
     return int(sel[0]) if sel else None
 
@@ -203,7 +229,7 @@ def _scatter(r: AuditResult) -> go.Figure:
                 continue
             fig.add_trace(go.Scatter(
                 x=[x.score for x in pts], y=[x.methods[m].optimal_jaccard for x in pts], mode="markers",
-                name=f"{m} · {outcome}", legendgroup=m,
+                name=f"{name(m)} · {outcome}", legendgroup=m,
                 marker=dict(color=colour, symbol=shapes[k % len(shapes)], size=8, opacity=0.75,
                             line=dict(width=0.5, color="white")),
                 text=[x.image for x in pts],
@@ -233,7 +259,7 @@ def _curve_figure(detail, method: str) -> go.Figure:
     fig.update_layout(xaxis_type="log", xaxis_title="share of pixels selected (map >= threshold)",
                       yaxis_title="Jaccard with the mask", yaxis_range=[0, 1.02], height=300,
                       margin=dict(l=10, r=10, t=30, b=10), showlegend=False,
-                      title=dict(text=f"{method}: Jaccard along the threshold sweep", font=dict(size=13)))
+                      title=dict(text=f"{name(method)}: Jaccard along the threshold sweep", font=dict(size=13)))
     return fig
 
 
@@ -249,8 +275,8 @@ def _detail(root, bundle, category, r: AuditResult, row_index: int) -> None:
         st.info("Not audited yet: run the audit.")
         return
     method = c1.radio("Method", ok, horizontal=True, key="mj_detail_method",
-                      format_func=lambda m: f"{m} (J* {x.methods[m].optimal_jaccard:.3f})"
-                      if x.methods[m].optimal_jaccard is not None else f"{m} (error)")
+                      format_func=lambda m: f"{name(m)} (J* {x.methods[m].optimal_jaccard:.3f})"
+                      if x.methods[m].optimal_jaccard is not None else f"{name(m)} (error)")
     if c2.button("Open in Compare", key="mj_open", type="primary", help="explain this image with every method"):
         st.session_state["split"] = "test"
         choose_image(x.image, x.index)
@@ -260,14 +286,14 @@ def _detail(root, bundle, category, r: AuditResult, row_index: int) -> None:
         st.info("This method's map is not cached any more: run the audit again.")
         return
     if d.map is None:
-        st.error(f"{method}: {d.error}")
+        st.error(markdown_text(f"{name(method)}: {d.error}"))
         return
     a, b, c = st.columns(3)
     a.image(overlay(d.image, d.best_mask, (1.0, 0.6, 0.0)), width="stretch", clamp=True,
-            caption=f"{method}: best selection ({d.curve.best_selected:.1%} of pixels)")
+            caption=f"{name(method)}: best selection ({d.curve.best_selected:.1%} of pixels)")
     b.image(overlay(d.image, d.mask, (0.1, 0.9, 0.2)), caption="ground truth", width="stretch", clamp=True)
     with c:  # the shared colour scale of every map (cfx.reports.colours)
-        plot(heat_figure(d.image, d.map, max_abs(d.map), mask=d.mask, title=f"{method} map", height=260,
+        plot(heat_figure(d.image, d.map, max_abs(d.map), mask=d.mask, title=f"{name(method)} map", height=260,
                          showscale=False), key="mj_heat")
     st.plotly_chart(_curve_figure(d, method), width="stretch", key="mj_curve")
     st.download_button("Figure (PNG)", detail_png(d, method, f"{r.dataset}/{category} {x.image} · target {r.target} · "
@@ -323,7 +349,8 @@ def main() -> None:
     c1, c2 = st.columns([1, 3])
     if pending:
         c2.caption(f"{n_units - pending} of {n_units} (image, method) results stored; {pending} to compute. "
-                   "Heavy methods take a few seconds per image; you can stop and resume at any time.")
+                   "The results fill in per image as the run goes, with the time left from each method's measured "
+                   "cost; you can stop and resume at any time.")
     else:
         c2.caption(f"All {n_units} results stored (model {bundle.key()}).")
     if c1.button(label, type="primary" if pending else "secondary", key="mj_run", disabled=not pending):

@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -103,7 +103,7 @@ def audit_category(bundle, root: str | Path, category: str, methods: str | Seque
                    images: Sequence[str] | None = None, limit: int | None = None,
                    progress: ProgressFn | None = None, stop: threading.Event | None = None,
                    cache: str | Path | bool | ResultDB = True, compute: bool = True,
-                   record: bool = True) -> AuditResult:
+                   record: bool = True, on_image: Callable[[ImageAudit], None] | None = None) -> AuditResult:
     """Audit every test anomaly of a category that has a ground-truth mask.
 
     Args:
@@ -125,6 +125,8 @@ def audit_category(bundle, root: str | Path, category: str, methods: str | Seque
             one, a :class:`~cfx.resultdb.ResultDB`, or False (nothing stored).
         compute: False to assemble only what is stored (the rest stays ``pending``).
         record: write the run and its flags into the database (when it computes).
+        on_image: called with each image's :class:`ImageAudit` once its methods are done (the
+            app's table fills in as the run goes).
 
     Returns:
         An :class:`AuditResult`.
@@ -173,6 +175,8 @@ def audit_category(bundle, root: str | Path, category: str, methods: str | Seque
                 progress(done, total, f"{name} · {m}" + (" (cached)" if cached else ""))
         if stopped:
             break
+        if on_image is not None:
+            on_image(row)
     if stopped:
         rows = [r for r in rows if r.complete] + [r for r in rows if not r.complete and any(
             x.status != "pending" for x in r.methods.values())]
@@ -282,6 +286,11 @@ class AuditJob:
         self.engine, self.workers = engine, workers
         self._args = (bundle, root, category)
         self._kwargs = kwargs
+        #: the images audited so far, in order (the local engine; :meth:`partial`)
+        self.rows: list[ImageAudit] = []
+        #: seconds of each computed (not cached) unit, by method (:meth:`eta`)
+        self.costs: dict[str, list[float]] = {}
+        self._last = time.perf_counter()
         self._thread = threading.Thread(target=self._run, name=f"cfx-audit-{category}", daemon=True)
 
     def start(self) -> "AuditJob":
@@ -289,7 +298,41 @@ class AuditJob:
         return self
 
     def _progress(self, done: int, total: int, message: str) -> None:
+        now = time.perf_counter()
+        method = message.rsplit(" · ", 1)[-1]
+        if not method.endswith(" (cached)") and done > self.done:
+            self.costs.setdefault(method, []).append((now - self._last) / (done - self.done))
+        self._last = now
         self.done, self.total, self.message = done, total, message
+
+    @property
+    def methods(self) -> list[str]:
+        from cfx.explainers.base import resolve_methods
+
+        return resolve_methods(self._kwargs.get("methods", "all"))
+
+    def eta(self) -> float | None:
+        """Seconds left, from the measured cost of each method (the median of its computed units
+        so far) times its units still to do; None until every method has one measured unit. An
+        upper bound when some of the rest is stored already (those cost nothing)."""
+        ms = self.methods
+        if not self.total or any(m not in self.costs for m in ms):
+            return None
+        per_image = sum(float(np.median(self.costs[m])) for m in ms)
+        return max(0.0, (self.total - self.done) / len(ms) * per_image)
+
+    def partial(self) -> AuditResult:
+        """What the run has audited so far (whole images), as a result to show while it runs; no
+        pixel AUROC (it needs every map)."""
+        bundle, _, category = self._args
+        rows = list(self.rows)
+        ms = self.methods
+        target = self._kwargs.get("target", "score")
+        return AuditResult(category=category, dataset=bundle.dataset, model=bundle.key(), target=target,
+                           cutoff=float(self._kwargs.get("cutoff", DEFAULT_CUTOFF)), methods=ms,
+                           params=dict(self._kwargs.get("params") or {}), seed=int(self._kwargs.get("seed", 0)),
+                           images=rows, pixel_auroc={m: None for m in ms}, total=self.total // max(1, len(ms)),
+                           seconds=time.time() - self.started)
 
     def _run(self) -> None:
         try:
@@ -302,7 +345,7 @@ class AuditJob:
             else:
                 _nice_this_thread()
                 self.result = audit_category(*self._args, progress=self._progress, stop=self.stop_event,
-                                             **self._kwargs)
+                                             on_image=self.rows.append, **self._kwargs)
         except Exception as exc:  # noqa: BLE001 - shown by the caller
             log.exception("audit failed")
             self.error = f"{type(exc).__name__}: {exc}".splitlines()[0]

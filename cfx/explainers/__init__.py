@@ -5,11 +5,11 @@ detector's map), ``gradcam``, ``lime``, ``shap`` (heatmaps) and ``clear``, ``dic
 ``gradient``, ``concepts`` (counterfactuals: local edits of the image,
 :mod:`cfx.explainers.counterfactual`).
 """
-from cfx.explainers.base import (REGISTRY, Counterfactual, Explainer, Explanation, explain, methods,
-                                 register, resolve_methods)
+from cfx.explainers.base import (PART_NAMES, REGISTRY, Counterfactual, Explainer, Explanation, explain, methods,
+                                 ready, register, resolve_methods)
 from cfx.explainers.counterfactual import CounterfactualExplainer, Proposal, counterfactual_metrics
 from cfx.explainers import recon, gradcam, lime, shap, clear, dice, gradient, concepts  # noqa: E402,F401  (registration)
 from cfx.explainers._util import set_data_root  # noqa: E402
 
 __all__ = ["REGISTRY", "Counterfactual", "CounterfactualExplainer", "Proposal", "Explainer", "Explanation", "counterfactual_metrics",
-           "explain", "methods", "register", "resolve_methods", "set_data_root"]
+           "explain", "methods", "PART_NAMES", "ready", "register", "resolve_methods", "set_data_root"]

@@ -176,6 +176,18 @@ class Explainer(ABC):
     #: search methods; measured with the shipped demo models), for time estimates only
     typical_evaluations: ClassVar[int | None] = None
 
+    #: the trained parts a method needs beyond the detector, by detector (``"*"``: under every
+    #: detector): ``ae``, ``classifier``, ``vae`` (see :meth:`missing`)
+    needs: ClassVar[dict[str, tuple[str, ...]]] = {}
+
+    @classmethod
+    def missing(cls, bundle) -> tuple[str, ...]:
+        """The parts of :attr:`needs` that ``bundle`` lacks under its selected detector (() when
+        the method can run). The app shows a method with missing parts as needing a fit instead
+        of running it into :class:`~cfx.errors.ModelMissingError`."""
+        want = (*cls.needs.get("*", ()), *cls.needs.get(bundle.detector_name, ()))
+        return tuple(p for p in dict.fromkeys(want) if not bundle.has(p))
+
     @classmethod
     def planned_evaluations(cls, params: dict[str, Any]) -> int | None:
         """The images a run with ``params`` (defaults filled in) will score through the target,
@@ -246,6 +258,16 @@ def methods() -> dict[str, type[Explainer]]:
     """The registered methods in display order (``order``, then name): the one list the CLI, the
     audit and the pages show."""
     return {m: REGISTRY[m] for m in sorted(REGISTRY, key=lambda m: (REGISTRY[m].order, m))}
+
+
+#: what the parts of :attr:`Explainer.needs` are called for a user
+PART_NAMES = {"ae": "the autoencoder", "classifier": "the classifier", "vae": "the VAE detector",
+              "ensemble": "the latent ensemble"}
+
+
+def ready(bundle) -> dict[str, tuple[str, ...]]:
+    """Every registered method (display order) -> the parts it lacks on ``bundle`` (() = ready)."""
+    return {m: cls.missing(bundle) for m, cls in methods().items()}
 
 
 def resolve_methods(chosen: str | Iterable[str] | None) -> list[str]:

@@ -297,6 +297,7 @@ class Clear(CounterfactualExplainer):
     #: search (demo defects, setup included: 109-136 with the VAE, 74-96 with PatchCore)
     typical_evaluations: ClassVar[int | None] = 110
     label: ClassVar[str] = "CLEAR (latent regression)"
+    needs: ClassVar[dict[str, tuple[str, ...]]] = {"*": ("ae",)}
     #: ``n_samples``: the convergence study (BENCHMARKS.md) found the counterfactual's optimal
     #: Jaccard with the mask within 0.012 of the 5000-sample reference from 50 samples (median
     #: over the demo defects measured); 300 leaves the regression room on harder parts

@@ -60,6 +60,8 @@ class GradCAM(Explainer):
     kind: ClassVar[str] = "heatmap"
     label: ClassVar[str] = "Grad-CAM"
     defaults: ClassVar[dict[str, Any]] = {"relu": True}
+    #: PatchCore's score has its own Grad-CAM; the VAE detector's targets are explained through the classifier
+    needs: ClassVar[dict[str, tuple[str, ...]]] = {"vae": ("classifier",)}
 
     def _explain(self, image: np.ndarray, target: str, seed: int, params: dict[str, Any]) -> Explanation:
         from captum.attr import LayerAttribution, LayerGradCam

@@ -120,8 +120,8 @@ def resolution_hint(image_auroc: float | None, image_size: int, samples: Sequenc
     if side < 2 * image_size:
         return None
     return (f"image AUROC {image_auroc:.2f} on {image_size} px working images of {side} px originals: small "
-            f"defects may be lost; try `python -m cfx train --image-size {LARGE_IMAGE_SIZE}` (about 10x the CPU "
-            f"cost)")
+            f"defects may be lost; models fitted at {LARGE_IMAGE_SIZE} px find them more often (about 10x "
+            f"the CPU cost)")
 
 
 def auroc_standard_error(auc: float, n_pos: int, n_neg: int) -> float:
@@ -131,10 +131,14 @@ def auroc_standard_error(auc: float, n_pos: int, n_neg: int) -> float:
     return float(np.sqrt(max(var, 0.0)))
 
 
+#: the name of the selected detector's own score in evaluations (an inspector's word, not "combined")
+DETECTOR_SCORE = "detector score"
+
+
 def detector_scores(bundle) -> list[tuple[str, str, str]]:
     """(name, key of ``bundle.analyse`` output, target) of every score the bundle offers: the
-    selected detector's score first (named ``combined``), its parts, the classifier."""
-    names = {"score": "combined", "recon": "reconstruction", "mahalanobis": "Mahalanobis", "classifier": "classifier"}
+    selected detector's score first (named ``detector score``), its parts, the classifier."""
+    names = {"score": DETECTOR_SCORE, "recon": "reconstruction", "mahalanobis": "Mahalanobis", "classifier": "classifier"}
     return [(names.get(t.name, t.name), t.key, t.name) for t in bundle.targets().values()]
 
 

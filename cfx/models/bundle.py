@@ -200,7 +200,7 @@ class ModelBundle:
     def targets(self) -> dict[str, Target]:
         """The targets this bundle can explain: the detector's score, its parts, the classifier."""
         det = self.detector
-        out = {"score": Target("score", f"anomaly score ({det.label})", "score", self.threshold)}
+        out = {"score": Target("score", "the detector's anomaly score", "score", self.threshold)}
         card_thr = self.card.get("thresholds", {}) if det.name == "vae" else {}
         for key, (name, label) in det.parts.items():
             out[name] = Target(name, label, key, float(card_thr.get(name, self.threshold)))

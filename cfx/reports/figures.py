@@ -291,7 +291,7 @@ def detector_figure(ev: Mapping[str, Any]):
     ax1.plot([0, 1], [0, 1], ":", color="gray")
     ax1.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (AUROC)")
     ax1.legend(fontsize=7, loc="lower right")
-    c = ev["scores"]["combined"]
+    c = ev["scores"]["detector score"]
     ax2.hist(c["normal"], bins=30, alpha=0.6, label="good", color="#1f77b4")
     ax2.hist(c["defective"], bins=30, alpha=0.6, label="defective", color="#d62728")
     ax2.axvline(c["threshold"], color="k", ls="--", label=f"threshold {c['threshold']:.3f}")

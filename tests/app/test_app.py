@@ -173,8 +173,8 @@ def test_home_says_device_and_demo():
     t = texts(at)
     assert "CPU" in t or "GPU" in t
     assert "embedded demo" in t and "synthetic" in t
-    assert "MVTec AD root" in t or "CFX_DATA_ROOT" in t
-    assert any("cfx train --data-root" in c.value for c in at.code)
+    assert "MVTec AD root" in t and "Fit the detector" in t
+    assert "cfx train" not in t and not at.code  # the real-data path needs no terminal
 
 
 # ---------------------------------------------------------------- selection
@@ -187,7 +187,7 @@ def test_choosing_another_image_changes_what_is_shown():
     second = shown(at, "inspect")["verdict"]
     assert second["name"] == "good/003.png" and at.subheader[0].value == "good/003.png"
     assert second["score"] != first["score"]
-    assert next(m for m in at.metric if m.label == "Anomaly score").value == f"{second['score']:.3f}"
+    assert any(f"anomaly score {second['score']:.3f} against the threshold" in m.value for m in at.markdown)
     # a thumbnail's Open button selects its image too
     at.button(key="thumb_10").click().run()
     ok(at)
@@ -248,27 +248,96 @@ def test_bad_data_root_keeps_working(tmp_path):
     assert not at.sidebar.error
 
 
+def every_text(at: AppTest) -> str:
+    """Every text the app shows, errors and code blocks included."""
+    return "\n".join([texts(at)] + [e.value for e in at.error] + [c.value for c in at.code]
+                     + [b.label for b in at.button] + [s.label for s in at.selectbox])
+
+
+def test_the_url_keeps_the_view(tiny_root):
+    """Category, detector and image go into the URL's query parameters, and a session opened with
+    them (a reload, a shared link) shows the same view; a data root in the URL passes the same checks
+    as a typed one."""
+    at = new_app("pages/inspect.py", detector="vae")
+    at.selectbox(key="w_category").select("tablet").run()
+    pick_image(at, "crack/003.png")
+    q = {k: v[0] if isinstance(v, list) else v for k, v in dict(at.query_params).items()}
+    assert q == {"category": "tablet", "detector": "vae", "image": "crack/003.png", "split": "test"}, q
+    again = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    again.query_params.update({"category": "tablet", "detector": "vae", "image": "crack/003.png"})
+    again.run()
+    again.switch_page("pages/inspect.py").run()
+    ok(again)
+    sel = again.session_state["selection"]
+    assert (sel.category, sel.bundle.detector_name, sel.name) == ("tablet", "vae", "crack/003.png")
+    assert shown(again, "inspect")["verdict"]["name"] == "crack/003.png"
+    # a real folder from the URL
+    real = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    real.query_params.update({"root": str(tiny_root), "category": "widget"})
+    real.run()
+    ok(real)
+    assert real.session_state["selection"].dataset == dataset_name(tiny_root)
+    # a folder that is not a data root: one line, the demo stays
+    bad = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    bad.query_params.update({"root": str(tiny_root / "nope")})
+    bad.run()
+    ok(bad)
+    assert bad.session_state["selection"].dataset == "demo" and bad.sidebar.error
+
+
 def test_real_root_without_models(tiny_root):
-    """A valid MVTec root with no trained model: the train command, not a traceback."""
+    """A valid MVTec root with no trained model: what is missing and the in-app fit, no traceback and
+    no command-line text on any page."""
     at = new_app("pages/inspect.py")
     at.text_input(key="w_data_root").input(str(tiny_root)).run()
     ok(at)
     assert at.session_state["selection"].dataset == dataset_name(tiny_root)
     assert at.session_state["selection"].bundle is None
-    assert any("no trained model" in e.value for e in at.error)
-    assert any("python -m cfx train --data-root" in c.value for c in at.code)
-    for page in ("pages/compare.py", "pages/counterfactuals.py", "pages/detector.py", "pages/home.py"):
+    assert any("no trained model" in w.value for w in at.warning)
+    assert at.button(key="fit_patchcore")
+    for page in ("pages/inspect.py", "pages/compare.py", "pages/counterfactuals.py", "pages/detector.py",
+                 "pages/home.py", *MORE_PAGES):
         at.switch_page(page).run()
         ok(at)
+        assert "cfx train" not in every_text(at) and not at.error, page
 
 
-def test_missing_model_shows_train_command(tmp_path, monkeypatch):
+def test_methods_without_their_models_are_offered_a_fit(tiny_root, tmp_path, monkeypatch):
+    """PatchCore alone on a real folder: Compare runs every method it can and shows CLEAR and the latent
+    gradient as needing the explainers' models (with the fit), never as an error cell; so do
+    Counterfactuals and the method lists."""
+    from cfx.training import fit_patchcore
+
+    monkeypatch.setenv("CFX_MODELS_DIR", str(tmp_path / "models"))
+    fit_patchcore(tiny_root, "widget", dataset_name(tiny_root), image_size=64, input_size=112, log=lambda s: None)
+    at = new_app("pages/compare.py")
+    at.text_input(key="w_data_root").input(str(tiny_root)).run()
+    ok(at)
+    b = at.session_state["selection"].bundle
+    lacking = {m for m, c in REGISTRY.items() if c.missing(b)}
+    assert lacking == {"clear", "gradient"}, lacking
+    assert set(at.button_group(key="w_compare_methods").value) == set(REGISTRY) - lacking
+    at.button_group(key="w_compare_methods").set_value(list(REGISTRY)).run()
+    ok(at)
+    assert sum("Needs the explainers' models" in i.value for i in at.info) == 2
+    assert at.button(key="fit_vae") and not at.error
+    assert set(shown(at, "compare")["pending"]) | set(shown(at, "compare")["results"]) == set(REGISTRY) - lacking
+    assert "cfx train" not in every_text(at)
+    at.switch_page("pages/counterfactuals.py").run()
+    at.selectbox(key="w_cf_method").select("clear").run()
+    ok(at)
+    assert any("Needs the explainers' models" in i.value for i in at.info) and at.button(key="fit_vae")
+    assert not at.error and "cfx train" not in every_text(at)
+
+
+def test_missing_model_offers_the_fit(tmp_path, monkeypatch):
     monkeypatch.setenv("CFX_MODELS_DIR", str(tmp_path / "empty"))
     for page in PAGES:
         at = new_app(page)
         if page != "pages/home.py":
-            assert any("no trained model for demo/brick" in e.value for e in at.error), page
-        assert any(c.value.strip() == "python -m cfx train --category brick" for c in at.code), page
+            assert any("no trained model for demo/brick" in w.value for w in at.warning), page
+            assert at.button(key="fit_patchcore"), page
+        assert "cfx train" not in every_text(at), page
 
 
 # ---------------------------------------------------------------- uploads
@@ -369,7 +438,7 @@ def test_compare_yields_every_method():
     assert not failed, failed
     words = texts(at)
     for m, e in results.items():
-        assert f"✔ {m} done" in words
+        assert f"✔ {REGISTRY[m].label or m} done" in words
         assert e.heatmap is not None or e.counterfactuals or "message" in e.info
         assert e.target == "score"
 
@@ -426,7 +495,7 @@ def test_heavy_methods_stream_in_and_a_running_one_can_be_cancelled(monkeypatch,
     monkeypatch.setenv("CFX_RESULTS_DB", str(tmp_path / "r.sqlite"))  # nothing stored before
     at = new_app("pages/compare.py", detector="vae")
     at.selectbox(key="w_image").select("hole/006.png").run()  # no other test explains it
-    at.multiselect(key="w_compare_methods").set_value(["recon", _Slow.name, "gradient"]).run()
+    at.button_group(key="w_compare_methods").set_value(["recon", _Slow.name, "gradient"]).run()
     ok(at)
     at.button(key="cmp_run").click().run()
     ok(at)
@@ -578,7 +647,7 @@ def test_exports_are_valid(monkeypatch):
     ok(at)
     ev = shown(at, "detector")["evaluation"]
     _check_png(X.detector_png(ev))
-    assert ev["scores"]["combined"]["auroc"] is not None
+    assert ev["scores"]["detector score"]["auroc"] is not None
 
 
 # ---------------------------------------------------------------- speed-related behaviour
@@ -815,7 +884,7 @@ def test_a_category_without_models_is_browsed_and_fitted_in_the_app(tiny_root, t
 
 def test_the_detector_page_hints_at_a_larger_working_size(tmp_path, monkeypatch):
     """A detector that separates a category poorly on images read at a quarter of their side: the
-    Detector page suggests ``--image-size 256`` (the real screw: 0.33 at 128 px, 0.93 at 256)."""
+    Detector page suggests a fit at 256 px, with its button (the real screw: 0.33 at 128 px, 0.93 at 256)."""
     from cfx.training import fit_patchcore
 
     monkeypatch.setenv("CFX_MODELS_DIR", str(tmp_path / "models"))
@@ -834,7 +903,8 @@ def test_the_detector_page_hints_at_a_larger_working_size(tmp_path, monkeypatch)
     at.switch_page("pages/detector.py").run()
     ok(at)
     assert at.session_state["selection"].bundle.image_size == 64
-    assert any("--image-size 256" in i.value for i in at.info), [i.value for i in at.info]
+    assert any("fitted at 256 px" in i.value for i in at.info), [i.value for i in at.info]
+    assert at.button(key="fit_patchcore_hires") and "cfx train" not in every_text(at)
 
 
 @pytest.mark.slow
@@ -875,7 +945,7 @@ def test_mask_jaccard_runs_on_workers_and_counts_every_unit_after_a_stop(tmp_pat
 
     monkeypatch.setenv("CFX_RESULTS_DB", str(tmp_path / "r.sqlite"))
     at = new_app("pages/mask_jaccard.py", detector="vae")
-    at.multiselect(key="mj_methods").set_value(["recon"]).run()
+    at.button_group(key="mj_methods").set_value(["recon"]).run()
     at.number_input(key="mj_limit").set_value(6).run()
     ok(at)
     assert (shown(at, "mask_jaccard")["stored"], shown(at, "mask_jaccard")["units"]) == (0, 6)
@@ -905,6 +975,35 @@ def test_mask_jaccard_runs_on_workers_and_counts_every_unit_after_a_stop(tmp_pat
     assert r.run and r.engine == "local" and r.to_json()["compute_seconds"] >= 0
 
 
+def test_mask_jaccard_fills_in_while_it_runs(tmp_path, monkeypatch, slow_method):
+    """While the audit runs, the page shows the images done so far (summary, plot and table) and the
+    time left from each method's measured cost."""
+    import time
+
+    monkeypatch.setenv("CFX_RESULTS_DB", str(tmp_path / "r.sqlite"))
+    at = new_app("pages/mask_jaccard.py")
+    at.button_group(key="mj_methods").set_value(["recon", "zz_slow"]).run()
+    at.number_input(key="mj_limit").set_value(4).run()
+    at.number_input(key="mj_p_zz_slow_n").set_value(120).run()
+    ok(at)
+    at.button(key="mj_run").click().run()
+    job = at.session_state["mj_job"]
+    try:
+        t0 = time.time()
+        while len(job.rows) < 1 and job.running and time.time() - t0 < 120:
+            time.sleep(0.1)
+        assert job.running, "the run ended before the test could look at it"
+        at.run()
+        ok(at)
+        assert any(h.value.startswith("Summary so far (") for h in at.subheader), [h.value for h in at.subheader]
+        bars = [p.proto.text for p in at.get("progress")]
+        assert any("left (each method's measured cost per image)" in t for t in bars), bars
+        assert at.dataframe  # the table so far
+    finally:
+        job.stop()
+        job.join(120)
+
+
 def test_compare_reuses_what_the_audit_stored(tmp_path, monkeypatch, demo_bundle, demo_root):
     """A heavy method the audit computed is shown by Compare at once (no Run button), and it is the
     audit's own result."""
@@ -919,7 +1018,7 @@ def test_compare_reuses_what_the_audit_stored(tmp_path, monkeypatch, demo_bundle
     lime_rows = open_db().count(method="lime")
     at = new_app("pages/compare.py", detector="vae")
     pick_image(at, name)
-    at.multiselect(key="w_compare_methods").set_value(["lime"]).run()
+    at.button_group(key="w_compare_methods").set_value(["lime"]).run()
     at.number_input(key="cmp_p_lime_num_samples").set_value(60).run()
     ok(at)
     assert not any(x.key == "cmp_run" for x in at.button), "the stored result should not wait for Run"

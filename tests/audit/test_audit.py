@@ -235,6 +235,30 @@ def test_background_job(brick, demo_root, tmp_path):
     assert len(job.result.images) == 4
 
 
+def test_background_job_shows_its_results_as_they_come(brick, demo_root, tmp_path):
+    """While a run goes, its finished images are a result to show (the page's table fills in), and
+    its time left comes from each method's measured cost."""
+    job = AuditJob(brick, demo_root, "brick", engine="local", methods="recon,gradcam", limit=4, cache=tmp_path)
+    seen: list[tuple[int, float | None]] = []
+    progress = job._progress
+
+    def watch(done: int, total: int, message: str) -> None:
+        progress(done, total, message)
+        seen.append((len(job.partial().images), job.eta()))
+
+    job._progress = watch
+    job.start().join(120)
+    assert job.error is None and job.done == job.total == 8
+    # an image is shown once its two units are done; the ETA comes once both methods have a measured cost
+    assert [n for n, _ in seen] == [0, 0, 1, 1, 2, 2, 3, 3] and len(job.partial().images) == 4
+    assert seen[0][1] is None and all(e is not None and e >= 0 for _, e in seen[1:])
+    assert seen[-1][1] == 0
+    part = job.partial()
+    assert [x.image for x in part.images] == [x.image for x in job.result.images]
+    assert part.summary()["n_evaluated"] == job.result.summary()["n_evaluated"]
+    assert set(job.costs) == {"recon", "gradcam"}
+
+
 def test_bad_input(brick, demo_root):
     with pytest.raises(DataError, match="unknown method"):
         audit_category(brick, demo_root, "brick", "recon,nope", cache=False)

@@ -230,7 +230,7 @@ def test_resolution_hint_only_for_a_poor_detector_on_downscaled_images(tmp_path)
     Image.new("L", (300, 256)).save(big)
     Image.new("L", (128, 128)).save(small)
     originals = [SimpleNamespace(path=big)]
-    assert "--image-size 256" in resolution_hint(0.33, 128, originals)
+    assert "fitted at 256 px" in resolution_hint(0.33, 128, originals)
     assert resolution_hint(0.95, 128, originals) is None  # the detector is fine
     assert resolution_hint(0.33, 256, originals) is None  # already at the larger size
     assert resolution_hint(0.33, 128, [SimpleNamespace(path=small)]) is None  # nothing lost by reading

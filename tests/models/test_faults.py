@@ -79,8 +79,9 @@ def test_app_shows_the_line_and_goes_on(file, fault, tmp_path, monkeypatch, demo
     at.switch_page("pages/inspect.py").run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.selectbox(key="w_category").value == "brick"
-    errors = [e.value for e in at.error]
-    assert any("brick" in e and "python -m cfx train" in e for e in errors), errors
+    lines = [w.value for w in at.warning]  # what is wrong, and the fit offered in the app (no command line)
+    assert any("brick" in w and "fit them here" in w for w in lines) and not any("cfx train" in w for w in lines), lines
+    assert at.button(key="fit_patchcore")
     at.selectbox(key="w_category").select("gravel").run()
     assert not at.exception and not at.error, [e.value for e in at.error]
 

@@ -206,10 +206,10 @@ def test_detector_evaluation(brick):
     ev = detector_evaluation(brick, y, analysis, ["good"] * 30 + ["a"] * 10 + ["b"] * 10)
     from sklearn.metrics import roc_auc_score
 
-    assert ev["scores"]["combined"]["auroc"] == pytest.approx(roc_auc_score(y, s))
+    assert ev["scores"]["detector score"]["auroc"] == pytest.approx(roc_auc_score(y, s))
     assert ev["scores"]["Mahalanobis"]["auroc"] == pytest.approx(1 - roc_auc_score(y, s))
     thr = brick.threshold
-    (tn, fp), (fn, tp) = ev["scores"]["combined"]["confusion"]
+    (tn, fp), (fn, tp) = ev["scores"]["detector score"]["confusion"]
     assert tp == int((s[y == 1] > thr).sum()) and fp == int((s[y == 0] > thr).sum()) and tn + fp == 30
     assert set(ev["per_defect_auroc"]) == {"a", "b"}
     png = X.detector_png(ev)
