@@ -32,6 +32,24 @@ from cfx.inert import csv_cell
 
 VERDICTS = ("OK", "NG")
 COLUMNS = ("at", "dataset", "category", "image", "model", "score", "threshold", "verdict", "reason", "reviewer")
+#: the exported CSV's columns: the detector by name and a short model version first, the full key last
+CSV_COLUMNS = ("at", "dataset", "category", "image", "detector", "model version", "score", "threshold", "verdict",
+               "reason", "reviewer", "model key")
+
+
+def describe_model(key: str) -> tuple[str, str]:
+    """(the detector's name for a reader, a short version) of a model key
+    ``<dataset>/<category>@<weights>:<detector>@<detector weights>``; the key itself when it has
+    another form."""
+    from cfx.detectors import DETECTORS
+
+    head, _, det = str(key).partition(":")
+    name, _, det_hash = det.partition("@")
+    if name not in DETECTORS:
+        return str(key), ""
+    weights = head.rpartition("@")[2]
+    version = "-".join(h[:8] for h in (weights, det_hash) if h)
+    return DETECTORS[name].label, version
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS decisions (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -166,7 +184,11 @@ class ReviewStore:
         """:meth:`history` as CSV (a header row, then one row per decision); cells a spreadsheet
         would run as a formula are made inert (:func:`cfx.inert.csv_cell`)."""
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=list(COLUMNS))
+        w = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS))
         w.writeheader()
-        w.writerows({k: csv_cell(v) for k, v in r.items()} for r in self.history(dataset, category))
+        for r in self.history(dataset, category):
+            detector, version = describe_model(r["model"])
+            row = {**{k: v for k, v in r.items() if k != "model"}, "detector": detector, "model version": version,
+                   "model key": r["model"]}
+            w.writerow({k: csv_cell(row.get(k)) for k in CSV_COLUMNS})
         return buf.getvalue()

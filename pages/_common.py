@@ -341,6 +341,11 @@ def upload_limit_bytes() -> int:
     return mb * 2**20
 
 
+def reviewer() -> str:
+    """Who the reports name as reviewer: the signed-in user, else the name typed in the review queue."""
+    return str(st.session_state.get("user") or st.session_state.get("rv_reviewer") or "").strip()
+
+
 def file_stem(sel: Selection, what: str) -> str:
     return f"cfx_{what}_{name_stem(f'{sel.dataset}_{sel.category}_{sel.name}')}"
 

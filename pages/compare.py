@@ -14,7 +14,7 @@ from cfx.metrics.edits import coinciding
 from cfx import reports as X
 from cfx.reports.words import numbers, sentence, value
 from pages._fit import fit_panel, needs_fit
-from pages._common import (for_app, show, target_labels, _bind, _sync, bound, current, explain_one, file_stem, heat_figure,
+from pages._common import (reviewer, for_app, show, target_labels, _bind, _sync, bound, current, explain_one, file_stem, heat_figure,
                            image_figure, is_cached, is_heavy, param_inputs, plot, registry, report_downloads, require_models,
                            start_stream, stream_for)
 
@@ -237,7 +237,8 @@ if results:
     def _report() -> X.Report:
         return X.Report.from_bundle(b, image, sel.name, results, mask=sel.mask, target=target,
                                     params={"seed": seed, **{f"{m}.{k}": v for m in results
-                                                             for k, v in params.get(m, {}).items()}})
+                                                             for k, v in params.get(m, {}).items()}},
+                                    reviewer=reviewer())
 
     show("compare", report=_report)
     st.markdown("**Report of the shown results**")

@@ -10,7 +10,7 @@ from cfx.metrics.edits import REPAIR_KEYS
 from cfx.reports.words import label, value
 from cfx.inert import markdown_text
 from pages._fit import fit_panel, needs_fit
-from pages._common import (outline_shown, show, shown, wipe_image, target_labels, bound, current, explain_one, file_stem, heat_figure, image_figure,
+from pages._common import (reviewer, outline_shown, show, shown, wipe_image, target_labels, bound, current, explain_one, file_stem, heat_figure, image_figure,
                            is_cached, plot, registry, report_downloads, require_models)
 
 st.title("Counterfactuals")
@@ -190,7 +190,8 @@ shown = shown("counterfactuals")
 
 def _report() -> X.Report:
     return X.Report.from_bundle(b, image, sel.name, {method: exp}, mask=sel.mask, target=target,
-                                params={"seed": seed, "shown_counterfactual": shown.get("k", 0) + 1})
+                                params={"seed": seed, "shown_counterfactual": shown.get("k", 0) + 1},
+                                reviewer=reviewer())
 
 
 show("counterfactuals", report=_report)

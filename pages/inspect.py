@@ -10,7 +10,7 @@ from cfx import reports as X
 from cfx.data.mvtec import GOOD
 from cfx.errors import DataError
 from cfx.inert import markdown_text
-from pages._common import (show, UPLOAD_TYPES, Selection, analyse_one, analyse_split, choose_image,
+from pages._common import (reviewer, show, UPLOAD_TYPES, Selection, analyse_one, analyse_split, choose_image,
                            current, file_stem, heat_figure, image_figure, plot, read_upload, report_downloads,
                            require_models, upload_limit_bytes)
 
@@ -56,7 +56,7 @@ def verdict(sel: Selection) -> None:
 
     def _report() -> X.Report:
         return X.Report.from_bundle(b, sel.image, sel.name, {}, mask=sel.mask, with_detector_maps=True,
-                                    params={"split": sel.split, "source": sel.source})
+                                    params={"split": sel.split, "source": sel.source}, reviewer=reviewer())
 
     show("inspect", report=_report)
     report_downloads(_report, file_stem(sel, "inspect"), "inspect")

@@ -26,9 +26,19 @@ def test_decisions_survive_a_reopen_and_keep_history(tmp_path):
     assert [r["verdict"] for r in b.history("demo", "brick")] == ["NG", "OK"]
     assert b.history()[0]["reason"] == "scratch"
     rows = list(csv.DictReader(io.StringIO(b.csv_text("demo"))))
-    assert len(rows) == 3 and set(rows[0]) >= {"at", "model", "score", "threshold", "verdict", "reason"}
+    assert len(rows) == 3 and set(rows[0]) >= {"at", "detector", "model version", "score", "threshold", "verdict",
+                                                "reason", "model key"}
+    assert rows[0]["model key"] == "m@1"
+
     with sqlite3.connect(db) as con:
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_the_csv_names_the_detector():
+    from cfx.review import describe_model
+
+    assert describe_model("real/bottle@:patchcore@1a053a0e0b9b77") == ("PatchCore (EfficientNet-Lite0)", "1a053a0e")
+    assert describe_model("demo/brick@49050c45a9e0:vae@abcdef123456") == ("VAE multi-score", "49050c45-abcdef12")
 
 
 def test_bad_verdict_and_broken_database(tmp_path):

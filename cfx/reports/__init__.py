@@ -5,7 +5,7 @@ A :class:`Report` gathers one image, its mask, the detector's verdict and any nu
 
 * :func:`figure` / :func:`png_bytes`: a report figure (the image, its mask, every heatmap and
   counterfactual with its difference map, scores, thresholds, parameters, model hash, date);
-* :func:`pdf_bytes`: the same figure as a one-page PDF;
+* :func:`pdf_bytes`: the same report on A4 pages (header, panels filling the width, appendix);
 * :func:`html_text`: a self-contained HTML report (every image base64-embedded);
 * :func:`report_dict` / :func:`json_bytes`: the numbers as JSON;
 * :func:`write_report`: any of them written atomically;
@@ -13,7 +13,8 @@ A :class:`Report` gathers one image, its mask, the detector's verdict and any nu
   files) and the JSON object it prints.
 
 Modules: :mod:`~cfx.reports.report` (the data and its JSON), :mod:`~cfx.reports.colours` (the one
-colour map), :mod:`~cfx.reports.figures` (Matplotlib figures and PNG/PDF), :mod:`~cfx.reports.html_page`,
+colour map), :mod:`~cfx.reports.figures` (the panels and Matplotlib figures), :mod:`~cfx.reports.sheet` (the report's
+layout as a PNG sheet and A4 PDF pages), :mod:`~cfx.reports.html_page`,
 :mod:`~cfx.reports.files` (rendering and atomic files), :mod:`~cfx.reports.encode` (PNG bytes,
 data URIs, file names).
 
@@ -40,17 +41,15 @@ from cfx.reports.colours import (  # noqa: F401
 from cfx.reports.encode import file_stem, pil_png, png_data_uri, safe_name  # noqa: F401
 from cfx.reports.figures import (  # noqa: F401
                                  PANEL_MIN_PX,
-                                 REPORT_DPI,
                                  Panel,
                                  detector_figure,
                                  detector_png,
-                                 figure,
                                  mask_outline,
+                                 method_label,
                                  panel_png,
                                  panels,
-                                 pdf_bytes,
-                                 png_bytes,
 )
+from cfx.reports.sheet import REPORT_DPI, figure, pdf_bytes, pdf_pages, png_bytes  # noqa: F401
 from cfx.reports.files import export_explanations, render, write_report  # noqa: F401
 from cfx.reports.html_page import html_text  # noqa: F401
 from cfx.reports.report import (  # noqa: F401

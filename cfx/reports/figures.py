@@ -56,23 +56,23 @@ def panels(report: Report) -> list[Panel]:
         out.append(Panel("the detector's map", report.image, calibrated_display(report.detector_heatmap),
                          caption=_wrap(calibrated_caption(report.detector_heatmap), 38),
                          normal_level=np.asarray(report.detector_heatmap)))
-    for name, exp in report.explanations.items():
+    for key, exp in report.explanations.items():
+        name = method_label(key)
         if not exp.ok:
             out.append(Panel(f"{name}: failed", None, caption=_wrap(exp.error or "", 38)))
             continue
         if exp.heatmap is not None and calibrated(exp):
-            out.append(Panel(f"{name} ({exp.target})", report.image, calibrated_display(exp.heatmap),
+            out.append(Panel(name, report.image, calibrated_display(exp.heatmap),
                              caption=_wrap(calibrated_caption(exp.heatmap), 38), normal_level=np.asarray(exp.heatmap)))
         elif exp.heatmap is not None:
             s = heat_scale(exp)
-            out.append(Panel(f"{name} ({exp.target})", report.image, normalise(exp.heatmap, s),
-                             caption=f"{exp.seconds:.2f} s, scale {s:.3g}"))
+            out.append(Panel(name, report.image, normalise(exp.heatmap, s), caption=f"{exp.seconds:.2f} s"))
         for k, cf in enumerate(exp.counterfactuals):
-            tag = f"{name} CF{k + 1}" if len(exp.counterfactuals) > 1 else f"{name} CF"
+            tag = f"{name}: " + (cf.concept or "counterfactual" + (f" {k + 1}" if len(exp.counterfactuals) > 1 else ""))
             out.append(Panel(tag, cf.image, caption=f"{exp.target} {cf.score_after:.3g} "
                              f"({'valid' if cf.valid else 'not valid'})"))
             d = (cf.image - report.image).mean(0)
-            out.append(Panel(f"{tag} - original", report.image, normalise(d, max_abs(d)),
+            out.append(Panel("its change" + (f" ({k + 1})" if len(exp.counterfactuals) > 1 else ""), report.image, normalise(d, max_abs(d)),
                              caption=f"L1 {cf.metrics.get('l1', float('nan')):.3f}, "
                                      f"edit area {cf.metrics.get('edit_area', float('nan')):.3f}, "
                                      f"locality {cf.metrics.get('locality', float('nan')):.2f}"))
@@ -95,103 +95,6 @@ def _wrap(text: str, width: int) -> str:
     return "\n".join(textwrap.wrap(text, width)[:6])
 
 
-def _summary_lines(report: Report) -> list[str]:
-    d = report.detector
-    lines = [report.heading]
-    lines.append(f"model {report.model_key or '?'}   target {report.target}   created {report.created}")
-    if d:
-        lines.append(
-            f"{d.get('detector', 'detector')} score {d.get('score', float('nan')):.3f} (threshold "
-            f"{d.get('threshold', float('nan')):.3f}, {'anomalous' if d.get('anomalous') else 'normal'}"
-            + (f"; recon {d['recon_score']:.2f}, Mahalanobis {d['mahalanobis_score']:.2f}" if "recon_score" in d else "")
-            + ")" + (f";  classifier P(anomalous) {d['classifier_prob']:.3f} (threshold "
-                     f"{d['classifier_threshold']:.3f})" if "classifier_prob" in d else ""))
-    for name, exp in report.explanations.items():
-        if not exp.ok:
-            lines.append(f"{name}: ERROR {exp.error}")
-            continue
-        s = f"{name}: {exp.seconds:.2f} s, {exp.target} {exp.score_before:.3f}"
-        if exp.counterfactuals:
-            best = exp.counterfactuals[0]
-            s += (f" -> {best.score_after:.3f} (threshold {exp.threshold:.3f}, "
-                  f"{sum(c.valid for c in exp.counterfactuals)}/{len(exp.counterfactuals)} valid, "
-                  f"L1 {best.metrics.get('l1', float('nan')):.3f}, realism {best.metrics.get('realism', float('nan')):.2f})")
-        params = ", ".join(f"{k}={_short(v)}" for k, v in sorted(exp.params.items()))
-        s += f"; seed {exp.seed}; {params}" if params else f"; seed {exp.seed}"
-        lines.append(s)
-    if report.params:
-        lines.append("parameters: " + ", ".join(f"{k}={_short(v)}" for k, v in sorted(report.params.items())))
-    return lines
-
-
-def _short(v: Any) -> str:
-    s = f"{v:.4g}" if isinstance(v, float) else str(v)
-    return s if len(s) <= 24 else s[:21] + "..."
-
-
-def figure(report: Report, ncols: int = 4, panel_inches: float = 2.3):
-    """The report figure as a Matplotlib :class:`~matplotlib.figure.Figure` (Agg, no pyplot).
-
-    Args:
-        report: what to show.
-        ncols: panels per row.
-        panel_inches: the side of one panel.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    ps = panels(report)
-    ncols = max(1, min(ncols, len(ps)))
-    nrows = math.ceil(len(ps) / ncols)
-    lines = _summary_lines(report)
-    wrapped = [ln for line in lines for ln in (_wrap(line, int(ncols * panel_inches * 14.5)).splitlines() or [""])]
-    text_h = 0.13 * len(wrapped) + 0.25
-    width = ncols * panel_inches
-    height = nrows * (panel_inches + 0.45) + text_h + 0.35  # room for the last row's captions
-    fig = Figure(figsize=(width, height), dpi=100)
-    FigureCanvasAgg(fig)
-    top = 1 - text_h / height
-    fig.text(0.01, 1 - 0.1 / height, "\n".join(wrapped), va="top", ha="left", fontsize=7.5, family="monospace")
-    gs = fig.add_gridspec(nrows, ncols, left=0.01, right=0.99, bottom=0.3 / height, top=top, hspace=0.3, wspace=0.06)
-    cm = _cmap()
-    mappable = None
-    for i, p in enumerate(ps):
-        ax = fig.add_subplot(gs[i // ncols, i % ncols])
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_title(p.title, fontsize=8)
-        if p.image is None and p.heat is None:
-            ax.text(0.5, 0.5, p.caption, ha="center", va="center", fontsize=6.5, wrap=True, transform=ax.transAxes)
-            ax.set_facecolor("#f6e9e9")
-            continue
-        if p.image is not None:
-            im = image_hwc(p.image)
-            ax.imshow(im, cmap="gray" if im.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
-        if p.heat is not None:
-            if p.image is not None:
-                ax.imshow(heat_rgba(p.heat), interpolation="nearest")
-            else:
-                ax.imshow(p.heat, cmap=cm, vmin=-1, vmax=1, interpolation="nearest")
-            if mappable is None:
-                from matplotlib.cm import ScalarMappable
-                from matplotlib.colors import Normalize
-
-                mappable = ScalarMappable(norm=Normalize(-1, 1), cmap=cm)
-        if p.normal_level is not None and np.nanmax(p.normal_level) > 1.0:
-            ax.contour(np.asarray(p.normal_level, float), levels=[1.0], colors=[NORMAL_CONTOUR], linewidths=0.8)
-        if report.mask is not None and report.mask.any():
-            ax.contour(report.mask.astype(float), levels=[0.5], colors=["#00e000"], linewidths=0.8)
-        if p.caption:
-            ax.set_xlabel(p.caption, fontsize=6.5)
-    if mappable is not None:
-        cax = fig.add_axes([0.80, 1 - 0.16 / height, 0.18, 0.05 / height])
-        cb = fig.colorbar(mappable, cax=cax, orientation="horizontal")
-        cb.ax.set_title("map / its scale", fontsize=5.5, pad=1)
-        cb.ax.tick_params(labelsize=5)
-        cb.set_ticks([-1, 0, 1])
-    return fig
-
-
 def _fig_bytes(fig, fmt: str, dpi: int) -> bytes:
     buf = io.BytesIO()
     meta = {"pdf": {"Creator": "cfx"}, "png": {"Software": "cfx"}}.get(fmt)
@@ -199,36 +102,17 @@ def _fig_bytes(fig, fmt: str, dpi: int) -> bytes:
     return buf.getvalue()
 
 
-#: The PNG report's resolution: each 2.3-inch panel is drawn at least :data:`PANEL_MIN_PX` wide.
-REPORT_DPI = 224
+def method_label(name: str) -> str:
+    """A method's name for a reader (its registered label; the id for an unknown one)."""
+    from cfx.explainers.base import REGISTRY
+
+    cls = REGISTRY.get(name)
+    return (cls.label if cls is not None else "") or name
 
 
-def png_bytes(report: Report, dpi: int = REPORT_DPI) -> bytes:
-    """The report figure as PNG bytes."""
-    return _fig_bytes(figure(report), "png", dpi)
-
-
-def pdf_bytes(report: Report) -> bytes:
-    """The report figure on one A4 portrait page (:data:`PDF_PAGE_INCHES`), scaled to fit inside
-    its margins (the figure is drawn at :data:`PDF_DPI` and placed as one image)."""
-    import matplotlib.image as mpimg
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    img = mpimg.imread(io.BytesIO(_fig_bytes(figure(report), "png", PDF_DPI)), format="png")
-    pw, ph = PDF_PAGE_INCHES
-    h, w = img.shape[0] / PDF_DPI, img.shape[1] / PDF_DPI
-    scale = min((pw - 2 * PDF_MARGIN) / w, (ph - 2 * PDF_MARGIN) / h)
-    page = Figure(figsize=(pw, ph))
-    FigureCanvasAgg(page)
-    ax = page.add_axes([PDF_MARGIN / pw, 1 - (PDF_MARGIN + h * scale) / ph, w * scale / pw, h * scale / ph])
-    ax.imshow(img, interpolation="antialiased")
-    ax.set_axis_off()
-    return _fig_bytes(page, "pdf", PDF_DPI)
-
-
-#: The PDF report's page (A4 portrait, inches), its margin and the resolution of the figure on it.
-PDF_PAGE_INCHES, PDF_MARGIN, PDF_DPI = (8.27, 11.69), 0.4, 200
+def _short(v: Any) -> str:
+    s = f"{v:.4g}" if isinstance(v, float) else str(v)
+    return s if len(s) <= 24 else s[:21] + "..."
 
 
 def panel_png(report: Report, p: Panel, upscale: int = 2) -> bytes:

@@ -12,7 +12,8 @@ from cfx.atomic import write_bytes
 from cfx.data.imageio import array_to_pil
 from cfx.reports.colours import calibrated, calibrated_display, heat_scale, max_abs, normalise
 from cfx.reports.encode import pil_png, safe_name
-from cfx.reports.figures import Panel, panel_png, pdf_bytes, png_bytes
+from cfx.reports.figures import Panel, panel_png
+from cfx.reports.sheet import pdf_bytes, png_bytes
 from cfx.reports.html_page import html_text
 from cfx.reports.report import FORMATS, Report, clean_json, json_bytes, report_dict
 

@@ -8,7 +8,8 @@ from typing import Any
 
 from cfx.atomic import json_default
 from cfx.reports.encode import png_data_uri
-from cfx.reports.figures import _short, panel_png, panels, png_bytes
+from cfx.reports.figures import method_label, panel_png, panels
+from cfx.reports.sheet import appendix_lines, header_lines, png_bytes
 from cfx.reports.report import Report, report_dict
 from cfx.reports.words import label, value
 
@@ -33,34 +34,39 @@ def html_text(report: Report) -> str:
         rp = best.get("repair_properties") or {}
         method_rows.append(
             "<tr>" + "".join(f"<td>{e(_fmt(x))}</td>" for x in (
-                name, m["target"], m["seconds"], m["score_before"], m["threshold"], m.get("score_after"),
+                method_label(name), m["target"], m["seconds"], m["score_before"], m["threshold"], m.get("score_after"),
                 f"{sum(bool(c.get('valid')) for c in cfs)}/{len(cfs)}" if cfs else "",
                 best.get("l1"), best.get("edit_area"), best.get("locality"), best.get("realism"),
-                best.get("realism_pixels"), rp.get("localized"), rp.get("non_degradation"), m.get("error") or "",
-                ", ".join(f"{k}={_short(v)}" for k, v in sorted((m.get("params") or {}).items())))) + "</tr>")
+                best.get("realism_pixels"), rp.get("localized"), rp.get("non_degradation"), m.get("error") or "")) + "</tr>")
     head = "".join(f"<th>{h}</th>" for h in ("method", "target", "seconds", "before", "threshold", "after",
                                                "valid", "L1", "edit area", "locality", "realism",
                                                "realism (pixels)", "map change on its hot region",
-                                               "map change elsewhere", "error", "parameters"))
+                                               "map change elsewhere", "error"))
     fig_uri = png_data_uri(png_bytes(report, dpi=90))
+    head_lines = header_lines(report)
+    header = (f"<h1>{e(head_lines[0].text)}</h1>" + "".join(
+        f"<p class='{'verdict' if ln.size > 11 else 'meta'}' style='color:{ln.colour}'>{e(ln.text)}</p>"
+        for ln in head_lines[1:]))
+    appendix = "".join(f"<p class='mono'>{e(ln.text)}</p>" for ln in appendix_lines(report)[1:])
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{e(report.heading)}</title>
 <style>
 body{{font-family:system-ui,sans-serif;margin:1.5em;color:#222}} table{{border-collapse:collapse;margin:.5em 0}}
 th,td{{border:1px solid #ccc;padding:2px 6px;font-size:13px;text-align:left}}
 .grid{{display:flex;flex-wrap:wrap;gap:10px}} figure{{margin:0;width:260px}} figure img{{width:256px;image-rendering:pixelated}}
-figcaption{{font-size:12px}} .err{{background:#fbecec;padding:6px}} .meta{{color:#555;font-size:13px}}
+figcaption{{font-size:12px}} .err{{background:#fbecec;padding:6px}} .meta{{color:#555;font-size:13px;margin:.2em 0}}
+.verdict{{font-size:18px;font-weight:bold;margin:.3em 0}} .mono{{font-family:monospace;font-size:12px;margin:.1em 0}}
 </style></head><body>
-<h1>{e(report.heading)}</h1>
-<p class="meta">model <code>{e(report.model_key)}</code> &middot; target <b>{e(report.target)}</b> &middot;
-created {e(report.created)} &middot; made by cfx</p>
+{header}
 <h2>Detector</h2><table>{rows}</table>
 <h2>Methods</h2><table><tr>{head}</tr>{''.join(method_rows)}</table>
 <h2>Maps and counterfactuals</h2>
-<p class="meta">One colour scale for every map (blue negative, red positive, each map divided by its scale);
-the green outline is the ground-truth mask.</p>
+<p class="meta">One colour scale for every map (blue: pushes the score down, red: pushes it up; each map
+divided by its largest value). The detector's map: pale within a good part's range, red above it, a yellow line
+where it leaves the normal range. The green outline is the ground-truth mask.</p>
 <div class="grid">{''.join(cells)}</div>
 <h2>Report figure</h2><img alt="report figure" style="max-width:100%" src="{fig_uri}">
+<h2>Appendix: parameters</h2>{appendix}
 <h2>Numbers (JSON)</h2><pre>{e(json.dumps(d, indent=1, default=json_default))}</pre>
 </body></html>
 """

@@ -40,6 +40,8 @@ class Report:
         params: page or command parameters worth recording (e.g. the chosen step).
         created: ISO date and time (UTC) of the report.
         title: a heading; default ``"<dataset>/<category>: <name>"``.
+        detector_label: the detector's name for a reader (e.g. ``PatchCore (EfficientNet-Lite0)``).
+        reviewer: who reviewed the part ("" when nobody is named: the report leaves a line to sign).
     """
 
     image: np.ndarray
@@ -56,6 +58,8 @@ class Report:
     params: dict[str, Any] = field(default_factory=dict)
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     title: str = ""
+    detector_label: str = ""
+    reviewer: str = ""
 
     @property
     def model_hash(self) -> str:
@@ -72,7 +76,7 @@ class Report:
     def from_bundle(cls, bundle, image: np.ndarray, name: str, explanations: Mapping[str, Explanation] | None = None,
                     mask: np.ndarray | None = None, target: str = "score", params: dict[str, Any] | None = None,
                     analysis: Mapping[str, np.ndarray] | None = None, with_detector_maps: bool = False,
-                    title: str = "") -> "Report":
+                    title: str = "", reviewer: str = "") -> "Report":
         """A report with the detector's verdict filled in from the models.
 
         Args:
@@ -86,6 +90,7 @@ class Report:
             analysis: ``bundle.analyse(image[None])`` if already computed (saves a forward pass).
             with_detector_maps: also show the reconstruction and the detector's heatmap.
             title: optional heading.
+            reviewer: who reviewed the part (shown in the header).
         """
         a = analysis if analysis is not None else bundle.analyse(np.asarray(image, np.float32)[None])
         det = detector_summary(bundle, a)
@@ -94,7 +99,8 @@ class Report:
                    category=bundle.category, model_key=bundle.key(), detector=det, target=target,
                    reconstruction=np.asarray(a["recon"][0]) if with_detector_maps and "recon" in a else None,
                    detector_heatmap=np.asarray(a["heatmap"][0]) if with_detector_maps else None,
-                   params=dict(params or {}), title=title)
+                   params=dict(params or {}), title=title, detector_label=bundle.detector.label,
+                   reviewer=reviewer)
 
 
 def detector_summary(bundle, analysis: Mapping[str, np.ndarray], i: int = 0) -> dict[str, Any]:
@@ -133,7 +139,8 @@ def report_dict(report: Report) -> dict[str, Any]:
         mask = {"known": True, "area_fraction": float(np.asarray(report.mask).mean())}
     return clean_json({
         "image": report.name, "dataset": report.dataset, "category": report.category,
-        "model": {"key": report.model_key, "hash": report.model_hash}, "created": report.created,
+        "model": {"key": report.model_key, "hash": report.model_hash, "detector": report.detector_label},
+        "created": report.created, "reviewer": report.reviewer,
         "target": report.target, "detector": dict(report.detector), "mask": mask or {"known": False},
         "params": report.params, "methods": methods,
     })

@@ -320,7 +320,9 @@ def test_real_category_fit_review_restart(browser, tmp_path):
 
     root = tmp_path / "mvtec"
     shutil.copytree(SAMPLE, root / "bottle")
-    env = {"CFX_MODELS_DIR": str(tmp_path / "models"), "CFX_REVIEW_DB": str(tmp_path / "review.sqlite")}
+    # the models go where a user's go by default (a per-user data folder), never into the checkout
+    env = {"XDG_DATA_HOME": str(tmp_path / "xdg"), "CFX_REVIEW_DB": str(tmp_path / "review.sqlite")}
+    env_models = os.environ.pop("CFX_MODELS_DIR", None)
     log = tmp_path / "streamlit.log"
     n_test = sum(1 for p in (root / "bottle" / "test").rglob("*.png"))
     proc, url = _serve(log, env)
@@ -333,6 +335,15 @@ def test_real_category_fit_review_restart(browser, tmp_path):
         idle(page)
         print(f"point at the folder -> first verdict on a real image: {time.perf_counter() - t0:.0f} s")
         no_exception(page)
+        side = page.locator('[data-testid="stSidebar"]')
+        assert "(no model)" not in side.inner_text()  # the labels follow the fit
+        goto(page, "Compare")  # an explained defect: no command-line text and no error cell on the way
+        for m in ("recon", "gradcam"):
+            page.get_by_text(f"✔ {REGISTRY[m].label} done", exact=True).wait_for(timeout=2 * TIMEOUT_MS)
+        body = page.locator('[data-testid="stMain"]').inner_text() + side.inner_text()
+        assert "cfx train" not in body and page.locator('[data-testid="stAlertContentError"]').count() == 0
+        assert "needs a fit" in body  # CLEAR and the latent gradient are offered a fit, not run into an error
+        goto(page, "Inspect")
         page.get_by_role("tab", name="Review queue").click()
         page.get_by_text(re.compile(rf"{n_test} images, closest to the threshold first")).wait_for()
         shot(page, "review_queue")
@@ -356,4 +367,10 @@ def test_real_category_fit_review_restart(browser, tmp_path):
         no_exception(page)
     finally:
         _stop(proc)
+        if env_models is not None:
+            os.environ["CFX_MODELS_DIR"] = env_models
     assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+    assert list((tmp_path / "xdg" / "cfx" / "models").rglob("card.json"))
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "models"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert status.returncode != 0 or status.stdout == "", status.stdout  # nothing new in the checkout

@@ -72,12 +72,57 @@ def test_json_numbers(report):
     assert {"mean_inside_mask", "mean_outside_mask"} <= set(hs)
 
 
-def test_pdf_is_one_page(report):
+def test_pdf_fills_a4_pages_at_readable_sizes(report):
+    """Every page is A4 portrait; the panels span the printable width; no block runs past a page's
+    margin (nothing overlaps); no text is set below MIN_PT; the header says what an inspector files
+    and the parameters are in the appendix, not the header."""
+    from cfx.reports import sheet
+
     data = X.pdf_bytes(report)
     assert data.startswith(b"%PDF-") and data.rstrip().endswith(b"%%EOF")
-    assert len(re.findall(rb"/Type\s*/Page[^s]", data)) == 1
-    box = [float(v) for v in re.search(rb"/MediaBox \[ *([^\]]*)\]", data).group(1).split()]
-    assert box[2:] == pytest.approx([595.4, 841.7], abs=1)  # A4 portrait, however many panels
+    pages = sheet.pdf_pages(report)
+    assert len(re.findall(rb"/Type\s*/Page[^s]", data)) == len(pages) >= 1
+    for box in re.findall(rb"/MediaBox \[ *([^\]]*)\]", data):
+        assert [float(v) for v in box.split()][2:] == pytest.approx([595.4, 841.7], abs=1)
+    room = sheet.A4[1] - 2 * sheet.PDF_MARGIN
+    width = sheet.A4[0] - 2 * sheet.PDF_MARGIN
+    for bs in pages:
+        assert sum(b.height for b in bs) <= room + 1e-9 or len(bs) == 1
+    rows = [b for bs in pages for b in bs if b.kind == "row"]
+    full = [b for b in rows if len(b.panels) == sheet.PDF_COLS]
+    assert full and all(len(b.panels) <= sheet.PDF_COLS for b in rows)
+    side = (width - (sheet.PDF_COLS - 1) * sheet.GAP) / sheet.PDF_COLS
+    assert side * sheet.PDF_COLS / width > 0.9 and side > 2.2  # the panels fill the width, each over 2.2 in
+    lines = [ln for bs in pages for b in bs for ln in b.lines]
+    assert min(ln.size for ln in lines) >= sheet.MIN_PT and min(sheet.CAPTION_PT, sheet.PANEL_PT) >= sheet.MIN_PT
+    head = " ".join(ln.text for ln in pages[0][0].lines)
+    d = report.detector
+    for want in ("demo/brick", report.name, f"{d['score']:.3f}", f"threshold {d['threshold']:.3f}",
+                 "ANOMALOUS" if d["anomalous"] else "NORMAL", "Model: PatchCore" if "patchcore" in report.model_key
+                 else "Model:", "Date: ", "Reviewer: "):
+        assert want in head, (want, head)
+    assert "sigma=" not in head and "note=" not in head  # parameters: in the appendix
+    tail = " ".join(ln.text for ln in pages[-1][-1].lines)
+    assert tail.startswith("Appendix: parameters") and "sigma=2" in tail and "note=test" in tail
+
+
+def test_png_sheet_has_its_bar_apart_from_the_text(report):
+    """The colour bar is a block of its own, after the panels: it cannot cover the header's words."""
+    from cfx.reports import sheet
+
+    kinds = [b.kind for b in sheet.blocks(report, sheet.PNG_WIDTH - 0.6, sheet.PNG_COLS)]
+    assert kinds[0] == "text" and kinds[-1] == "text" and kinds[-2] == "bar" and set(kinds[1:-2]) == {"row"}
+    assert all(w not in " ".join(sheet.BAR_WORDS) for w in ("scale", "÷"))
+
+
+def test_reviewer_in_the_header(brick, demo_root):
+    sel = select_image(demo_root, "brick", None, brick.channels, brick.image_size)
+    r = X.Report.from_bundle(brick, sel.image, sel.name, reviewer="<b>Ana</b>")
+    from cfx.reports import sheet
+
+    assert any("Reviewer: <b>Ana</b>" in ln.text for ln in sheet.header_lines(r))
+    text = X.html_text(r)
+    assert "Reviewer: &lt;b&gt;Ana&lt;/b&gt;" in text and "<b>Ana</b>" not in text  # inert
 
 
 def test_html_is_self_contained(report):
