@@ -163,7 +163,7 @@ def heat_figure(image: np.ndarray | None, heat: np.ndarray, scale: float | None,
     if showscale:  # the colour bar of the shared scale
         peak = float(np.nanmax(heat)) if heat.size else 0.0
         bar = ({"tickvals": [0, X.NORMAL_SHARE, 1], "ticktext": ["0", "normal max", f"peak {peak:.3g}"]} if cal
-               else {"tickvals": [-1, 0, 1], "ticktext": ["most negative", "0", "strongest"]})
+               else {"tickvals": [-1, 0, 1], "ticktext": ["pushes the score down", "no effect", "pushes it up"]})
         fig.add_trace(go.Heatmap(z=[[-1, 1]], x=[-10, -10], y=[-10, -10], colorscale=X.plotly_colorscale(),
                                  zmin=-1, zmax=1, showscale=True, hoverinfo="skip", opacity=0,
                                  colorbar={"thickness": 8, "len": 0.8, **bar}))

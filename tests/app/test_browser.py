@@ -234,9 +234,9 @@ def test_every_page_fits_the_screen(server, browser, width, height):
     """At 1280x720 and 1440x900 no page cuts a text off (the verdict, score and threshold among
     them); Compare's first maps show without scrolling; the view comes from the URL and survives a
     reload."""
-    # the README shows the smaller screen's views; the larger one's go to a temporary folder
-    where = SHOTS if (width, height) == SCREENS[0] else Path(tempfile.mkdtemp(prefix="cfx-layout-"))
-    where.mkdir(parents=True, exist_ok=True)
+    # the README shows Inspect and Compare on the smaller screen; the other views go to a temporary folder
+    spare = Path(tempfile.mkdtemp(prefix="cfx-layout-"))
+    SHOTS.mkdir(parents=True, exist_ok=True)
     page = browser.new_context(viewport={"width": width, "height": height}).new_page()
     page.set_default_timeout(TIMEOUT_MS)
     page.goto(f"{server}/inspect?category={CATEGORY}&image={IMAGE}")  # a shared link
@@ -260,6 +260,7 @@ def test_every_page_fits_the_screen(server, browser, width, height):
             top = page.evaluate("() => document.querySelector('[data-testid=\"stMain\"] .js-plotly-plot')"
                                 ".getBoundingClientRect().top")
             assert top < height - 150, f"Compare's first map starts at {top:.0f} px of {height}"
+        where = SHOTS if (width, height) == SCREENS[0] and title in ("Inspect", "Compare") else spare
         page.screenshot(path=str(where / f"layout_{width}x{height}_{title.lower().replace(' ', '_')}.png"))
     assert page.locator('[data-testid="stSidebar"]').get_by_text(f"demo/{CATEGORY} · {IMAGE}").count() == 1
 
