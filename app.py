@@ -24,6 +24,7 @@ st.html("<style>[data-testid='stMainBlockContainer']{padding-top:2.2rem;padding-
 PAGES = [
     ("pages/home.py", "Home", ":material/home:"),
     ("pages/inspect.py", "Inspect", ":material/search:"),
+    ("pages/lots.py", "Lots", ":material/inventory_2:"),
     ("pages/compare.py", "Compare", ":material/grid_view:"),
     ("pages/counterfactuals.py", "Counterfactuals", ":material/compare:"),
     ("pages/concepts.py", "Concepts", ":material/tune:"),

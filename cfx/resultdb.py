@@ -240,6 +240,19 @@ class ResultDB:
         return self._write(f"INSERT OR IGNORE INTO images ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
                            [list(cols.values())]) > 0
 
+    def put_images(self, rows: Iterable[dict[str, Any]]) -> int:
+        """Several :meth:`put_image` rows in one transaction (a batch of a lot); how many were new."""
+        rows = list(rows)
+        if not rows:
+            return 0
+        cols = ["model", "split", "path", "image_sha", "map", "created",
+                *[k for k in rows[0] if k not in ("model", "split", "path", "image_sha", "map")]]
+        stamp = now()
+        values = [[map_bytes(r.get("map")) if c == "map" else stamp if c == "created" else r.get(c) for c in cols]
+                  for r in rows]
+        return self._write(f"INSERT OR IGNORE INTO images ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                           values)
+
     def images(self, model: str | None = None, with_maps: bool = False, split: str | None = None,
                category: str | None = None) -> list[dict[str, Any]]:
         """The inspected images (of one model, split, category), by path; ``map`` arrays only when

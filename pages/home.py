@@ -15,6 +15,7 @@ st.markdown("""
 | Page | Answers |
 |---|---|
 | **Inspect** | What does the detector say about this image? Score against threshold, decision, classifier probability, reconstruction, heatmap, the ground-truth mask. Browse, filter or upload images. |
+| **Lots** | How did a lot of new, unlabeled parts fare? Any folder of part images inspected against a fitted category: the NG parts first, then the doubtful ones, each with its verdict and map, and an OK / NG decision with a reason. |
 | **Compare** | Where does each explanation method put the blame? Every method side by side on one colour scale, with its time and metrics; download a PNG, JSON, PDF or HTML report. |
 | **Counterfactuals** | What is the closest image the detector calls normal? Original, counterfactual and difference, a comparison slider, and the path across the decision boundary step by step. |
 | **Concepts** | Which different kinds of change would make this anomaly normal: colour only, structure only, both, one region at a time? One slider per concept, from the original to its edit; a kind that is not enough alone is said so. |

@@ -1,5 +1,7 @@
 """``python -m cfx inspect``: score every test image of a category (or of every fitted category)
-and store its verdict, score and anomaly map in the results database (:mod:`cfx.inspection`).
+and store its verdict, score and anomaly map in the results database (:mod:`cfx.inspection`);
+with ``--lot DIR``, every image of a folder of new, unlabeled parts against one fitted category
+(:mod:`cfx.lots`), printed as the inspector's queue: NG first, then the doubtful parts.
 
 The batches run as Dask tasks (by default a LocalCluster of one process per core, two on a CUDA
 machine; ``--workers``; ``--scheduler`` or ``$CFX_DASK_SCHEDULER`` for a running cluster;
@@ -27,6 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_detector_arg(p)
     add_cluster_args(p)
     p.add_argument("--split", default="test", choices=["test", "train"])
+    p.add_argument("--lot", metavar="DIR",
+                   help="a folder of new part images (any names, nested folders, no labels) to inspect against "
+                        "--category's models instead of a split")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--out", help="write inspect-<dataset>-<category>.csv and -maps.npz to this folder")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -42,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
     from cfx.resultdb import open_db
 
     local = runs_locally(args)
+    if args.lot:
+        return _run_lot(args)
     if args.out:
         from cfx.atomic import writable_dir
 
@@ -89,3 +96,48 @@ def _write(folder: str, dataset: str, category: str, result: dict, db, model: st
     np.savez_compressed(buf, **{safe_name(k): v for k, v in maps.items() if v is not None})
     write_bytes(os.path.join(folder, f"{stem}-maps.npz"), buf.getvalue())
     print(f"wrote {path} and {stem}-maps.npz", file=sys.stderr)
+
+
+def _run_lot(args: argparse.Namespace) -> int:
+    from cfx.errors import DataError
+    from cfx.lots import inspect_lot, lot_files
+    from cfx.models.bundle import load_for_root
+    from cfx.resolve import categories_for, resolve_root
+    from cfx.resultdb import open_db
+
+    from cfx.commands.audit import _Progress
+
+    if args.category in (None, "all"):
+        raise DataError("--lot needs the category whose models inspect it: --category C")
+    if args.out:
+        from cfx.atomic import writable_dir
+
+        writable_dir(args.out, "--out")
+    lot_files(args.lot)  # a wrong folder is said before any model loads
+    root = resolve_root(args.data_root)
+    (category,) = categories_for(root, args.category)
+    bundle = load_for_root(root, category, detector=args.detector)
+    with _Progress(f"lot {args.lot}", not args.quiet and sys.stderr.isatty()) as bar:
+        r = inspect_lot(bundle, args.lot, open_db(), bar)
+    if args.out:
+        from cfx.atomic import write_bytes
+        from cfx.audit.export import csv_text
+        from cfx.lots import COLUMNS
+        from cfx.reports.encode import safe_name
+
+        path = write_bytes(os.path.join(args.out, f"{safe_name(r['lot'].replace(':', '-'))}.csv"),
+                           csv_text(r["images"], COLUMNS).encode())
+        print(f"wrote {path}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(r, indent=2, default=json_default))
+        return 0
+    s = r["summary"]
+    print(f"{r['folder']}: {s['images']} parts against {bundle.dataset}/{category} ({bundle.detector.label}): "
+          f"{s['NG']} NG, {s['doubtful']} doubtful, {s['OK']} OK ({r['seconds']:.1f} s)")
+    for row in r["images"]:
+        if row["verdict"] == "OK":
+            break
+        print(f"  {row['verdict']:8s} {row['score']:8.3f} (threshold {row['threshold']:.3f})  {row['path']}")
+    for msg in r["skipped"]:
+        print(f"not read: {msg}", file=sys.stderr)
+    return 0

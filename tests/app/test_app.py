@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 APP = str(ROOT / "app.py")
 PAGES = ["pages/home.py", "pages/inspect.py", "pages/compare.py", "pages/counterfactuals.py", "pages/detector.py"]
 #: the other pages: each rendered once, not in the page-switch cycles over PAGES
-MORE_PAGES = ["pages/concepts.py", "pages/mask_jaccard.py"]
+MORE_PAGES = ["pages/concepts.py", "pages/mask_jaccard.py", "pages/lots.py"]
 TIMEOUT = 300
 
 
@@ -1029,3 +1029,47 @@ def test_compare_reuses_what_the_audit_stored(tmp_path, monkeypatch, demo_bundle
     np.testing.assert_array_equal(exp.heatmap, d.map)
     # LIME was not computed again (the light methods the page shows at once are stored beside it)
     assert open_db().count(method="lime") == lime_rows == 1 and open_db().count() >= rows_before
+
+
+# ---------------------------------------------------------------- lots
+def test_a_lot_in_the_app(tmp_path, monkeypatch, demo_root):
+    """A folder of new parts: inspected in the background, the queue NG first, the first part shown
+    with its verdict and map, and an NG decision stored for the part on screen."""
+    import shutil
+    import time
+
+    from cfx.inert import markdown_text
+    from cfx.review import ReviewStore
+
+    monkeypatch.setenv("CFX_ALLOWED_ROOTS", str(tmp_path))
+    monkeypatch.setenv("CFX_RESULTS_DB", str(tmp_path / "r.sqlite"))
+    monkeypatch.setenv("CFX_REVIEW_DB", str(tmp_path / "review.sqlite"))
+    lot = tmp_path / "lot"
+    src = demo_root / "brick" / "test"
+    for i, p in enumerate(sorted((src / "good").glob("*.png"))[:3] + sorted((src / "crack").glob("*.png"))[:3]):
+        (lot / f"cam{i % 2}").mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, lot / f"cam{i % 2}" / f"p{i}.png")
+    at = new_app("pages/lots.py")
+    at.selectbox(key="w_category").select("brick").run()
+    at.text_input(key="lot_folder").input(str(tmp_path / "elsewhere" / ".." / ".." / "nope")).run()
+    ok(at)
+    assert at.error and "does not open that folder" in at.error[0].value  # outside the allowed roots: one line
+    at.text_input(key="lot_folder").input(str(lot)).run()
+    at.button(key="lot_run").click().run()
+    t0 = time.time()
+    while "result" not in (at.session_state["shown"] if "shown" in at.session_state else {}).get("lots", {}) \
+            and time.time() - t0 < 120:
+        time.sleep(0.5)  # the lot runs in the background; the page shows it once done
+        at.run()
+    ok(at)
+    r = shown(at, "lots")["result"]
+    assert r["summary"]["images"] == 6 and r["images"][0]["verdict"] == "NG"
+    assert any("6 parts" in m.value for m in at.markdown)
+    assert at.subheader[0].value == markdown_text(r["images"][0]["path"])  # the first of the queue is on screen
+    assert at.radio(key="lot_verdict").value == "NG"  # prefilled with the detector's call
+    at.text_input(key="lot_reason").input("crack at the edge").run()
+    at.button(key="lot_save").click().run()
+    ok(at)
+    stored = ReviewStore().latest("demo", "brick")
+    key = f"{r['lot']}/{r['images'][0]['path']}"
+    assert stored[key]["verdict"] == "NG" and stored[key]["reason"] == "crack at the edge"

@@ -250,7 +250,7 @@ def test_every_page_fits_the_screen(server, browser, width, height):
     verdict.first.wait_for()
     box = verdict.first.bounding_box()
     assert box is not None and box["x"] + box["width"] <= width, box
-    for title in ("Inspect", "Compare", "Counterfactuals", "Concepts", "Mask Jaccard", "Detector"):
+    for title in ("Inspect", "Lots", "Compare", "Counterfactuals", "Concepts", "Mask Jaccard", "Detector"):
         goto(page, title)
         no_exception(page)
         page.wait_for_timeout(1500)  # the maps' and tables' own layout

@@ -1,0 +1,189 @@
+"""A lot: any folder of new, unlabeled part images (any names, nested folders), inspected against a
+fitted category. Each image's verdict, score and map go into the results database's ``images``
+table under the split ``lot:<folder name>-<8 hex digits of its resolved path>`` and its path
+within the lot, keyed by its content hash as a category's splits are (:mod:`cfx.inspection`): a
+lot inspected again scores only what is new or changed, and a killed run resumes.
+
+The queue an inspector works through puts the parts called NG first (highest score first), then
+the doubtful ones (called OK within :data:`DOUBT_MARGIN` of the threshold, closest first), then
+the rest.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from cfx.data.imageio import check_regular_file, image_to_array, open_image
+from cfx.data.mvtec import IMAGE_EXTENSIONS
+from cfx.errors import CfxError, DataError
+from cfx.inspection import image_sha
+from cfx.resultdb import ResultDB
+
+#: a part called OK with a score within this of the threshold is doubtful. Both detectors' scores
+#: are z-scores on held-out good parts, so this is one standard deviation of a good part's score.
+DOUBT_MARGIN = 1.0
+#: images read and scored per batch (one forward pass; bounded memory for lots of any size)
+CHUNK = 64
+#: the columns of a lot's row
+COLUMNS = ("lot", "path", "image_sha", "score", "threshold", "anomalous", "verdict")
+
+ProgressFn = Callable[[int, int, str], None]
+
+
+def lot_split(folder: str | Path) -> str:
+    """The split a lot's rows are stored under: its folder's name and a digest of its resolved path
+    (two lots with one name never share rows)."""
+    p = Path(folder).resolve()
+    return f"lot:{p.name}-{hashlib.sha1(str(p).encode()).hexdigest()[:8]}"
+
+
+def lot_files(folder: str | Path) -> list[Path]:
+    """Every image file under ``folder`` (nested folders included, hidden ones skipped), sorted by path.
+
+    Raises:
+        DataError: not a folder, or no image in it (one line).
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise DataError(f"{folder} is not a folder of part images")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS
+                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    if not files:
+        raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {folder}")
+    return files
+
+
+def _chunks(files: list[Path], root: Path, size: int, channels: int
+            ) -> Iterator[tuple[list[str], np.ndarray, list[str]]]:
+    """(relative paths, images, messages of unreadable files) per :data:`CHUNK` files."""
+    for i in range(0, len(files), CHUNK):
+        names, arrays, skipped = [], [], []
+        for f in files[i:i + CHUNK]:
+            rel = f.relative_to(root).as_posix()
+            try:
+                check_regular_file(f, rel)
+                arrays.append(image_to_array(open_image(f, rel), size, channels))
+                names.append(rel)
+            except DataError as exc:
+                skipped.append(str(exc))
+        yield names, (np.stack(arrays) if arrays else np.zeros((0, channels, size, size), np.float32)), skipped
+
+
+def verdict(score: float, threshold: float) -> str:
+    """``NG`` above the threshold, ``doubtful`` within :data:`DOUBT_MARGIN` below it, else ``OK``."""
+    if score > threshold:
+        return "NG"
+    return "doubtful" if score >= threshold - DOUBT_MARGIN else "OK"
+
+
+def queue_order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """NG first (highest score first), then doubtful (closest to the threshold first), then OK."""
+    rank = {"NG": 0, "doubtful": 1, "OK": 2}
+    return sorted(rows, key=lambda r: (rank[r["verdict"]], -r["score"] if r["verdict"] == "NG"
+                                       else abs(r["threshold"] - r["score"]), r["path"]))
+
+
+def inspect_lot(bundle, folder: str | Path, db: ResultDB, progress: ProgressFn | None = None) -> dict[str, Any]:
+    """Score every image of a lot with the bundle's detector (stored ones are read back, not scored
+    again) and store each verdict, score and map.
+
+    Returns:
+        ``{"lot", "folder", "category", "model", "run", "images": [rows in queue order], "summary":
+        {"images", "NG", "doubtful", "OK", "unreadable"}, "skipped": [messages], "seconds"}``.
+
+    Raises:
+        DataError: not a folder, or no image in it.
+    """
+    t0 = time.perf_counter()
+    root = Path(folder)
+    files = lot_files(root)
+    split = lot_split(root)
+    model = bundle.key()
+    stored = db.image_keys(model, split)
+    run = db.start_run("lot", dataset=bundle.dataset, category=bundle.category, model=model, total=len(files),
+                       engine="local", params={"lot": split, "folder": str(root.resolve())})
+    keys: list[tuple[str, str]] = []
+    skipped: list[str] = []
+    done = 0
+    try:
+        for names, images, bad in _chunks(files, root, bundle.image_size, bundle.channels):
+            skipped += bad
+            shas = [image_sha(im) for im in images]
+            keys += list(zip(names, shas))
+            todo = [i for i, k in enumerate(zip(names, shas)) if k not in stored]
+            if todo:
+                a = bundle.analyse(images[todo])
+                db.put_images([dict(model=model, split=split, path=names[i], image_sha=shas[i], map=a["heatmap"][j],
+                                    run=run, dataset=bundle.dataset, category=bundle.category, image=names[i],
+                                    defect="", score=float(a["score"][j]), threshold=float(bundle.threshold),
+                                    anomalous=int(bool(a["anomalous"][j]))) for j, i in enumerate(todo)])
+            done += len(names) + len(bad)
+            if progress is not None:
+                progress(done, len(files), names[-1] if names else "")
+    except (CfxError, OSError) as exc:
+        db.finish_run(run, "failed", seconds=time.perf_counter() - t0, summary={"error": str(exc)})
+        raise
+    by_key = {(r["path"], r["image_sha"]): r for r in db.images(model, split=split)}
+    rows = []
+    for key in keys:
+        r = by_key.get(key)
+        if r is not None:
+            rows.append({"lot": split, "path": r["path"], "image_sha": r["image_sha"], "score": float(r["score"]),
+                         "threshold": float(r["threshold"]), "anomalous": bool(r["anomalous"]),
+                         "verdict": verdict(float(r["score"]), float(r["threshold"]))})
+    rows = queue_order(rows)
+    summary = {"images": len(rows), **{v: sum(r["verdict"] == v for r in rows) for v in ("NG", "doubtful", "OK")},
+               "unreadable": len(skipped)}
+    seconds = time.perf_counter() - t0
+    db.finish_run(run, "done", seconds=seconds, summary=summary)
+    return {"lot": split, "folder": str(root.resolve()), "category": bundle.category, "model": model, "run": run,
+            "images": rows, "summary": summary, "skipped": skipped, "seconds": seconds}
+
+
+class LotJob:
+    """:func:`inspect_lot` in a daemon thread, with its progress to poll (the app's Lots page).
+
+    Attributes:
+        done, total: files handled so far and in all. result: the lot's result once finished.
+        error: one line if it failed.
+    """
+
+    def __init__(self, bundle, folder: str | Path, db: ResultDB) -> None:
+        self.done, self.total = 0, 0
+        self.result: dict[str, Any] | None = None
+        self.error: str | None = None
+        self.started = time.time()
+        self._thread = threading.Thread(target=self._run, args=(bundle, folder, db), name="cfx-lot", daemon=True)
+
+    def start(self) -> "LotJob":
+        self._thread.start()
+        return self
+
+    def _progress(self, done: int, total: int, message: str) -> None:
+        self.done, self.total = done, total
+
+    def _run(self, bundle, folder, db) -> None:
+        try:
+            self.result = inspect_lot(bundle, folder, db, self._progress)
+        except CfxError as exc:
+            self.error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - shown by the page in one line
+            self.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def eta(self) -> float | None:
+        """Seconds left at the rate so far (None before the first batch)."""
+        if not self.done or not self.total:
+            return None
+        return (time.time() - self.started) / self.done * (self.total - self.done)

@@ -1,0 +1,135 @@
+"""Lots: a folder of new, unlabeled part images inspected against the selected category's models
+(:mod:`cfx.lots`), the inspector's queue (NG first, then the doubtful parts), each part with its
+verdict and map, and an OK / NG decision with a reason on the part on screen."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from cfx import reports as X
+from cfx.data.imageio import load_image
+from cfx.errors import CfxError
+from cfx.inert import markdown_text
+from cfx.lots import DOUBT_MARGIN, LotJob, lot_files, lot_split
+from pages._common import analyse_one, current, heat_figure, image_figure, plot, require_models, reviewer, show
+
+st.title("Lots")
+sel = current()
+if not require_models(sel):
+    st.stop()
+b = sel.bundle
+st.caption(f"New parts inspected against {markdown_text(f'{sel.dataset}/{sel.category}')} with "
+           f"{b.detector.label}: the parts called NG first, then the doubtful ones (called OK within "
+           f"{DOUBT_MARGIN:g} good-part standard deviation of the threshold).")
+
+
+@st.cache_resource(show_spinner=False)
+def _jobs() -> dict[tuple[str, str], LotJob]:
+    """The lots of this server process, by (model, lot) (shared by sessions; a lot is stored)."""
+    return {}
+
+
+folder = st.text_input("Lot folder", key="lot_folder", placeholder="/path/to/new/parts",
+                       help="any folder of part images: nested folders, any names, no labels").strip()
+if not folder:
+    st.info("Type the folder of a lot of new parts.")
+    st.stop()
+from cfx.station import REFUSAL, is_allowed  # noqa: E402
+
+if not is_allowed(folder):
+    st.error(REFUSAL)
+    st.stop()
+try:
+    n_files = len(lot_files(folder))
+except CfxError as exc:
+    st.error(markdown_text(str(exc)))
+    st.stop()
+key = (b.key(), lot_split(folder))
+job = _jobs().get(key)
+if job is None or (not job.running and st.button(f"Inspect the lot again ({n_files} files: only new or changed "
+                                                  "ones are scored)", key="lot_again")):
+    if job is None and not st.button(f"Inspect the lot ({n_files} files)", type="primary", key="lot_run"):
+        st.stop()
+    from pages._results import results_db
+
+    db = results_db()
+    if db is None:
+        st.error("The results database cannot be opened; the lot cannot be stored.")
+        st.stop()
+    job = _jobs()[key] = LotJob(b, folder, db).start()
+
+
+@st.fragment(run_every=1.0)
+def _progress() -> None:
+    if job.running:
+        eta = job.eta()
+        st.progress(job.done / job.total if job.total else 0.0,
+                    text=f"Inspecting: {job.done}/{job.total or n_files} parts"
+                         + ("" if eta is None else f", about {eta:.0f} s left"))
+    else:
+        st.rerun(scope="app")
+
+
+if job.running:
+    _progress()
+    st.stop()
+if job.error:
+    st.error(markdown_text(f"The lot could not be inspected: {job.error}"))
+    st.stop()
+r = job.result
+s = r["summary"]
+show("lots", result=r)
+st.markdown(f"**{s['images']} parts**: :red[{s['NG']} NG] · :orange[{s['doubtful']} doubtful] · {s['OK']} OK"
+            + (f" · {s['unreadable']} not readable" if s["unreadable"] else "") + f" ({r['seconds']:.1f} s)")
+for msg in r["skipped"][:5]:
+    st.caption(markdown_text(f"not read: {msg}"))
+
+from cfx.review import ReviewStore  # noqa: E402
+
+try:
+    store = ReviewStore()
+    decided = store.latest(sel.dataset, sel.category)
+except CfxError as exc:
+    st.error(markdown_text(str(exc)))
+    decided, store = {}, None
+name = lambda row: f"{r['lot']}/{row['path']}"  # noqa: E731  (the part's name in the review store)
+rows = r["images"]
+table = pd.DataFrame([{"verdict": x["verdict"], "score": round(x["score"], 3), "part": x["path"],
+                       "decision": decided.get(name(x), {}).get("verdict", "")} for x in rows])
+event = st.dataframe(table, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row",
+                     key="lot_table", height=min(360, 38 + 35 * len(rows)))
+picked = list(getattr(getattr(event, "selection", None), "rows", []) or [])
+i = int(picked[0]) if picked else 0
+part = rows[i]
+st.subheader(markdown_text(part["path"]))
+image = load_image(f"{folder}/{part['path']}", b.image_size, b.channels)
+a = analyse_one(b, image)
+word, colour = ("Anomalous", "red") if a["anomalous"] else ("Normal", "green")
+st.markdown(f"#### :{colour}[{word}] · anomaly score {float(a['score']):.3f} against the threshold {b.threshold:.3f}")
+c1, c2 = st.columns(2)
+with c1:
+    plot(image_figure(image, None, "part"), "lot_image")
+with c2:
+    plot(heat_figure(image, a["heatmap"], None, None, "the detector's map (yellow: beyond a good part)", label="heat"),
+         "lot_heat")
+    st.caption(X.calibrated_caption(np.asarray(a["heatmap"])).capitalize() + ".")
+if store is not None:
+    stored = decided.get(name(part), {})
+    if st.session_state.get("lot_for") != name(part):  # a new part: its stored decision, prefilled
+        st.session_state["lot_for"] = name(part)
+        st.session_state["lot_verdict"] = stored.get("verdict") or ("NG" if part["verdict"] == "NG" else "OK")
+        st.session_state["lot_reason"] = stored.get("reason") or ""
+    d1, d2, d3 = st.columns([1, 3, 1], vertical_alignment="bottom")
+    v = d1.radio("Decision", ["OK", "NG"], horizontal=True, key="lot_verdict")
+    reason = d2.text_input("Reason", key="lot_reason", placeholder="e.g. scratch on the rim")
+    if d3.button("Save", type="primary", key="lot_save"):
+        try:
+            row = store.record(sel.dataset, sel.category, name(part), b.key(), v, reason, score=part["score"],
+                               threshold=part["threshold"], reviewer=reviewer())
+        except CfxError as exc:
+            st.error(markdown_text(str(exc)))
+        else:
+            st.toast(markdown_text(f"{part['path']}: {row['verdict']} saved"))
+            st.session_state.pop("lot_for", None)
+            st.rerun()

@@ -1,0 +1,119 @@
+"""A lot of new, unlabeled parts (cfx.lots, ``cfx inspect --lot``): any folder, nested, any names."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from cfx.cli import main
+from cfx.data.imageio import load_image
+from cfx.lots import DOUBT_MARGIN, inspect_lot, lot_split, queue_order, verdict
+from cfx.resultdb import ResultDB
+
+
+@pytest.fixture
+def lot(tmp_path, demo_root):
+    """Six good and six defective demo brick parts under new names in nested folders, a hidden file,
+    a text file and one damaged image."""
+    folder = tmp_path / "lot 7"
+    src = demo_root / "brick" / "test"
+    picks = sorted((src / "good").glob("*.png"))[:6] + sorted(p for d in src.iterdir() if d.name != "good"
+                                                             for p in d.glob("*.png"))[:6]
+    for i, p in enumerate(picks):
+        dest = folder / ("line-a" if i % 2 else "line-b/shift 2") / f"part #{i:03d}.png"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, dest)
+    (folder / ".thumbs").mkdir()
+    shutil.copy(picks[0], folder / ".thumbs" / "x.png")
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 50)
+    return folder, picks
+
+
+def test_a_lot_is_scored_stored_and_queued(lot, brick, tmp_path, monkeypatch):
+    folder, picks = lot
+    brick = brick.using("patchcore")
+    db = ResultDB(tmp_path / "r.sqlite")
+    r = inspect_lot(brick, folder, db)
+    rows = {x["path"]: x for x in r["images"]}
+    assert len(rows) == 12 and r["summary"]["images"] == 12 and r["summary"]["unreadable"] == 1
+    assert len(r["skipped"]) == 1 and "broken.png" in r["skipped"][0] and "\n" not in r["skipped"][0]
+    assert not any(p.startswith(".thumbs") for p in rows)
+    # the stored verdict is the detector's on the same image
+    for i, p in enumerate(picks[:3] + picks[-3:]):
+        k = picks.index(p)
+        name = ("line-a" if k % 2 else "line-b/shift 2") + f"/part #{k:03d}.png"
+        img = load_image(p, brick.image_size, brick.channels)
+        s = float(brick.score_numpy(img[None])[0])
+        assert rows[name]["score"] == pytest.approx(s, rel=1e-4, abs=1e-4)
+        assert rows[name]["verdict"] == verdict(s, brick.threshold)
+    # the queue: NG first (highest first), then doubtful, then OK
+    order = [x["verdict"] for x in r["images"]]
+    assert order == sorted(order, key=["NG", "doubtful", "OK"].index)
+    ng = [x["score"] for x in r["images"] if x["verdict"] == "NG"]
+    assert ng == sorted(ng, reverse=True) and r["summary"]["NG"] >= 5  # the demo's defects are found
+    assert sum(r["summary"][v] for v in ("NG", "doubtful", "OK")) == 12
+    # inspected again: nothing is scored twice; a changed file is scored under its own content
+    calls = []
+    analyse = type(brick).analyse
+    monkeypatch.setattr(type(brick), "analyse", lambda self, x, *a, **k: calls.append(len(x)) or analyse(self, x, *a, **k))
+    again = inspect_lot(brick, folder, db)
+    assert calls == [] and [x["path"] for x in again["images"]] == [x["path"] for x in r["images"]]
+    shutil.copy(picks[-1], folder / "line-b" / "shift 2" / "part #000.png")  # a good part replaced by a defect
+    third = inspect_lot(brick, folder, db)
+    assert calls == [1]
+    changed = next(x for x in third["images"] if x["path"] == "line-b/shift 2/part #000.png")
+    assert changed["score"] == pytest.approx(rows["line-a/part #011.png"]["score"])
+    assert len(db.images(brick.key(), split=lot_split(folder))) == 13  # the old content's row stays
+
+
+def test_doubtful_and_queue_order():
+    assert verdict(3.1, 3.0) == "NG" and verdict(3.0, 3.0) == "doubtful"
+    assert verdict(3.0 - DOUBT_MARGIN, 3.0) == "doubtful" and verdict(1.9, 3.0) == "OK"
+    rows = [{"path": p, "score": s, "threshold": 3.0, "verdict": verdict(s, 3.0)}
+            for p, s in (("a", 1.0), ("b", 2.9), ("c", 5.0), ("d", 2.2), ("e", 9.0))]
+    assert [r["path"] for r in queue_order(rows)] == ["e", "c", "b", "d", "a"]
+
+
+def test_two_lots_with_one_name_do_not_share_rows(tmp_path):
+    (tmp_path / "x" / "lot").mkdir(parents=True)
+    (tmp_path / "y" / "lot").mkdir(parents=True)
+    assert lot_split(tmp_path / "x" / "lot") != lot_split(tmp_path / "y" / "lot")
+    assert lot_split(tmp_path / "x" / "lot").startswith("lot:lot-")
+
+
+def test_cli_lot(lot, capsys, tmp_path, monkeypatch):
+    folder, _ = lot
+    monkeypatch.setenv("CFX_RESULTS_DB", str(tmp_path / "r.sqlite"))
+    code = main(["inspect", "--lot", str(folder), "--category", "brick", "--detector", "patchcore", "--json",
+                 "--out", str(tmp_path / "out")])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["summary"]["images"] == 12 and out["images"][0]["verdict"] == "NG"
+    assert out["category"] == "brick" and out["lot"] == lot_split(folder)
+    (csv,) = (tmp_path / "out").glob("*.csv")
+    assert csv.read_text().splitlines()[0].split(",")[:3] == ["lot", "path", "image_sha"]
+    code = main(["inspect", "--lot", str(folder), "--category", "brick", "--detector", "patchcore"])
+    text = capsys.readouterr().out
+    assert code == 0 and "12 parts against demo/brick" in text and " NG " in text
+
+
+@pytest.mark.parametrize("argv,says", [
+    (["--lot", "{tmp}/nope", "--category", "brick"], "is not a folder of part images"),
+    (["--lot", "{tmp}/empty", "--category", "brick"], "no images"),
+    (["--lot", "{tmp}/empty"], "--lot needs the category"),
+])
+def test_cli_lot_bad_input(argv, says, capsys, tmp_path):
+    (tmp_path / "empty").mkdir()
+    code = main(["inspect", *[a.format(tmp=tmp_path) for a in argv]])
+    err = capsys.readouterr().err
+    assert code == 2 and says in err and err.count("\n") == 1, err
+
+
+def test_put_images_is_one_transaction(tmp_path):
+    db = ResultDB(tmp_path / "r.sqlite")
+    rows = [dict(model="m", split="lot:x", path=f"{i}.png", image_sha=str(i), map=np.zeros((4, 4), np.float32),
+                 score=float(i), threshold=1.0, anomalous=0) for i in range(3)]
+    assert db.put_images(rows) == 3 and db.put_images(rows) == 0
+    assert [r["path"] for r in db.images("m", split="lot:x")] == ["0.png", "1.png", "2.png"]
