@@ -88,6 +88,30 @@ def queue_order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                                        else abs(r["threshold"] - r["score"]), r["path"]))
 
 
+def decision_summary(rows: list[dict[str, Any]], decided: dict[str, dict[str, Any]], lot: str) -> dict[str, int]:
+    """What the inspector's decisions say about the detector on a lot (``decided``: the review
+    store's latest decision per part name ``<lot>/<path>``).
+
+    Returns:
+        ``{"parts", "called_ng", "decided", "confirmed_ng" (called NG, decided NG), "overruled"
+        (called NG, decided OK: false alarms), "escapes" (called OK or doubtful, decided NG),
+        "confirmed_ok"}``.
+    """
+    out = dict.fromkeys(("parts", "called_ng", "decided", "confirmed_ng", "overruled", "escapes", "confirmed_ok"), 0)
+    for r in rows:
+        out["parts"] += 1
+        called = r["verdict"] == "NG"
+        out["called_ng"] += called
+        d = decided.get(f"{lot}/{r['path']}", {}).get("verdict")
+        if d is None:
+            continue
+        out["decided"] += 1
+        key = {(True, "NG"): "confirmed_ng", (True, "OK"): "overruled", (False, "NG"): "escapes",
+               (False, "OK"): "confirmed_ok"}[(called, d)]
+        out[key] += 1
+    return out
+
+
 def inspect_lot(bundle, folder: str | Path, db: ResultDB, progress: ProgressFn | None = None) -> dict[str, Any]:
     """Score every image of a lot with the bundle's detector (stored ones are read back, not scored
     again) and store each verdict, score and map.

@@ -11,7 +11,7 @@ from cfx import reports as X
 from cfx.data.imageio import load_image
 from cfx.errors import CfxError
 from cfx.inert import markdown_text
-from cfx.lots import DOUBT_MARGIN, LotJob, lot_files, lot_split
+from cfx.lots import DOUBT_MARGIN, LotJob, decision_summary, lot_files, lot_split
 from pages._common import analyse_one, current, heat_figure, image_figure, plot, require_models, reviewer, show
 
 st.title("Lots")
@@ -94,6 +94,10 @@ except CfxError as exc:
     st.error(markdown_text(str(exc)))
     decided, store = {}, None
 name = lambda row: f"{r['lot']}/{row['path']}"  # noqa: E731  (the part's name in the review store)
+d = decision_summary(r["images"], decided, r["lot"])
+show("lots", decisions=d)
+st.caption(f"Decided {d['decided']} of {d['parts']}: {d['confirmed_ng']} NG confirmed, {d['overruled']} false alarms "
+           f"overruled, {d['escapes']} escapes found (called OK, decided NG), {d['confirmed_ok']} OK confirmed.")
 rows = r["images"]
 table = pd.DataFrame([{"verdict": x["verdict"], "score": round(x["score"], 3), "part": x["path"],
                        "decision": decided.get(name(x), {}).get("verdict", "")} for x in rows])

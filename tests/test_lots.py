@@ -9,7 +9,7 @@ import pytest
 
 from cfx.cli import main
 from cfx.data.imageio import load_image
-from cfx.lots import DOUBT_MARGIN, inspect_lot, lot_split, queue_order, verdict
+from cfx.lots import DOUBT_MARGIN, decision_summary, inspect_lot, lot_split, queue_order, verdict
 from cfx.resultdb import ResultDB
 
 
@@ -117,3 +117,12 @@ def test_put_images_is_one_transaction(tmp_path):
                  score=float(i), threshold=1.0, anomalous=0) for i in range(3)]
     assert db.put_images(rows) == 3 and db.put_images(rows) == 0
     assert [r["path"] for r in db.images("m", split="lot:x")] == ["0.png", "1.png", "2.png"]
+
+
+def test_what_the_decisions_say():
+    rows = [{"path": p, "verdict": v} for p, v in (("a", "NG"), ("b", "NG"), ("c", "doubtful"), ("d", "OK"),
+                                                  ("e", "OK"), ("f", "NG"))]
+    decided = {"L/a": {"verdict": "NG"}, "L/b": {"verdict": "OK"}, "L/c": {"verdict": "NG"}, "L/d": {"verdict": "OK"},
+               "other/e": {"verdict": "NG"}}
+    assert decision_summary(rows, decided, "L") == {"parts": 6, "called_ng": 3, "decided": 4, "confirmed_ng": 1,
+                                                    "overruled": 1, "escapes": 1, "confirmed_ok": 1}

@@ -1073,3 +1073,4 @@ def test_a_lot_in_the_app(tmp_path, monkeypatch, demo_root):
     stored = ReviewStore().latest("demo", "brick")
     key = f"{r['lot']}/{r['images'][0]['path']}"
     assert stored[key]["verdict"] == "NG" and stored[key]["reason"] == "crack at the edge"
+    assert shown(at, "lots")["decisions"]["confirmed_ng"] == 1
