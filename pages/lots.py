@@ -104,8 +104,13 @@ table = pd.DataFrame([{"verdict": x["verdict"], "score": round(x["score"], 3), "
 event = st.dataframe(table, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row",
                      key="lot_table", height=min(360, 38 + 35 * len(rows)))
 picked = list(getattr(getattr(event, "selection", None), "rows", []) or [])
-i = int(picked[0]) if picked else 0
+# the part on screen: a newly picked row, else where the keyboard's "and next" moved to
+if picked and picked[0] != st.session_state.get("lot_picked"):
+    st.session_state["lot_index"] = int(picked[0])
+st.session_state["lot_picked"] = picked[0] if picked else None
+i = min(int(st.session_state.get("lot_index", 0)), len(rows) - 1)
 part = rows[i]
+st.caption(f"Part {i + 1} of {len(rows)} in the queue.")
 st.subheader(markdown_text(part["path"]))
 image = load_image(f"{folder}/{part['path']}", b.image_size, b.channels)
 a = analyse_one(b, image)
@@ -127,13 +132,25 @@ if store is not None:
     d1, d2, d3 = st.columns([1, 3, 1], vertical_alignment="bottom")
     v = d1.radio("Decision", ["OK", "NG"], horizontal=True, key="lot_verdict")
     reason = d2.text_input("Reason", key="lot_reason", placeholder="e.g. scratch on the rim")
-    if d3.button("Save", type="primary", key="lot_save"):
+    save = d3.button("Save", type="primary", key="lot_save")
+    # keyboard-fast: decide and go to the next part of the queue in one key
+    k1, k2, k3 = st.columns(3)
+    ok_next = k1.button("OK, next part", key="lot_ok_next", shortcut="Alt+O")
+    ng_next = k2.button("NG, next part", key="lot_ng_next", shortcut="Alt+N")
+    skip = k3.button("Next part", key="lot_next", shortcut="Alt+J", disabled=i + 1 >= len(rows))
+    if save or ok_next or ng_next:
+        verdict_ = "OK" if ok_next else "NG" if ng_next else v
         try:
-            row = store.record(sel.dataset, sel.category, name(part), b.key(), v, reason, score=part["score"],
+            row = store.record(sel.dataset, sel.category, name(part), b.key(), verdict_, reason, score=part["score"],
                                threshold=part["threshold"], reviewer=reviewer())
         except CfxError as exc:
             st.error(markdown_text(str(exc)))
         else:
             st.toast(markdown_text(f"{part['path']}: {row['verdict']} saved"))
             st.session_state.pop("lot_for", None)
+            if ok_next or ng_next:
+                st.session_state["lot_index"] = min(i + 1, len(rows) - 1)
             st.rerun()
+    if skip:
+        st.session_state["lot_index"] = i + 1
+        st.rerun()

@@ -1074,3 +1074,12 @@ def test_a_lot_in_the_app(tmp_path, monkeypatch, demo_root):
     key = f"{r['lot']}/{r['images'][0]['path']}"
     assert stored[key]["verdict"] == "NG" and stored[key]["reason"] == "crack at the edge"
     assert shown(at, "lots")["decisions"]["confirmed_ng"] == 1
+    # keyboard-fast: "OK, next part" decides the part on screen and shows the next one
+    second = r["images"][1]["path"]
+    at.button(key="lot_ok_next").click().run()
+    ok(at)
+    assert ReviewStore().latest("demo", "brick")[f"{r['lot']}/{r['images'][0]['path']}"]["verdict"] == "OK"
+    assert at.subheader[0].value == markdown_text(second)
+    at.button(key="lot_next").click().run()
+    assert at.subheader[0].value == markdown_text(r["images"][2]["path"])
+    assert shown(at, "lots")["decisions"]["overruled"] == 1  # the first part: called NG, decided OK
