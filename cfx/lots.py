@@ -88,6 +88,19 @@ def queue_order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                                        else abs(r["threshold"] - r["score"]), r["path"]))
 
 
+def repair(bundle, image: np.ndarray) -> tuple[np.ndarray, bool, float]:
+    """A part's counterfactual repair: the smallest local edit towards its nearest good part (of
+    the category's train/good) that the detector calls normal, as the concepts' "whole" edit.
+    About 25 detector evaluations. Returns (the repaired image, whether the detector calls it
+    normal, its score)."""
+    from cfx.explainers.edit import detector_heat, minimal_edit, normal_content
+
+    heat = detector_heat(bundle, image)
+    content, _ = normal_content(bundle, image, "score", heat)
+    e = minimal_edit(bundle, image, "score", heat, {"nearest normal": content}, None)
+    return e.image, bool(e.valid), float(e.score)
+
+
 def decision_summary(rows: list[dict[str, Any]], decided: dict[str, dict[str, Any]], lot: str) -> dict[str, int]:
     """What the inspector's decisions say about the detector on a lot (``decided``: the review
     store's latest decision per part name ``<lot>/<path>``).

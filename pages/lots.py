@@ -101,6 +101,33 @@ st.caption(f"Decided {d['decided']} of {d['parts']}: {d['confirmed_ng']} NG conf
 rows = r["images"]
 table = pd.DataFrame([{"verdict": x["verdict"], "score": round(x["score"], 3), "part": x["path"],
                        "decision": decided.get(name(x), {}).get("verdict", "")} for x in rows])
+def _report():
+    """The lot report of these decisions (built once per set of decisions: its repairs cost seconds)."""
+    from cfx.reports.lot import lot_report
+
+    key = (r["run"], repr(sorted((k, v.get("verdict"), v.get("reason")) for k, v in decided.items()
+                                 if k.startswith(r["lot"] + "/"))), reviewer())
+    held = st.session_state.get("lot_report")
+    if held is None or held[0] != key:
+        held = (key, lot_report(b, r, decided, reviewer=reviewer()))
+        st.session_state["lot_report"] = held
+    return held[1]
+
+
+def _downloads() -> None:
+    from cfx.reports.lot import LOT_FORMATS
+    from cfx.reports.encode import safe_name
+
+    labels = {"pdf": "Lot report (PDF)", "html": "Lot report (HTML)", "csv": "Every part (CSV)",
+              "json": "Every part (JSON)"}
+    mime = {"pdf": "application/pdf", "html": "text/html", "csv": "text/csv", "json": "application/json"}
+    for c, fmt in zip(st.columns(len(LOT_FORMATS)), LOT_FORMATS):
+        c.download_button(labels[fmt], data=lambda f=fmt: LOT_FORMATS[f](_report()), mime=mime[fmt],
+                          file_name=f"cfx_{safe_name(r['lot'].replace(':', '_'))}.{fmt}", key=f"lot_dl_{fmt}",
+                          on_click="ignore", icon=":material/download:")
+
+
+_downloads()
 event = st.dataframe(table, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row",
                      key="lot_table", height=min(360, 38 + 35 * len(rows)))
 picked = list(getattr(getattr(event, "selection", None), "rows", []) or [])

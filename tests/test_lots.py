@@ -97,12 +97,18 @@ def test_cli_lot(lot, capsys, tmp_path, monkeypatch):
     code = main(["inspect", "--lot", str(folder), "--category", "brick", "--detector", "patchcore"])
     text = capsys.readouterr().out
     assert code == 0 and "12 parts against demo/brick" in text and " NG " in text
+    code = main(["inspect", "--lot", str(folder), "--category", "brick", "--detector", "patchcore", "--out",
+                 str(tmp_path / "rep"), "--report", "pdf,html"])
+    assert code == 0 and sorted(p.suffix for p in (tmp_path / "rep").glob("*-report.*")) == [".html", ".pdf"]
 
 
 @pytest.mark.parametrize("argv,says", [
     (["--lot", "{tmp}/nope", "--category", "brick"], "is not a folder of part images"),
     (["--lot", "{tmp}/empty", "--category", "brick"], "no images"),
     (["--lot", "{tmp}/empty"], "--lot needs the category"),
+    (["--lot", "{tmp}/empty", "--category", "brick", "--report", "pdf"], "--report needs --out"),
+    (["--lot", "{tmp}/empty", "--category", "brick", "--report", "docx", "--out", "{tmp}/o"], "unknown report format"),
+    (["--category", "brick", "--report", "pdf"], "use it with --lot"),
 ])
 def test_cli_lot_bad_input(argv, says, capsys, tmp_path):
     (tmp_path / "empty").mkdir()
@@ -126,3 +132,43 @@ def test_what_the_decisions_say():
                "other/e": {"verdict": "NG"}}
     assert decision_summary(rows, decided, "L") == {"parts": 6, "called_ng": 3, "decided": 4, "confirmed_ng": 1,
                                                     "overruled": 1, "escapes": 1, "confirmed_ok": 1}
+
+
+def test_the_lot_report(lot, brick, tmp_path):
+    """The drawn parts (decided first, then NG by score), each repair really crossing the detector's
+    threshold when it says so; A4 PDF pages; the HTML and CSV keep a typed reason inert."""
+    import csv
+    import io
+    import re
+
+    from cfx.reports.lot import LOT_FORMATS, lot_csv, lot_html, lot_report
+
+    folder, _ = lot
+    brick = brick.using("patchcore")
+    r = inspect_lot(brick, folder, ResultDB(tmp_path / "r.sqlite"))
+    ng = [x for x in r["images"] if x["verdict"] == "NG"]
+    ok_part = next(x for x in r["images"] if x["verdict"] != "NG")
+    reason = '=HYPERLINK("http://x","y") <img src=x>'
+    decided = {f"{r['lot']}/{ng[-1]['path']}": {"verdict": "OK", "reason": reason, "reviewer": "Ana"},
+               f"{r['lot']}/{ok_part['path']}": {"verdict": "NG", "reason": "dent", "reviewer": "Ana"}}
+    rep = lot_report(brick, r, decided, reviewer="Ana", max_parts=3)
+    assert [p.path for p in rep.drawn][:2] == sorted([ng[-1]["path"], ok_part["path"]],
+                                                     key=lambda p: -next(x["score"] for x in r["images"] if x["path"] == p))
+    assert rep.drawn[2].path == ng[0]["path"] and rep.not_drawn == len(ng) + 1 - 3
+    assert rep.decisions["overruled"] == 1 and rep.decisions["escapes"] == 1
+    for p in rep.drawn:
+        s = float(brick.score_numpy(p.repaired[None])[0])
+        assert s == pytest.approx(p.repair_score, rel=1e-4, abs=1e-4)
+        assert p.repair_valid == (s <= brick.threshold)
+    assert sum(p.repair_valid for p in rep.drawn) >= 2
+    pdf = LOT_FORMATS["pdf"](rep)
+    assert pdf.startswith(b"%PDF-")
+    for box in re.findall(rb"/MediaBox \[ *([^\]]*)\]", pdf):
+        assert [float(v) for v in box.split()][2:] == pytest.approx([595.4, 841.7], abs=1)
+    page = lot_html(rep)
+    assert "<img src=x>" not in page and "&lt;img src=x&gt;" in page
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
+    rows = list(csv.DictReader(io.StringIO(lot_csv(rep))))
+    assert len(rows) == 12 and next(x for x in rows if x["reason"].startswith("'="))  # inert in a spreadsheet
+    d = json.loads(LOT_FORMATS["json"](rep))
+    assert d["summary"]["images"] == 12 and len(d["parts"]) == 12 and len(d["repairs"]) == 3

@@ -32,6 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lot", metavar="DIR",
                    help="a folder of new part images (any names, nested folders, no labels) to inspect against "
                         "--category's models instead of a split")
+    p.add_argument("--report", metavar="FORMATS",
+                   help="with --lot and --out: the lot report as pdf,html,csv,json (any of them, comma-separated), "
+                        "with the review queue's decisions")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--out", help="write inspect-<dataset>-<category>.csv and -maps.npz to this folder")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -49,6 +52,10 @@ def run(args: argparse.Namespace) -> int:
     local = runs_locally(args)
     if args.lot:
         return _run_lot(args)
+    if args.report:
+        from cfx.errors import DataError
+
+        raise DataError("--report is the lot report: use it with --lot DIR")
     if args.out:
         from cfx.atomic import writable_dir
 
@@ -113,6 +120,15 @@ def _run_lot(args: argparse.Namespace) -> int:
         from cfx.atomic import writable_dir
 
         writable_dir(args.out, "--out")
+    if args.report and not args.out:
+        raise DataError("--report needs --out DIR (where the lot report is written)")
+    if args.report:
+        from cfx.reports.lot import LOT_FORMATS
+
+        formats = [f.strip() for f in args.report.split(",") if f.strip()]
+        bad = [f for f in formats if f not in LOT_FORMATS]
+        if bad or not formats:
+            raise DataError(f"unknown report format(s) {', '.join(bad) or '(none)'}; choose from {', '.join(LOT_FORMATS)}")
     lot_files(args.lot)  # a wrong folder is said before any model loads
     root = resolve_root(args.data_root)
     (category,) = categories_for(root, args.category)
@@ -128,6 +144,15 @@ def _run_lot(args: argparse.Namespace) -> int:
         path = write_bytes(os.path.join(args.out, f"{safe_name(r['lot'].replace(':', '-'))}.csv"),
                            csv_text(r["images"], COLUMNS).encode())
         print(f"wrote {path}", file=sys.stderr)
+    if args.report:
+        from cfx.reports.lot import LOT_FORMATS, lot_report
+        from cfx.review import ReviewStore
+
+        rep = lot_report(bundle, r, ReviewStore().latest(bundle.dataset, category))
+        for fmt in formats:
+            path = write_bytes(os.path.join(args.out, f"{safe_name(r['lot'].replace(':', '-'))}-report.{fmt}"),
+                               LOT_FORMATS[fmt](rep))
+            print(f"wrote {path}", file=sys.stderr)
     if args.json:
         print(json.dumps(r, indent=2, default=json_default))
         return 0

@@ -116,7 +116,7 @@ def appendix_lines(report: Report) -> list[Line]:
 def _wrap(lines: list[Line], width: float) -> list[Line]:
     out = []
     for ln in lines:
-        per = max(20, int(width * 72 / (ln.size * (0.6 if ln.family == "monospace" else 0.5))))
+        per = max(20, int(width * 72 / (ln.size * (0.62 if ln.family == "monospace" else 0.57))))
         for part in textwrap.wrap(ln.text, per) or [""]:
             out.append(Line(part, ln.size, ln.weight, ln.colour, ln.family))
     return out
@@ -140,31 +140,40 @@ def _title_height(n: int) -> float:
 
 
 # ------------------------------------------------------------------ layout
-def blocks(report: Report, width: float, ncols: int) -> list[Block]:
-    """The sheet's blocks for a printable ``width`` (inches) and ``ncols`` panels per row."""
-    head = _wrap(header_lines(report), width)
-    out = [Block("text", _text_height(head) + GAP, head)]
-    ps = panels(report)
+def text_block(lines: list[Line], width: float) -> Block:
+    """Lines wrapped to ``width`` inches, as one block."""
+    wrapped = _wrap(lines, width)
+    return Block("text", _text_height(wrapped) + GAP, wrapped)
+
+
+def panel_rows(ps: list[Panel], width: float, ncols: int) -> list[Block]:
+    """Panels in rows of ``ncols`` across ``width`` inches, each row as tall as its captions need."""
     side = (width - (ncols - 1) * GAP) / ncols
+    out = []
     for r in range(0, len(ps), ncols):
         row = ps[r:r + ncols]
         n_cap = max(len(textwrap.wrap(" ".join(p.caption.split()), _caption_chars(side))[:6]) for p in row)
         n_title = max(len(_title(p, side)) for p in row)
         out.append(Block("row", _title_height(n_title) + side + n_cap * CAPTION_PT * 1.35 / 72 + GAP + 0.05,
                          panels=row, caption_lines=n_cap, title_lines=n_title))
-    if any(p.heat is not None for p in ps):
-        out.append(Block("bar", 0.75))
-    tail = _wrap(appendix_lines(report), width)
-    out.append(Block("text", _text_height(tail) + GAP, tail))
     return out
 
 
-def pdf_pages(report: Report) -> list[list[Block]]:
-    """The PDF's blocks cut into A4 pages (a block is never split; one taller than a page gets its own)."""
+def blocks(report: Report, width: float, ncols: int) -> list[Block]:
+    """The sheet's blocks for a printable ``width`` (inches) and ``ncols`` panels per row."""
+    ps = panels(report)
+    out = [text_block(header_lines(report), width), *panel_rows(ps, width, ncols)]
+    if any(p.heat is not None for p in ps):
+        out.append(Block("bar", 0.75))
+    return [*out, text_block(appendix_lines(report), width)]
+
+
+def paginate(bs: list[Block]) -> list[list[Block]]:
+    """Blocks cut into A4 pages (a block is never split; one taller than a page gets its own)."""
     room = A4[1] - 2 * PDF_MARGIN
     pages: list[list[Block]] = [[]]
     used = 0.0
-    for b in blocks(report, A4[0] - 2 * PDF_MARGIN, PDF_COLS):
+    for b in bs:
         if pages[-1] and used + b.height > room:
             pages.append([])
             used = 0.0
@@ -173,9 +182,15 @@ def pdf_pages(report: Report) -> list[list[Block]]:
     return pages
 
 
+def pdf_pages(report: Report) -> list[list[Block]]:
+    """The report's blocks on A4 pages."""
+    return paginate(blocks(report, A4[0] - 2 * PDF_MARGIN, PDF_COLS))
+
+
 # ------------------------------------------------------------------ drawing
-def _draw(fig, report: Report, bs: list[Block], left: float, top: float, width: float, ncols: int) -> None:
-    """Draw blocks on ``fig`` from ``top`` (inches from the figure's top) down."""
+def _draw(fig, mask: np.ndarray | None, bs: list[Block], left: float, top: float, width: float, ncols: int) -> None:
+    """Draw blocks on ``fig`` from ``top`` (inches from the figure's top) down (``mask``: the
+    defect mask outlined on every panel, or None)."""
     W, H = fig.get_size_inches()
     y = top
     side = (width - (ncols - 1) * GAP) / ncols
@@ -192,14 +207,14 @@ def _draw(fig, report: Report, bs: list[Block], left: float, top: float, width: 
             for i, p in enumerate(b.panels):
                 x = left + i * (side + GAP)
                 ax = fig.add_axes([x / W, 1 - (y + title_h + side) / H, side / W, side / H])
-                _panel(ax, report, p, cm, side)
+                _panel(ax, mask, p, cm, side)
             y += b.height
         elif b.kind == "bar":
             _bar(fig, left, y, width, cm)
             y += b.height
 
 
-def _panel(ax, report: Report, p: Panel, cm, side: float) -> None:
+def _panel(ax, mask: np.ndarray | None, p: Panel, cm, side: float) -> None:
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title("\n".join(_title(p, side)), fontsize=PANEL_PT, pad=3)
@@ -218,8 +233,8 @@ def _panel(ax, report: Report, p: Panel, cm, side: float) -> None:
             ax.imshow(p.heat, cmap=cm, vmin=-1, vmax=1, interpolation="nearest")
     if p.normal_level is not None and np.nanmax(p.normal_level) > 1.0:
         ax.contour(np.asarray(p.normal_level, float), levels=[1.0], colors=[NORMAL_CONTOUR], linewidths=0.9)
-    if report.mask is not None and report.mask.any():
-        ax.contour(report.mask.astype(float), levels=[0.5], colors=["#00e000"], linewidths=0.9)
+    if mask is not None and mask.any():
+        ax.contour(mask.astype(float), levels=[0.5], colors=["#00e000"], linewidths=0.9)
     if caption:
         ax.set_xlabel(caption, fontsize=CAPTION_PT, labelpad=2)
 
@@ -253,7 +268,7 @@ def figure(report: Report, width: float = PNG_WIDTH, ncols: int = PNG_COLS):
     bs = blocks(report, width - 2 * margin, ncols)
     fig = Figure(figsize=(width, sum(b.height for b in bs) + 2 * margin), dpi=100)
     FigureCanvasAgg(fig)
-    _draw(fig, report, bs, margin, margin, width - 2 * margin, ncols)
+    _draw(fig, report.mask, bs, margin, margin, width - 2 * margin, ncols)
     return fig
 
 
@@ -264,20 +279,26 @@ def png_bytes(report: Report, dpi: int = REPORT_DPI) -> bytes:
 
 def pdf_bytes(report: Report) -> bytes:
     """The report on A4 portrait pages (:func:`pdf_pages`), drawn as vectors at full size."""
+    return pdf_from_pages(pdf_pages(report), f"{report.category} {report.name}", report.mask)
+
+
+def pdf_from_pages(pages: list[list[Block]], title: str, mask: np.ndarray | None = None, ncols: int = PDF_COLS) -> bytes:
+    """A4 pages of blocks (:func:`paginate`) as one PDF."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.backends.backend_pdf import PdfPages
     from matplotlib.figure import Figure
 
     buf = io.BytesIO()
     width = A4[0] - 2 * PDF_MARGIN
-    with PdfPages(buf, metadata={"Creator": "cfx", "Title": f"{report.category} {report.name}"}) as pdf:
-        for bs in pdf_pages(report):
+    with PdfPages(buf, metadata={"Creator": "cfx", "Title": title}) as pdf:
+        for bs in pages:
             page = Figure(figsize=A4)
             FigureCanvasAgg(page)
-            _draw(page, report, bs, PDF_MARGIN, PDF_MARGIN, width, PDF_COLS)
+            _draw(page, mask, bs, PDF_MARGIN, PDF_MARGIN, width, ncols)
             pdf.savefig(page)
     return buf.getvalue()
 
 
 __all__ = ["A4", "BAR_WORDS", "Block", "Line", "MIN_PT", "appendix_lines", "blocks", "figure", "header_lines",
-           "pdf_bytes", "pdf_pages", "png_bytes", "REPORT_DPI"]
+           "paginate", "panel_rows", "pdf_bytes", "pdf_from_pages", "pdf_pages", "png_bytes", "REPORT_DPI",
+           "text_block"]

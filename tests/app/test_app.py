@@ -1083,3 +1083,4 @@ def test_a_lot_in_the_app(tmp_path, monkeypatch, demo_root):
     at.button(key="lot_next").click().run()
     assert at.subheader[0].value == markdown_text(r["images"][2]["path"])
     assert shown(at, "lots")["decisions"]["overruled"] == 1  # the first part: called NG, decided OK
+    assert {d.key for d in at.get("download_button")} >= {"lot_dl_pdf", "lot_dl_html", "lot_dl_csv", "lot_dl_json"}
