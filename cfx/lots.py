@@ -58,6 +58,48 @@ def lot_files(folder: str | Path) -> list[Path]:
     return files
 
 
+def folder_signature(folder: str | Path) -> tuple[tuple[str, int, int], ...]:
+    """What changes when an image arrives, goes or is rewritten: (path, size, mtime in ns) of every
+    image file (a cheap check for watching a lot; no image is read)."""
+    root = Path(folder)
+    try:
+        files = lot_files(root)
+    except DataError:
+        return ()
+    out = []
+    for f in files:
+        try:
+            st = f.stat()
+        except OSError:
+            continue
+        out.append((f.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
+def watch_lot(bundle, folder: str | Path, db: ResultDB, on_new: Callable[[list[dict[str, Any]]], None],
+              stop: threading.Event, interval: float = 2.0, rounds: int | None = None) -> dict[str, Any] | None:
+    """Inspect a lot as its images arrive: whenever the folder changes (:func:`folder_signature`),
+    inspect it again (only the new or changed files are scored) and call ``on_new`` with the rows
+    not seen before, in queue order. Ends when ``stop`` is set (or after ``rounds`` checks); the
+    last result (None if the folder never held an image)."""
+    seen: set[tuple[str, str]] = set()
+    last_sig = None
+    result = None
+    n = 0
+    while not stop.is_set() and (rounds is None or n < rounds):
+        n += 1
+        sig = folder_signature(folder)
+        if sig and sig != last_sig:
+            last_sig = sig
+            result = inspect_lot(bundle, folder, db)
+            new = [r for r in result["images"] if (r["path"], r["image_sha"]) not in seen]
+            seen |= {(r["path"], r["image_sha"]) for r in result["images"]}
+            if new:
+                on_new(new)
+        stop.wait(interval)
+    return result
+
+
 def _chunks(files: list[Path], root: Path, size: int, channels: int
             ) -> Iterator[tuple[list[str], np.ndarray, list[str]]]:
     """(relative paths, images, messages of unreadable files) per :data:`CHUNK` files."""

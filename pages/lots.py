@@ -11,7 +11,7 @@ from cfx import reports as X
 from cfx.data.imageio import load_image
 from cfx.errors import CfxError
 from cfx.inert import markdown_text
-from cfx.lots import DOUBT_MARGIN, LotJob, decision_summary, lot_files, lot_split
+from cfx.lots import DOUBT_MARGIN, LotJob, decision_summary, folder_signature, lot_files, lot_split
 from pages._common import analyse_one, current, heat_figure, image_figure, plot, require_models, reviewer, show
 
 st.title("Lots")
@@ -47,6 +47,30 @@ except CfxError as exc:
     st.stop()
 key = (b.key(), lot_split(folder))
 job = _jobs().get(key)
+watch = st.toggle("Watch the folder: inspect images as they arrive", key="lot_watch",
+                  help="checks the folder every 3 s; only new or changed files are scored")
+
+
+@st.fragment(run_every=3.0)
+def _watch() -> None:
+    """While watching: a changed folder starts another inspection (the page then reruns)."""
+    sig = folder_signature(folder)
+    seen = st.session_state.get("lot_sig")
+    if seen is None or seen[0] != key:
+        st.session_state["lot_sig"] = (key, sig)
+    elif seen[1] != sig and not (_jobs().get(key) and _jobs()[key].running):
+        st.session_state["lot_sig"] = (key, sig)
+        from pages._results import results_db
+
+        db = results_db()
+        if db is not None:
+            _jobs()[key] = LotJob(b, folder, db).start()
+            st.rerun(scope="app")
+    st.caption(f"Watching: {len(sig)} images in the folder.")
+
+
+if watch:
+    _watch()
 if job is None or (not job.running and st.button(f"Inspect the lot again ({n_files} files: only new or changed "
                                                   "ones are scored)", key="lot_again")):
     if job is None and not st.button(f"Inspect the lot ({n_files} files)", type="primary", key="lot_run"):

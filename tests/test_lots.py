@@ -172,3 +172,37 @@ def test_the_lot_report(lot, brick, tmp_path):
     assert len(rows) == 12 and next(x for x in rows if x["reason"].startswith("'="))  # inert in a spreadsheet
     d = json.loads(LOT_FORMATS["json"](rep))
     assert d["summary"]["images"] == 12 and len(d["parts"]) == 12 and len(d["repairs"]) == 3
+
+
+def test_watching_a_lot(lot, brick, tmp_path):
+    """Images that arrive in a watched folder are inspected as they come, each reported once."""
+    import threading
+    import time
+
+    from cfx.lots import watch_lot
+
+    folder, picks = lot
+    brick = brick.using("patchcore")
+    arriving = tmp_path / "arriving"
+    arriving.mkdir()
+    got: list[list[str]] = []
+    stop = threading.Event()
+    t = threading.Thread(target=watch_lot, args=(brick, arriving, ResultDB(tmp_path / "r.sqlite"),
+                                                 lambda rows: got.append([r["path"] for r in rows]), stop, 0.2))
+    t.start()
+    try:
+        for i, p in enumerate(picks[:3]):
+            shutil.copy(p, arriving / f"new{i}.png")
+            deadline = time.time() + 60
+            while sum(len(g) for g in got) < i + 1 and time.time() < deadline:
+                time.sleep(0.05)
+    finally:
+        stop.set()
+        t.join(60)
+    assert sorted(p for g in got for p in g) == ["new0.png", "new1.png", "new2.png"]  # each once
+
+
+def test_cli_watch_bad_input(capsys, tmp_path):
+    code = main(["inspect", "--lot", str(tmp_path), "--category", "brick", "--watch", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--watch takes the seconds" in err and err.count("\n") == 1

@@ -32,6 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lot", metavar="DIR",
                    help="a folder of new part images (any names, nested folders, no labels) to inspect against "
                         "--category's models instead of a split")
+    p.add_argument("--watch", type=float, metavar="SECONDS",
+                   help="with --lot: keep watching the folder and inspect images as they arrive, checking every "
+                        "SECONDS (Ctrl-C ends it)")
     p.add_argument("--report", metavar="FORMATS",
                    help="with --lot and --out: the lot report as pdf,html,csv,json (any of them, comma-separated), "
                         "with the review queue's decisions")
@@ -129,10 +132,17 @@ def _run_lot(args: argparse.Namespace) -> int:
         bad = [f for f in formats if f not in LOT_FORMATS]
         if bad or not formats:
             raise DataError(f"unknown report format(s) {', '.join(bad) or '(none)'}; choose from {', '.join(LOT_FORMATS)}")
-    lot_files(args.lot)  # a wrong folder is said before any model loads
+    if args.watch is not None and not args.watch > 0:
+        raise DataError(f"--watch takes the seconds between checks (more than 0), not {args.watch}")
+    if args.watch is None:
+        lot_files(args.lot)  # a wrong folder is said before any model loads (a watched one may start empty)
+    elif not os.path.isdir(args.lot):
+        raise DataError(f"{args.lot} is not a folder of part images")
     root = resolve_root(args.data_root)
     (category,) = categories_for(root, args.category)
     bundle = load_for_root(root, category, detector=args.detector)
+    if args.watch is not None:
+        return _watch(args, bundle)
     with _Progress(f"lot {args.lot}", not args.quiet and sys.stderr.isatty()) as bar:
         r = inspect_lot(bundle, args.lot, open_db(), bar)
     if args.out:
@@ -165,4 +175,25 @@ def _run_lot(args: argparse.Namespace) -> int:
         print(f"  {row['verdict']:8s} {row['score']:8.3f} (threshold {row['threshold']:.3f})  {row['path']}")
     for msg in r["skipped"]:
         print(f"not read: {msg}", file=sys.stderr)
+    return 0
+
+
+def _watch(args: argparse.Namespace, bundle) -> int:
+    """``--lot DIR --watch S``: one line per part as it arrives, until Ctrl-C."""
+    import threading
+
+    from cfx.lots import watch_lot
+    from cfx.resultdb import open_db
+
+    def show(rows) -> None:
+        for row in rows:
+            print(f"{row['verdict']:8s} {row['score']:8.3f} (threshold {row['threshold']:.3f})  {row['path']}", flush=True)
+
+    print(f"watching {args.lot} for {bundle.dataset}/{bundle.category} every {args.watch:g} s (Ctrl-C ends it)",
+          file=sys.stderr, flush=True)
+    stop = threading.Event()
+    try:
+        watch_lot(bundle, args.lot, open_db(), show, stop, interval=args.watch)
+    except KeyboardInterrupt:
+        stop.set()
     return 0

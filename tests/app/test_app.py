@@ -1084,3 +1084,11 @@ def test_a_lot_in_the_app(tmp_path, monkeypatch, demo_root):
     assert at.subheader[0].value == markdown_text(r["images"][2]["path"])
     assert shown(at, "lots")["decisions"]["overruled"] == 1  # the first part: called NG, decided OK
     assert {d.key for d in at.get("download_button")} >= {"lot_dl_pdf", "lot_dl_html", "lot_dl_csv", "lot_dl_json"}
+    # watching: an image that arrives is inspected without a click
+    at.toggle(key="lot_watch").set_value(True).run()
+    shutil.copy(sorted((src / "crack").glob("*.png"))[5], lot / "arrived.png")
+    t0 = time.time()
+    while shown(at, "lots")["result"]["summary"]["images"] < 7 and time.time() - t0 < 120:
+        time.sleep(0.5)
+        at.run()
+    assert any(x["path"] == "arrived.png" for x in shown(at, "lots")["result"]["images"])
