@@ -200,9 +200,15 @@ def review_tab(sel: Selection) -> None:
         reviewer = user
     else:
         reviewer = c3.text_input("Reviewer", key="rv_reviewer", placeholder="your name")
-    if c4.button("Save", key="rv_save", type="primary", disabled=on_screen is None):
+    save = c4.button("Save", key="rv_save", type="primary", disabled=on_screen is None)
+    # keyboard-fast, as on the Lots page: decide the image on screen and open the next one of the queue
+    k1, k2 = st.columns(2)
+    ok_next = k1.button("OK, next image", key="rv_ok_next", shortcut="Alt+O", disabled=on_screen is None)
+    ng_next = k2.button("NG, next image", key="rv_ng_next", shortcut="Alt+N", disabled=on_screen is None)
+    if save or ok_next or ng_next:
+        chosen = "OK" if ok_next else "NG" if ng_next else verdict_
         try:
-            row = store.record(sel.dataset, sel.category, on_screen, b.key(), verdict_, reason,
+            row = store.record(sel.dataset, sel.category, on_screen, b.key(), chosen, reason,
                                score=float(s[index[on_screen]]), threshold=float(b.threshold), reviewer=reviewer)
         except CfxError as exc:
             st.error(markdown_text(str(exc)))
@@ -210,6 +216,9 @@ def review_tab(sel: Selection) -> None:
             st.toast(markdown_text(f"{on_screen}: {row['verdict']} " + ("held: the database is locked; it is written "
                                                                         "when the lock clears" if row["held"] else "saved")))
             st.session_state.pop("rv_for", None)  # prefill again from what was stored
+            if (ok_next or ng_next) and on_screen in names:
+                nxt = names[(names.index(on_screen) + 1) % len(names)]
+                choose_image(nxt, index.get(nxt))
             st.rerun()
     show("inspect", review={"decided": {k: v["verdict"] for k, v in decided.items()}, "threshold": thr, **r})
     st.download_button("Decisions (CSV)", data=lambda: store.csv_text(sel.dataset, sel.category).encode(),

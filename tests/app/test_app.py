@@ -825,6 +825,12 @@ def test_the_decision_is_on_the_image_on_screen_and_comes_back_prefilled(tmp_pat
     again.selectbox(key="rv_pick_demo/brick/test").set_value(other).run()
     ok(again)
     assert again.radio(key="rv_verdict").value == "NG" and again.text_input(key="rv_reason").value == "crack at the edge"
+    # keyboard-fast: "OK, next image" decides the image on screen and opens the next one of the queue
+    names = again.selectbox(key="rv_pick_demo/brick/test").options
+    again.button(key="rv_ok_next").click().run()
+    ok(again)
+    assert ReviewStore().latest("demo", "brick")[other]["verdict"] == "OK"
+    assert again.session_state["selection"].name == names[(names.index(other) + 1) % len(names)]
 
 
 def test_a_folder_outside_the_allow_list_gets_one_answer(tmp_path, monkeypatch):

@@ -298,6 +298,38 @@ def test_two_sessions_at_once(server, browser, brick, demo_root):
                 assert f"= {other_score:.3f} (threshold" not in body
 
 
+def test_a_lot_in_a_browser(server, browser, demo_root):
+    """A folder of new parts: inspected from the Lots page, one part decided NG with a key, the lot
+    report downloaded as a PDF."""
+    import shutil
+
+    lot = Path(tempfile.mkdtemp(prefix="cfx-lot-")) / "lot 1"
+    src = demo_root / "brick" / "test"
+    for i, p in enumerate(sorted((src / "good").glob("*.png"))[:3] + sorted((src / "crack").glob("*.png"))[:3]):
+        (lot / f"cam{i % 2}").mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, lot / f"cam{i % 2}" / f"part {i}.png")
+    page = new_page(browser, server)
+    select(page, "Category", "brick")
+    goto(page, "Lots")
+    box = page.locator('[data-testid="stMain"]').get_by_label("Lot folder", exact=True)
+    box.fill(str(lot))
+    box.press("Enter")
+    idle(page)
+    page.get_by_role("button", name="Inspect the lot (6 files)").click()
+    page.get_by_text(re.compile(r"^6 parts")).first.wait_for()
+    idle(page)
+    no_exception(page)
+    page.get_by_role("button", name=re.compile("NG, next part")).click()
+    page.get_by_text(re.compile(r"Decided 1 of 6: 1 NG confirmed")).wait_for()
+    idle(page)
+    shot(page, "lots")
+    with page.expect_download() as dl:
+        page.get_by_role("button", name=re.compile("Lot report \\(PDF\\)")).click()
+    path = dl.value.path()
+    assert Path(path).read_bytes().startswith(b"%PDF-")
+    no_exception(page)
+
+
 # ---------------------------------------------------------------- a real category, start to end
 SAMPLE = ROOT.parent / "shared" / "mvtec-sample" / "bottle"
 
