@@ -28,10 +28,9 @@ def n_train(sel) -> int:
 
 
 def method_labels(names) -> str:
-    from cfx.explainers import methods
+    from cfx.explainers import method_label
 
-    reg = methods()
-    return ", ".join(reg[m].label or m for m in names)
+    return ", ".join(method_label(m) for m in names)
 
 
 def detector_fit_enables() -> list[str]:

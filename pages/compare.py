@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from cfx.explainers.base import CANCELLED
+from cfx.explainers.base import CANCELLED, method_label
 from cfx.inert import markdown_text
 from cfx.metrics.edits import coinciding
 
@@ -50,7 +50,7 @@ with c2:
     _bind("compare_methods", "w_compare_methods")
     # pills, not a multiselect: every method stays readable at 1280 px (a multiselect's chips are cut off)
     st.pills("Methods", list(reg), selection_mode="multi", key="w_compare_methods", on_change=_choose_methods,
-             format_func=lambda m: (reg[m].label or m) + (" (needs a fit)" if needs[m] else ""))
+             format_func=lambda m: (method_label(m)) + (" (needs a fit)" if needs[m] else ""))
     chosen = list(st.session_state["compare_methods"])
     methods = [m for m in chosen if needs[m] is None]
     auto = st.toggle("Run heavy methods automatically", key="cmp_auto",
@@ -87,7 +87,7 @@ waiting = [m for m in methods if m not in results and m not in finished and m no
 # in automatic mode a method the user cancelled waits for Run
 auto_run = [m for m in waiting if not (stream is not None and stream.cancelled(m))] if auto else []
 todo: list[str] = []
-if waiting and (auto_run or st.button(f"▶ Run {len(waiting)} heavy method(s): {', '.join(reg[m].label or m for m in waiting)}",
+if waiting and (auto_run or st.button(f"▶ Run {len(waiting)} heavy method(s): {', '.join(method_label(m) for m in waiting)}",
                                       type="primary", key="cmp_run")):
     todo = auto_run or waiting  # started at the end of this run, after the first answer is drawn
 
@@ -148,7 +148,7 @@ def _cell(m: str, exp, first_scale: bool) -> bool:
     if exp.heatmap is not None:  # the map first (in view at 1280x720), its plain-words reading below
         plot(heat_figure(image, exp.heatmap, None if X.calibrated(exp) else X.heat_scale(exp), sel.mask, height=280,
                          display=sel.display,
-                         showscale=first_scale, label=reg[m].label or m), f"cmp_{m}_heat")
+                         showscale=first_scale, label=method_label(m)), f"cmp_{m}_heat")
         first_scale = False
     if exp.counterfactuals:
         cf = exp.counterfactuals[0]
@@ -162,7 +162,7 @@ def _cell(m: str, exp, first_scale: bool) -> bool:
     st.markdown(sentence(exp, sel.mask))
     with st.expander("numbers"):
         st.caption(_metrics_line(exp))
-    st.caption(f"✔ {reg[m].label or m} done")
+    st.caption(f"✔ {method_label(m)} done")
     return first_scale
 
 
@@ -192,7 +192,7 @@ for r in range(0, len(chosen), NCOLS):
     cols = st.columns(NCOLS)
     for col, m in zip(cols, chosen[r:r + NCOLS]):
         with col.container(border=True):
-            st.markdown(f"**{reg[m].label or m}**")
+            st.markdown(f"**{method_label(m)}**")
             if needs[m]:
                 st.info(needs[m])
             elif m in results:
@@ -208,7 +208,7 @@ if any(needs[m] for m in chosen):
 
 same = coinciding(image, {m: e.best.image for m, e in results.items() if e.ok and e.best is not None and e.best.valid})
 for a, c in same:
-    st.caption(f"{reg[a].label or a} and {reg[c].label or c} coincide: they end in the same edit of the image.")
+    st.caption(f"{method_label(a)} and {method_label(c)} coincide: they end in the same edit of the image.")
 
 # ------------------------------------------------------------------ table and exports
 if results:
@@ -216,7 +216,7 @@ if results:
     for m, exp in results.items():
         best = exp.best
         rows.append({k: value(v) for k, v in {
-            "method": reg[m].label or m, "seconds": round(exp.seconds, 3), "target": exp.target,
+            "method": method_label(m), "seconds": round(exp.seconds, 3), "target": exp.target,
             "before": exp.score_before, "after": best.score_after if best else None, "threshold": exp.threshold,
             "valid": f"{sum(c.valid for c in exp.counterfactuals)}/{len(exp.counterfactuals)}"
             if exp.counterfactuals else None,

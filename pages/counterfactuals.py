@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from cfx import reports as X
+from cfx.explainers.base import method_label
 from cfx.metrics.edits import REPAIR_KEYS
 from cfx.reports.words import label, value
 from cfx.inert import markdown_text
@@ -28,14 +29,14 @@ c1, c2, c3 = st.columns([2, 2, 1])
 with c1:
     needs = {m: needs_fit(sel, m) for m in cf_methods}
     method = bound(st.selectbox, "Method", "cf_method", list(cf_methods),
-                   format_func=lambda m: (cf_methods[m].label or m) + (" (needs a fit)" if needs[m] else ""))
+                   format_func=lambda m: method_label(m) + (" (needs a fit)" if needs[m] else ""))
 with c2:
     labels = target_labels(b)
     target = bound(st.radio, "Explain", "target", list(labels), format_func=labels.get)
 with c3:
     seed = int(st.number_input("Seed", 0, 2**31 - 1, 0, key="cf_seed"))
 
-name = cf_methods[method].label or method
+name = method_label(method)
 if needs[method]:
     st.info(needs[method])
     fit_panel(sel)

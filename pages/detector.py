@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from cfx import reports as X
-from cfx.metrics.detection import detector_evaluation, expected_rates_text, resolution_hint
+from cfx.metrics.detection import DETECTOR_SCORE, detector_evaluation, expected_rates_text, resolution_hint
 from pages._common import show, analyse_split, current, require_models
 
 st.title("Detector")
@@ -40,7 +40,7 @@ def _side_by_side(keys: tuple[str, ...], root: str, category: str) -> list[dict]
     for name in b.detectors:
         v = b.using(name)
         arr_v, sc = analyse_split(v, sel.root, category, "test")
-        e = detector_evaluation(v, arr_v.labels, sc)["scores"]["detector score"]
+        e = detector_evaluation(v, arr_v.labels, sc)["scores"][DETECTOR_SCORE]
         rule = v.card.get("detectors", {}).get(name, {}).get("threshold_rule") or v.card.get("threshold_rule", "")
         rows.append({"detector": name, "label": v.detector.label, "auroc": e["auroc"], "fpr": e["fpr"], "tpr": e["tpr"],
                      "threshold": e["threshold"], "fpr_good": e["fpr_good"], "tpr_defect": e["tpr_defect"],
@@ -51,7 +51,7 @@ def _side_by_side(keys: tuple[str, ...], root: str, category: str) -> list[dict]
 ev = _evaluate(b.key(), str(sel.root), sel.category, arr.labels, scores, [s.defect for s in arr.samples])
 show("detector", evaluation=ev)
 st.caption(f"{sel.dataset}/{sel.category}: {ev['n']} test images, {ev['n_defective']} defective · model `{b.key()}`")
-hint = resolution_hint(ev["scores"]["detector score"]["auroc"], b.image_size, arr.samples)
+hint = resolution_hint(ev["scores"][DETECTOR_SCORE]["auroc"], b.image_size, arr.samples)
 if hint:
     from pages._fit import hires_fit, n_train
 
@@ -122,7 +122,7 @@ with c3:
     st.caption(f"accuracy {(tn + tp) / max(1, cm.sum()):.3f} · recall {tp / max(1, tp + fn):.3f} · "
                f"precision {tp / max(1, tp + fp):.3f}")
     if ev["per_defect_auroc"]:
-        st.dataframe(pd.DataFrame([{"defect": k, "AUROC (detector score)": round(v, 3)}
+        st.dataframe(pd.DataFrame([{"defect": k, f"AUROC ({DETECTOR_SCORE})": round(v, 3)}
                                    for k, v in ev["per_defect_auroc"].items()]), hide_index=True)
 with c4:
     st.markdown("**Model card**")

@@ -31,7 +31,7 @@ from cfx.audit import (
 )
 from cfx.data.imageio import array_to_pil
 from cfx.data.mvtec import MVTecDataset
-from cfx.explainers import resolve_methods
+from cfx.explainers import method_label as name, resolve_methods
 from cfx.inert import markdown_text
 from pages._fit import needs_fit
 from cfx.reports.colours import max_abs
@@ -51,13 +51,6 @@ from pages._common import (
 
 COMPARE_PAGE = "pages/compare.py"
 
-
-def name(method: str) -> str:
-    """A method's name for the inspector (its label, not its id)."""
-    from cfx.explainers import REGISTRY
-
-    cls = REGISTRY.get(method)
-    return (cls.label if cls is not None else "") or method
 OUTCOME_COLOURS = {"detected": "#d62728", "missed": "#1f77b4"}
 
 

@@ -260,6 +260,12 @@ def methods() -> dict[str, type[Explainer]]:
     return {m: REGISTRY[m] for m in sorted(REGISTRY, key=lambda m: (REGISTRY[m].order, m))}
 
 
+def method_label(name: str) -> str:
+    """A method's name for a reader: its registered label (its id when it has none or is unknown)."""
+    cls = REGISTRY.get(name)
+    return (cls.label if cls is not None else "") or name
+
+
 #: what the parts of :attr:`Explainer.needs` are called for a user
 PART_NAMES = {"ae": "the autoencoder", "classifier": "the classifier", "vae": "the VAE detector",
               "ensemble": "the latent ensemble"}

@@ -120,13 +120,13 @@ class LatentGradient(CounterfactualExplainer):
     order: ClassVar[int] = 6
     typical_evaluations: ClassVar[int | None] = 70  # demo defects, setup included: 80-90 (VAE), 42-55 (PatchCore)
     label: ClassVar[str] = "Latent gradient (ensemble)"
-    needs: ClassVar[dict[str, tuple[str, ...]]] = {"*": ("vae", "ensemble")}
+    needs: ClassVar[dict[str, tuple[str, ...]]] = {"*": ("vae",)}
 
     @classmethod
     def missing(cls, bundle) -> tuple[str, ...]:
-        """The VAE and its latent ensemble (``ensemble.pt`` beside the card; whether it belongs to
-        these weights is checked when it is loaded)."""
-        lacking = tuple(p for p in cls.needs["*"] if p != "ensemble" and not bundle.has(p))
+        """The VAE, and its latent ensemble (``ensemble.pt`` beside the card, not a bundle part;
+        whether it belongs to these weights is checked when it is loaded)."""
+        lacking = super().missing(bundle)
         if bundle.loaded.latent_ensemble is None and not ensemble_path(bundle).exists():
             lacking += ("ensemble",)
         return lacking

@@ -45,7 +45,6 @@ from cfx.reports.figures import (  # noqa: F401
                                  detector_figure,
                                  detector_png,
                                  mask_outline,
-                                 method_label,
                                  panel_png,
                                  panels,
 )

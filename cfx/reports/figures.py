@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import io
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
 from cfx.reports.colours import (
-    _cmap,
     heat_alpha,
     heat_rgb,
     heat_rgba,
@@ -24,6 +22,8 @@ from cfx.reports.colours import (
     max_abs,
     normalise,
 )
+from cfx.explainers.base import method_label
+from cfx.metrics.detection import DETECTOR_SCORE
 from cfx.reports.encode import pil_png
 from cfx.reports.report import Report
 
@@ -102,14 +102,6 @@ def _fig_bytes(fig, fmt: str, dpi: int) -> bytes:
     return buf.getvalue()
 
 
-def method_label(name: str) -> str:
-    """A method's name for a reader (its registered label; the id for an unknown one)."""
-    from cfx.explainers.base import REGISTRY
-
-    cls = REGISTRY.get(name)
-    return (cls.label if cls is not None else "") or name
-
-
 def _short(v: Any) -> str:
     s = f"{v:.4g}" if isinstance(v, float) else str(v)
     return s if len(s) <= 24 else s[:21] + "..."
@@ -175,7 +167,7 @@ def detector_figure(ev: Mapping[str, Any]):
     ax1.plot([0, 1], [0, 1], ":", color="gray")
     ax1.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (AUROC)")
     ax1.legend(fontsize=7, loc="lower right")
-    c = ev["scores"]["detector score"]
+    c = ev["scores"][DETECTOR_SCORE]
     ax2.hist(c["normal"], bins=30, alpha=0.6, label="good", color="#1f77b4")
     ax2.hist(c["defective"], bins=30, alpha=0.6, label="defective", color="#d62728")
     ax2.axvline(c["threshold"], color="k", ls="--", label=f"threshold {c['threshold']:.3f}")

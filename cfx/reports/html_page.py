@@ -8,7 +8,8 @@ from typing import Any
 
 from cfx.atomic import json_default
 from cfx.reports.encode import png_data_uri
-from cfx.reports.figures import method_label, panel_png, panels
+from cfx.explainers.base import method_label
+from cfx.reports.figures import panel_png, panels
 from cfx.reports.sheet import appendix_lines, header_lines, png_bytes
 from cfx.reports.report import Report, report_dict
 from cfx.reports.words import label, value

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cfx.reports.colours import NORMAL_CONTOUR, _cmap, heat_rgba, image_hwc
-from cfx.reports.figures import Panel, _fig_bytes, _short, method_label, panels
+from cfx.explainers.base import method_label
+from cfx.reports.figures import Panel, _fig_bytes, _short, panels
 from cfx.reports.report import Report
 
 #: A4 portrait (inches), the PDF's margin and its panels per row
