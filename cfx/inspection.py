@@ -36,8 +36,8 @@ def rel_path(root: str | Path, path: str | Path) -> str:
 
 def score_batch(bundle, names: Sequence[str], paths: Sequence[str], images: np.ndarray, defects: Sequence[str],
                 db: ResultDB, category: str, split: str, run: str | None = None) -> list[dict[str, Any]]:
-    """Score ``images`` in one batch and store each row (with its map) under its split and path;
-    the rows."""
+    """Score ``images`` in one batch and store each row (with its map) under its split and path,
+    the batch in one transaction; the rows."""
     a = bundle.analyse(images)
     rows = []
     for i, name in enumerate(names):
@@ -45,8 +45,8 @@ def score_batch(bundle, names: Sequence[str], paths: Sequence[str], images: np.n
                "defect": defects[i], "score": float(a["score"][i]), "threshold": float(bundle.threshold),
                "anomalous": int(bool(a["anomalous"][i]))}
         row["image_sha"] = image_sha(images[i])
-        db.put_image(model=bundle.key(), map=a["heatmap"][i], run=run, **row)
         rows.append(row)
+    db.put_images([{**row, "model": bundle.key(), "map": a["heatmap"][i], "run": run} for i, row in enumerate(rows)])
     return rows
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from cfx.data.imageio import check_regular_file, image_to_array, open_image
 from cfx.data.mvtec import IMAGE_EXTENSIONS
 from cfx.errors import CfxError, DataError
-from cfx.inspection import image_sha
+from cfx.inspection import image_sha, score_batch
 from cfx.resultdb import ResultDB
 
 #: a part called OK with a score within this of the threshold is doubtful. Both detectors' scores
@@ -195,12 +195,9 @@ def inspect_lot(bundle, folder: str | Path, db: ResultDB, progress: ProgressFn |
             shas = [image_sha(im) for im in images]
             keys += list(zip(names, shas))
             todo = [i for i, k in enumerate(zip(names, shas)) if k not in stored]
-            if todo:
-                a = bundle.analyse(images[todo])
-                db.put_images([dict(model=model, split=split, path=names[i], image_sha=shas[i], map=a["heatmap"][j],
-                                    run=run, dataset=bundle.dataset, category=bundle.category, image=names[i],
-                                    defect="", score=float(a["score"][j]), threshold=float(bundle.threshold),
-                                    anomalous=int(bool(a["anomalous"][j]))) for j, i in enumerate(todo)])
+            if todo:  # scored and stored as a category's split is (no defect type: unlabeled)
+                score_batch(bundle, [names[i] for i in todo], [names[i] for i in todo], images[todo], [""] * len(todo),
+                            db, bundle.category, split, run)
             done += len(names) + len(bad)
             if progress is not None:
                 progress(done, len(files), names[-1] if names else "")

@@ -235,13 +235,11 @@ class ResultDB:
                   **fields: Any) -> bool:
         """What an inspection found for one image, once per (model, split, path, image content);
         True when written."""
-        cols = {"model": model, "split": split, "path": path, "image_sha": image_sha, "map": map_bytes(map),
-                "created": now(), **fields}
-        return self._write(f"INSERT OR IGNORE INTO images ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
-                           [list(cols.values())]) > 0
+        return self.put_images([dict(model=model, split=split, path=path, image_sha=image_sha, map=map, **fields)]) > 0
 
     def put_images(self, rows: Iterable[dict[str, Any]]) -> int:
-        """Several :meth:`put_image` rows in one transaction (a batch of a lot); how many were new."""
+        """Several :meth:`put_image` rows (the same keys each) in one transaction (a batch); how
+        many were new."""
         rows = list(rows)
         if not rows:
             return 0
