@@ -10,6 +10,7 @@ from cfx import reports as X
 from cfx.data.mvtec import GOOD
 from cfx.errors import DataError
 from cfx.inert import markdown_text
+from pages._decide import decision_form, show_verdict
 from pages._common import (reviewer, show, UPLOAD_TYPES, Selection, analyse_one, analyse_split, choose_image,
                            current, file_stem, heat_figure, image_figure, plot, read_upload, report_downloads,
                            require_models, upload_limit_bytes)
@@ -30,10 +31,7 @@ def verdict(sel: Selection) -> None:
     else:
         truth = "unknown (uploaded image)"
     st.subheader(sel.name)
-    # the verdict as wrapping text, never a metric that cuts "anomalous" or the threshold short
-    word, colour = ("Anomalous", "red") if a["anomalous"] else ("Normal", "green")
-    st.markdown(f"#### :{colour}[{word}] · anomaly score {score:.3f} against the threshold {thr:.3f} "
-                f"({score - thr:+.3f})", help=f"{b.detector.label}; z-score on held-out good parts")
+    show_verdict(score, thr, bool(a["anomalous"]), help=f"{b.detector.label}; z-score on held-out good parts")
     parts = []
     if "classifier" in a:
         p, pthr = float(a["classifier"]), b.classifier_threshold
@@ -186,40 +184,14 @@ def review_tab(sel: Selection) -> None:
                  on_change=lambda: choose_image(st.session_state[key], index.get(st.session_state[key])))
     if on_screen is None:
         st.caption("Choose a dataset image to decide on it (the image on screen is an upload).")
-    stored = decided.get(on_screen or "", {})
-    if st.session_state.get("rv_for") != (key, on_screen):  # a new image: its stored decision, prefilled
-        st.session_state["rv_for"] = (key, on_screen)
-        st.session_state["rv_verdict"] = stored.get("verdict") or "OK"
-        st.session_state["rv_reason"] = stored.get("reason") or ""
-    c1, c2, c3, c4 = st.columns([1, 3, 2, 1])
-    verdict_ = c1.radio("Verdict", ["OK", "NG"], horizontal=True, key="rv_verdict")
-    reason = c2.text_input("Reason", key="rv_reason", placeholder="e.g. scratch on the rim")
-    user = st.session_state.get("user")
-    if user:
-        c3.text_input("Reviewer", value=user, disabled=True, key="rv_user_shown")
-        reviewer = user
-    else:
-        reviewer = c3.text_input("Reviewer", key="rv_reviewer", placeholder="your name")
-    save = c4.button("Save", key="rv_save", type="primary", disabled=on_screen is None)
-    # keyboard-fast, as on the Lots page: decide the image on screen and open the next one of the queue
-    k1, k2 = st.columns(2)
-    ok_next = k1.button("OK, next image", key="rv_ok_next", shortcut="Alt+O", disabled=on_screen is None)
-    ng_next = k2.button("NG, next image", key="rv_ng_next", shortcut="Alt+N", disabled=on_screen is None)
-    if save or ok_next or ng_next:
-        chosen = "OK" if ok_next else "NG" if ng_next else verdict_
-        try:
-            row = store.record(sel.dataset, sel.category, on_screen, b.key(), chosen, reason,
-                               score=float(s[index[on_screen]]), threshold=float(b.threshold), reviewer=reviewer)
-        except CfxError as exc:
-            st.error(markdown_text(str(exc)))
-        else:
-            st.toast(markdown_text(f"{on_screen}: {row['verdict']} " + ("held: the database is locked; it is written "
-                                                                        "when the lock clears" if row["held"] else "saved")))
-            st.session_state.pop("rv_for", None)  # prefill again from what was stored
-            if (ok_next or ng_next) and on_screen in names:
-                nxt = names[(names.index(on_screen) + 1) % len(names)]
-                choose_image(nxt, index.get(nxt))
-            st.rerun()
+    def _next() -> None:
+        if on_screen in names:
+            nxt = names[(names.index(on_screen) + 1) % len(names)]
+            choose_image(nxt, index.get(nxt))
+
+    decision_form(store, "rv", "image", on_screen, (key, on_screen), decided.get(on_screen or "", {}), "OK",
+                  {"dataset": sel.dataset, "category": sel.category, "model": b.key(), "threshold": b.threshold,
+                   "score": s[index[on_screen]] if on_screen is not None else float("nan")}, on_next=_next)
     show("inspect", review={"decided": {k: v["verdict"] for k, v in decided.items()}, "threshold": thr, **r})
     st.download_button("Decisions (CSV)", data=lambda: store.csv_text(sel.dataset, sel.category).encode(),
                        file_name=f"cfx_review_{sel.dataset}_{sel.category}.csv", mime="text/csv", key="rv_csv",

@@ -12,6 +12,7 @@ from cfx.data.imageio import load_image
 from cfx.errors import CfxError
 from cfx.inert import markdown_text
 from cfx.lots import DOUBT_MARGIN, LotJob, decision_summary, folder_signature, lot_files, lot_split
+from pages._decide import decision_form, show_verdict
 from pages._common import analyse_one, current, heat_figure, image_figure, plot, require_models, reviewer, show
 
 st.title("Lots")
@@ -165,8 +166,7 @@ st.caption(f"Part {i + 1} of {len(rows)} in the queue.")
 st.subheader(markdown_text(part["path"]))
 image = load_image(f"{folder}/{part['path']}", b.image_size, b.channels)
 a = analyse_one(b, image)
-word, colour = ("Anomalous", "red") if a["anomalous"] else ("Normal", "green")
-st.markdown(f"#### :{colour}[{word}] · anomaly score {float(a['score']):.3f} against the threshold {b.threshold:.3f}")
+show_verdict(float(a["score"]), b.threshold, bool(a["anomalous"]))
 c1, c2 = st.columns(2)
 with c1:
     plot(image_figure(image, None, "part"), "lot_image")
@@ -175,33 +175,11 @@ with c2:
          "lot_heat")
     st.caption(X.calibrated_caption(np.asarray(a["heatmap"])).capitalize() + ".")
 if store is not None:
-    stored = decided.get(name(part), {})
-    if st.session_state.get("lot_for") != name(part):  # a new part: its stored decision, prefilled
-        st.session_state["lot_for"] = name(part)
-        st.session_state["lot_verdict"] = stored.get("verdict") or ("NG" if part["verdict"] == "NG" else "OK")
-        st.session_state["lot_reason"] = stored.get("reason") or ""
-    d1, d2, d3 = st.columns([1, 3, 1], vertical_alignment="bottom")
-    v = d1.radio("Decision", ["OK", "NG"], horizontal=True, key="lot_verdict")
-    reason = d2.text_input("Reason", key="lot_reason", placeholder="e.g. scratch on the rim")
-    save = d3.button("Save", type="primary", key="lot_save")
-    # keyboard-fast: decide and go to the next part of the queue in one key
-    k1, k2, k3 = st.columns(3)
-    ok_next = k1.button("OK, next part", key="lot_ok_next", shortcut="Alt+O")
-    ng_next = k2.button("NG, next part", key="lot_ng_next", shortcut="Alt+N")
-    skip = k3.button("Next part", key="lot_next", shortcut="Alt+J", disabled=i + 1 >= len(rows))
-    if save or ok_next or ng_next:
-        verdict_ = "OK" if ok_next else "NG" if ng_next else v
-        try:
-            row = store.record(sel.dataset, sel.category, name(part), b.key(), verdict_, reason, score=part["score"],
-                               threshold=part["threshold"], reviewer=reviewer())
-        except CfxError as exc:
-            st.error(markdown_text(str(exc)))
-        else:
-            st.toast(markdown_text(f"{part['path']}: {row['verdict']} saved"))
-            st.session_state.pop("lot_for", None)
-            if ok_next or ng_next:
-                st.session_state["lot_index"] = min(i + 1, len(rows) - 1)
-            st.rerun()
-    if skip:
-        st.session_state["lot_index"] = i + 1
-        st.rerun()
+    def _advance() -> None:
+        st.session_state["lot_index"] = min(i + 1, len(rows) - 1)
+
+    decision_form(store, "lot", "part", name(part), name(part), decided.get(name(part), {}),
+                  "NG" if part["verdict"] == "NG" else "OK",
+                  {"dataset": sel.dataset, "category": sel.category, "model": b.key(), "score": part["score"],
+                   "threshold": part["threshold"]}, reviewer=reviewer(), on_next=_advance, on_skip=_advance,
+                  last=i + 1 >= len(rows), shown_as=part["path"])

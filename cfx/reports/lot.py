@@ -4,10 +4,8 @@ detector's map and its counterfactual repair with the decision; every part in th
 PDF on A4 pages (:mod:`cfx.reports.sheet`'s layout) and one self-contained HTML page."""
 from __future__ import annotations
 
-import csv
 import datetime as _dt
 import html
-import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +15,6 @@ from typing import Any
 import numpy as np
 
 from cfx.atomic import clean_json, json_default
-from cfx.inert import csv_cell
 from cfx.reports.colours import calibrated_caption, calibrated_display
 from cfx.reports.encode import png_data_uri
 from cfx.reports.figures import Panel, panel_png
@@ -134,12 +131,10 @@ def panels(r: LotReport) -> list[Panel]:
 
 # ------------------------------------------------------------------ files
 def lot_csv(r: LotReport) -> str:
-    """Every part (cells a spreadsheet would run as a formula made inert)."""
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS))
-    w.writeheader()
-    w.writerows({k: csv_cell(v) for k, v in p.row().items()} for p in r.parts)
-    return buf.getvalue()
+    """Every part (cells a spreadsheet would run as a formula made inert: :func:`cfx.audit.export.csv_text`)."""
+    from cfx.audit.export import csv_text
+
+    return csv_text([p.row() for p in r.parts], CSV_COLUMNS)
 
 
 def lot_json(r: LotReport) -> bytes:
