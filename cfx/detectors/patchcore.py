@@ -73,6 +73,22 @@ def greedy_coreset(features: torch.Tensor, n: int, seed: int = 0,
     return torch.tensor(chosen, dtype=torch.long, device=dev)
 
 
+def cover(candidates: torch.Tensor, bank: torch.Tensor, radius: float) -> torch.Tensor:
+    """Indices of the fewest rows of ``candidates`` (greedily) that, added to ``bank``, bring every
+    candidate within ``radius`` of the bank: k-centre greedy started from the bank, stopped at the
+    radius (exact distances; a few thousand candidates, a lesson of a few parts)."""
+    d = torch.cdist(candidates.float(), bank.float()).min(1).values if len(bank) else \
+        torch.full((len(candidates),), float("inf"))
+    chosen: list[int] = []
+    while len(chosen) < len(candidates):
+        i = int(torch.argmax(d))
+        if float(d[i]) <= radius:
+            break
+        chosen.append(i)
+        d = torch.minimum(d, torch.linalg.vector_norm(candidates - candidates[i], dim=1))
+    return torch.tensor(chosen, dtype=torch.long)
+
+
 class PatchCore(Detector):
     """PatchCore on EfficientNet-Lite0 (see the module docstring).
 
@@ -205,19 +221,46 @@ class PatchCore(Detector):
         image's own patches scored it too high where it alone covered a region, and the same with
         each removed patch replaced by its nearest patch of another image too low.
         """
-        dev = self.memory_bank.device
+        allf, owner = self._patch_features(train, batch)
+        self.memory_bank = self._coreset(allf, seed).to(self.memory_bank.device)
+        raw, allm = self._calibrate(train, allf, owner, seed, folds, batch)
+        sd = float(raw.std()) if len(raw) > 1 else 0.0
+        self.norm.copy_(torch.tensor([float(raw.mean()), max(sd, 1e-3 * max(float(raw.mean()), 1e-6))]))
+        sample = allm[torch.randperm(len(allm), generator=torch.Generator().manual_seed(0))[:200000]]
+        self.heat_scale.copy_(torch.quantile(sample, 0.999).clamp_min(1e-8))
+        self.heat_floor.copy_(torch.quantile(sample, 0.5).clamp_max(float(self.heat_scale) * 0.999))
+        self.normal_distance.copy_(allm.double().mean().float())
+        return raw
+
+    def _patch_features(self, images: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every patch feature of ``images`` (P, 152) on the CPU and the index of its image (P,)."""
         feats, owner = [], []
-        for i in range(0, len(train), batch):
-            f = self.features(train[i:i + batch].to(dev))
+        for i in range(0, len(images), batch):
+            f = self.features(images[i:i + batch].to(self.memory_bank.device))
             feats.append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]).cpu())
             owner.append(torch.arange(i, i + len(f)).repeat_interleave(f.shape[2] * f.shape[3]))
-        allf, owner = torch.cat(feats), torch.cat(owner)
-        self.memory_bank = self._coreset(allf, seed).to(dev)
-        k = max(2, min(int(folds), len(train)))
-        fold_of = torch.empty(len(train), dtype=torch.long)
-        fold_of[torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))] = \
-            torch.arange(len(train)) % k
-        banks = [self._coreset(allf[fold_of[owner] != f], seed + 1 + f) for f in range(k)]
+        return torch.cat(feats), torch.cat(owner)
+
+    def _calibrate(self, train: torch.Tensor, allf: torch.Tensor, owner: torch.Tensor, seed: int, folds: int,
+                   batch: int, extra: torch.Tensor | None = None,
+                   base_folds: tuple[torch.Tensor, list[torch.Tensor]] | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Out-of-fold raw scores (N,) and map values (flattened) of ``train``: each fold scored
+        against a bank searched from the other folds' patches (plus ``extra``, bank rows every fold
+        shares: the patches :meth:`learn` added). ``base_folds``: those fold banks as an earlier
+        call built them (:attr:`base_folds`; the searches are most of a fit's time)."""
+        if base_folds is None:
+            k = max(2, min(int(folds), len(train)))
+            fold_of = torch.empty(len(train), dtype=torch.long)
+            fold_of[torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))] = \
+                torch.arange(len(train)) % k
+            banks = [self._coreset(allf[fold_of[owner] != f], seed + 1 + f) for f in range(k)]
+        else:
+            fold_of, banks = base_folds[0], [b.float() for b in base_folds[1]]
+            k = len(banks)
+        object.__setattr__(self, "_base_folds", (fold_of, banks))
+        if extra is not None and len(extra):
+            banks = [torch.cat([b, extra.cpu()]) for b in banks]
         object.__setattr__(self, "_folds", (fold_of, banks))
         raw = torch.empty(len(train), dtype=torch.float64)
         maps = []
@@ -225,14 +268,56 @@ class PatchCore(Detector):
             m, sc = self.score_out_of_fold(train[fold_of == f], f, batch)
             raw[fold_of == f] = sc.double().cpu()
             maps.append(m.flatten().cpu())
-        sd = float(raw.std()) if len(raw) > 1 else 0.0
-        self.norm.copy_(torch.tensor([float(raw.mean()), max(sd, 1e-3 * max(float(raw.mean()), 1e-6))]))
-        allm = torch.cat(maps)
-        sample = allm[torch.randperm(len(allm), generator=torch.Generator().manual_seed(0))[:200000]]
-        self.heat_scale.copy_(torch.quantile(sample, 0.999).clamp_min(1e-8))
-        self.heat_floor.copy_(torch.quantile(sample, 0.5).clamp_max(float(self.heat_scale) * 0.999))
-        self.normal_distance.copy_(allm.double().mean().float())
-        return raw
+        return raw, torch.cat(maps)
+
+    @property
+    def base_folds(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The fold of each training image and the fold banks of the last :meth:`fit` (or
+        :meth:`learn`), before any taught rows (not saved with the model; :meth:`learn` takes them
+        back)."""
+        return self._base_folds
+
+    @torch.no_grad()
+    def learn(self, train: torch.Tensor, taught: torch.Tensor, seed: int = 0, folds: int = FOLDS,
+              batch: int = 16, base_size: int | None = None,
+              base_folds: tuple[torch.Tensor, list[torch.Tensor]] | None = None) -> dict[str, Any]:
+        """Add the patches of ``taught`` (good parts the detector called anomalous; an inspector
+        decided they are OK) to the memory bank, and score ``train`` out of fold again.
+
+        The bank keeps every row it had and gains the fewest patches of ``taught`` that bring
+        each of their patches as close to the bank as the bank brings the training patches (the
+        coverage radius: the largest distance of a training patch to its nearest bank row), chosen
+        by the coreset's own greedy rule (:func:`cover`). So what made those parts look unusual
+        becomes normal, and nothing else moves. Each fold bank (as :meth:`fit` builds them from
+        ``train`` and ``seed``) gains the same rows, so the returned out-of-fold scores calibrate
+        the extended bank as the fit's calibrated the old one. The score normalisation and the
+        map's calibration stay those of the fit: scores of every version are on one scale.
+
+        Args:
+            base_size: the bank's size after the fit (rows beyond it were taught earlier and
+                join every fold bank too; default: the bank's size now).
+            base_folds: the fit's fold banks (:attr:`base_folds`), to skip searching them again.
+
+        Returns:
+            ``{"added": patches added, "added_per_part", "radius": the coverage radius, "raw":
+            out-of-fold raw scores of train (N,), "taught_raw": each taught part's raw score
+            against the extended bank without its own patches (as a new part like it would score)}``.
+        """
+        allf, owner = self._patch_features(train, batch)
+        radius = float(self._nearest(allf.to(self.memory_bank.device))[0].max())
+        new, new_owner = self._patch_features(taught, batch)
+        pick = cover(new, self.memory_bank.cpu(), radius)
+        added, added_owner = new[pick].half().float(), new_owner[pick]
+        old = self.memory_bank
+        loo = torch.empty(len(taught), dtype=torch.float64)
+        for j in range(len(taught)):  # each taught part against the bank without its own patches
+            self.memory_bank = torch.cat([old, added[added_owner != j].to(old.device)])
+            loo[j] = self.raw(taught[j:j + 1].to(old.device))[1].double().cpu()
+        self.memory_bank = torch.cat([old, added.to(old.device)])
+        extra = self.memory_bank[len(old) if base_size is None else int(base_size):]
+        raw, _ = self._calibrate(train, allf, owner, seed, folds, batch, extra=extra, base_folds=base_folds)
+        return {"added": int(len(added)), "radius": radius, "raw": raw, "taught_raw": loo,
+                "added_per_part": torch.bincount(added_owner, minlength=len(taught)).tolist()}
 
     def _coreset(self, feats: torch.Tensor, seed: int) -> torch.Tensor:
         """The bank of ``feats`` (N, D): :data:`coreset_fraction` of them (at most

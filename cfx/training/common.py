@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,6 +18,7 @@ from cfx.detectors import (
     rates_at,
 )
 from cfx.models.identity import fitted_root
+from cfx.models.versions import VERSIONS
 
 VAL_FRACTION = 0.15
 
@@ -70,6 +72,7 @@ def merge_card(d: Path, card: dict[str, Any], detector: str, info: dict[str, Any
         for f in d.glob("*.pt"):
             if f.name not in card.get("files", {}):
                 f.unlink(missing_ok=True)
+        shutil.rmtree(d / VERSIONS, ignore_errors=True)  # earlier versions of those models
     dets = dict(old.get("detectors", {})) if same_data else {}
     dets[detector] = info
     kept = old if same_data else {}

@@ -62,7 +62,9 @@ def fit_patchcore(root: str | Path, category: str, dataset: str, seed: int = 0, 
     s_a = _synthetic_out_of_fold(det, arr.images, seed)
     d = category_dir(dataset, category, out_dir)
     d.mkdir(parents=True, exist_ok=True)
+    version = _archive_version(d, root, category, ds.channels, int(x_all.shape[-1]))
     sha = det.save(d / det.filename)
+    save_folds(d, det, folds_key(det, arr.images, seed))
     warnings = []
     if len(arr.images) < MIN_TRAIN_IMAGES:
         warnings.append(f"only {len(arr.images)} train/good images (< {MIN_TRAIN_IMAGES}): the threshold rests on "
@@ -71,7 +73,7 @@ def fit_patchcore(root: str | Path, category: str, dataset: str, seed: int = 0, 
         warnings.append(f"{len(s_n)} normal images cannot place a threshold at a false-alarm rate of {target_fpr:g} "
                         f"(at least {int(1 / target_fpr)} are needed); expected FPR up to "
                         f"{cal['expected_fpr']['upper_95']:.3f}")
-    info = {"file": det.filename, "sha256": sha, "threshold": thr, "threshold_rule": cal["rule"],
+    info = {"file": det.filename, "sha256": sha, "version": version, "threshold": thr, "threshold_rule": cal["rule"],
             "target_fpr": target_fpr, "expected_fpr": cal["expected_fpr"],
             "expected_tpr": expected_tpr(thr, s_a),
             "calibration": {"normals": len(s_n), "folds": len(det.fold_of.unique()),
@@ -92,6 +94,65 @@ def fit_patchcore(root: str | Path, category: str, dataset: str, seed: int = 0, 
     for w in warnings:
         log(f"{dataset}/{category}: warning: {w}")
     return card
+
+
+#: the fold banks of a fit, kept beside the model for lessons (:mod:`cfx.teaching`): searching them
+#: is most of a fit's time (66 of 76 s of a lesson on the demo brick without them)
+FOLDS_FILE = "patchcore-folds.pt"
+
+
+def folds_key(det: PatchCore, train: np.ndarray, seed: int) -> dict[str, Any]:
+    """What a fit's fold banks depend on: the train images, the seed and the bank's settings."""
+    from cfx.inspection import image_sha
+
+    return {"seed": int(seed), "train_sha": image_sha(train), "train_images": int(len(train)),
+            "input_size": det.input_size, "coreset_fraction": det.coreset_fraction, "max_bank": det.max_bank}
+
+
+def save_folds(d: Path, det: PatchCore, key: dict[str, Any]) -> None:
+    """Write ``det``'s fold banks (:attr:`PatchCore.base_folds`) beside its model, atomically."""
+    from cfx.detectors.base import write_checkpoint
+
+    fold_of, banks = det.base_folds
+    write_checkpoint(d / FOLDS_FILE, key, {"fold_of": fold_of, **{f"bank_{i}": b.half() for i, b in enumerate(banks)}})
+
+
+def load_folds(d: Path, key: dict[str, Any]) -> tuple[torch.Tensor, list[torch.Tensor]] | None:
+    """The fold banks saved for ``key`` (None when absent, unreadable or made for other data)."""
+    from cfx.errors import ModelMissingError
+    from cfx.models.bundle import load_checkpoint
+
+    try:
+        ck = load_checkpoint(d / FOLDS_FILE)
+    except ModelMissingError:
+        return None
+    if ck.get("config") != key:
+        return None
+    sd = ck["state_dict"]
+    n = sum(k.startswith("bank_") for k in sd)
+    return sd["fold_of"].long(), [sd[f"bank_{i}"].float() for i in range(n)]
+
+
+def _archive_version(d: Path, root: str | Path, category: str, channels: int, image_size: int) -> int:
+    """Archive the PatchCore in use before a refit replaces it (:mod:`cfx.models.versions`), when it
+    was fitted on the same data at the same size; the new fit's version number."""
+    import json
+
+    from cfx.models.identity import fitted_root
+    from cfx.models.versions import archive, next_version
+
+    try:
+        card = json.loads((d / "card.json").read_text())
+    except (OSError, ValueError):
+        return 1
+    if not isinstance(card, dict):
+        return 1
+    same = (card.get("channels") == channels and card.get("image_size") == image_size
+            and fitted_root(card) == fitted_root({"data": data_record(root, category), "data_root": record_root(root)}))
+    if not same:
+        return 1  # merge_card removes those models and their versions
+    archive(d, "patchcore", card)
+    return next_version(d, "patchcore", card)
 
 
 def _synthetic_out_of_fold(det: PatchCore, images: np.ndarray, seed: int) -> np.ndarray:
