@@ -21,6 +21,7 @@ PLUGINS = {
     "concepts": ("cfx.commands.concepts", "concept counterfactuals: named kinds of change, each walked from the image to its edit"),
     "audit": ("cfx.commands.audit", "mask-Jaccard audit of a category (or all), on Dask distributed"),
     "inspect": ("cfx.commands.inspect", "score every test image and store verdicts, scores and maps"),
+    "teach": ("cfx.commands.teach", "teach the detector a lot's overruled false alarms; list and restore its versions"),
 }
 
 
