@@ -72,9 +72,15 @@ def _watch() -> None:
 
 if watch:
     _watch()
+# a lesson or a restore made another version in use: the lot is inspected with it at once
+pending = st.session_state.get("lot_autorun")
+autorun = pending is not None and pending[1] == key[1] and job is None
+if pending is not None and pending[1] == key[1]:
+    st.session_state.pop("lot_autorun")
 if job is None or (not job.running and st.button(f"Inspect the lot again ({n_files} files: only new or changed "
                                                   "ones are scored)", key="lot_again")):
-    if job is None and not st.button(f"Inspect the lot ({n_files} files)", type="primary", key="lot_run"):
+    if job is None and not autorun and not st.button(f"Inspect the lot ({n_files} files)", type="primary",
+                                                     key="lot_run"):
         st.stop()
     from pages._results import results_db
 
@@ -110,6 +116,77 @@ st.markdown(f"**{s['images']} parts**: :red[{s['NG']} NG] · :orange[{s['doubtfu
 for msg in r["skipped"][:5]:
     st.caption(markdown_text(f"not read: {msg}"))
 
+def _rates_table(lesson: dict) -> pd.DataFrame:
+    """The lesson's rates before and after, in words."""
+    b, a = lesson["before"], lesson["after"]
+    pct = lambda r, k: "" if (r.get(k) or {}).get("mean") is None else f"{r[k]['mean']:.1%}"  # noqa: E731
+    return pd.DataFrame([
+        {"": "threshold", "before": f"{b['threshold']:.3f}", "after": f"{a['threshold']:.3f}"},
+        {"": "expected false-alarm rate", "before": pct(b, "expected_fpr"), "after": pct(a, "expected_fpr")},
+        {"": "expected detection (synthetic defects)", "before": pct(b, "expected_tpr"), "after": pct(a, "expected_tpr")},
+        {"": "false alarms among parts decided OK", "before": f"{b['false_alarms']} of {b['decided_ok']}",
+         "after": f"{a['false_alarms']} of {a['decided_ok']}"},
+        {"": "escapes among parts decided NG", "before": f"{b['escapes']} of {b['decided_ng']}",
+         "after": f"{a['escapes']} of {a['decided_ng']}"}])
+
+
+def _teach_panel(sel, r: dict, decided: dict) -> None:
+    """Teach the detector the lot's overruled false alarms; the versions, and a restore."""
+    from cfx.models.bundle import category_dir
+    from cfx.models.versions import restore, versions
+    from cfx.teaching import last_lesson, overruled, teach
+
+    b = sel.bundle
+    over = overruled(r, decided)
+    lesson = last_lesson(b.card, b.detector_name)
+    with st.expander(f"Teach the detector: {len(over)} false alarm(s) overruled", expanded=bool(over or lesson)):
+        if lesson:
+            st.caption(markdown_text(f"Version in use: taught {len(lesson['parts'])} part(s)"
+                                     + (f" by {lesson['reviewer']}" if lesson.get("reviewer") else "")
+                                     + f" at {lesson['at']}; its {lesson['added_patches']} new patches make them "
+                                       "normal. Rates before and after:"))
+            st.dataframe(_rates_table(lesson), hide_index=True, width="stretch")
+            for part in lesson["after"].get("escaped_parts", []):
+                st.warning(markdown_text(f"{part} was decided NG and this version calls it OK."))
+        if b.detector_name == "patchcore":
+            help_ = ("adds their patches to PatchCore's memory bank as a new version, places the threshold again "
+                     "with the decisions and inspects the lot with it (about 15 s; a first lesson searches the "
+                     "fit's fold banks again: about a minute)")
+        else:
+            help_ = "the VAE cannot learn at once: it is marked for retraining with these parts"
+        if over and st.button(f"Teach the detector these {len(over)} part(s)", key="lot_teach", help=help_,
+                              icon=":material/school:"):
+            from pages._results import _arrays
+
+            try:
+                with st.spinner("Teaching the detector..."):
+                    train = _arrays(str(sel.root), sel.category, "train", b.image_size, b.channels)
+                    out = teach(b, train.images, r, folder, decided, reviewer=reviewer())
+            except CfxError as exc:
+                st.error(markdown_text(str(exc)))
+            else:
+                if "version" in out:
+                    st.session_state["lot_autorun"] = (None, r["lot"])  # the new model's key is known after the load
+                    st.rerun()
+                st.success(f"The {b.detector.label} is marked for retraining with {len(out['marked'])} part(s).")
+        rows = versions(category_dir(b.dataset, b.category), b.detector_name, b.card)
+        if len(rows) > 1:
+            st.dataframe(pd.DataFrame([{"version": v["version"], "in use": "yes" if v["in_use"] else "",
+                                        "threshold": round(float(v["threshold"]), 3), "made": v["made"], "by": v["by"],
+                                        "at": v["at"]} for v in rows]), hide_index=True, width="stretch")
+            others = [v["version"] for v in rows if not v["in_use"]]
+            c1, c2 = st.columns([1, 2])
+            pick = c1.selectbox("Version", others, key="lot_version", label_visibility="collapsed")
+            if c2.button(f"Restore version {pick}", key="lot_restore", icon=":material/history:"):
+                try:
+                    restore(category_dir(b.dataset, b.category), b.detector_name, int(pick))
+                except CfxError as exc:
+                    st.error(markdown_text(str(exc)))
+                else:
+                    st.session_state["lot_autorun"] = (None, r["lot"])
+                    st.rerun()
+
+
 from cfx.review import ReviewStore  # noqa: E402
 
 try:
@@ -123,6 +200,7 @@ d = decision_summary(r["images"], decided, r["lot"])
 show("lots", decisions=d)
 st.caption(f"Decided {d['decided']} of {d['parts']}: {d['confirmed_ng']} NG confirmed, {d['overruled']} false alarms "
            f"overruled, {d['escapes']} escapes found (called OK, decided NG), {d['confirmed_ok']} OK confirmed.")
+_teach_panel(sel, r, decided)
 rows = r["images"]
 table = pd.DataFrame([{"verdict": x["verdict"], "score": round(x["score"], 3), "part": x["path"],
                        "decision": decided.get(name(x), {}).get("verdict", "")} for x in rows])

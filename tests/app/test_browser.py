@@ -6,6 +6,7 @@ Skips cleanly when /usr/bin/chromium or the playwright package is absent.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -298,36 +299,74 @@ def test_two_sessions_at_once(server, browser, brick, demo_root):
                 assert f"= {other_score:.3f} (threshold" not in body
 
 
-def test_a_lot_in_a_browser(server, browser, demo_root):
-    """A folder of new parts: inspected from the Lots page, one part decided NG with a key, the lot
-    report downloaded as a PDF."""
+def test_a_lot_in_a_browser(browser, demo_root, tmp_path):
+    """A folder of new parts on the Lots page: inspected; the defect decided NG and three parts
+    with an accepted label decided OK with the keys; the detector taught them (a new version: the
+    labelled parts are OK now, the defect still NG); the old version restored; the lot report
+    downloaded as a PDF. On its own server and copy of the demo models (a lesson writes models)."""
     import shutil
 
+    import numpy as np
+    from PIL import Image
+
+    models = tmp_path / "models"
+    shutil.copytree(ROOT / "models" / "demo", models / "demo", ignore=shutil.ignore_patterns("versions"))
     lot = Path(tempfile.mkdtemp(prefix="cfx-lot-")) / "lot 1"
     src = demo_root / "brick" / "test"
-    for i, p in enumerate(sorted((src / "good").glob("*.png"))[:3] + sorted((src / "crack").glob("*.png"))[:3]):
+    for i, p in enumerate(sorted((src / "good").glob("*.png"))[:4]):
         (lot / f"cam{i % 2}").mkdir(parents=True, exist_ok=True)
-        shutil.copy(p, lot / f"cam{i % 2}" / f"part {i}.png")
-    page = new_page(browser, server)
-    select(page, "Category", "brick")
-    goto(page, "Lots")
-    box = page.locator('[data-testid="stMain"]').get_by_label("Lot folder", exact=True)
-    box.fill(str(lot))
-    box.press("Enter")
-    idle(page)
-    page.get_by_role("button", name="Inspect the lot (6 files)").click()
-    page.get_by_text(re.compile(r"^6 parts")).first.wait_for()
-    idle(page)
-    no_exception(page)
-    page.get_by_role("button", name=re.compile("NG, next part")).click()
-    page.get_by_text(re.compile(r"Decided 1 of 6: 1 NG confirmed")).wait_for()
-    idle(page)
-    shot(page, "lots")
-    with page.expect_download() as dl:
-        page.get_by_role("button", name=re.compile("Lot report \\(PDF\\)")).click()
-    path = dl.value.path()
-    assert Path(path).read_bytes().startswith(b"%PDF-")
-    no_exception(page)
+        im = np.array(Image.open(p).convert("RGB"))
+        if i < 3:  # a blue label the inspector accepts
+            s_ = im.shape[0] // 8
+            y, x = (i * 37) % (im.shape[0] - 2 * s_) + s_ // 2, (i * 53) % (im.shape[0] - 2 * s_) + s_ // 2
+            im[y:y + s_, x:x + s_] = (40, 90, 200)
+        Image.fromarray(im).save(lot / f"cam{i % 2}" / f"part {i}.png")
+    shutil.copy(sorted((src / "crack").glob("*.png"))[0], lot / "cam0" / "part 4.png")
+    log = tmp_path / "streamlit.log"
+    proc, url = _serve(log, {"CFX_MODELS_DIR": str(models), "CFX_REVIEW_DB": str(tmp_path / "review.sqlite"),
+                             "CFX_RESULTS_DB": str(tmp_path / "results.sqlite")})
+    try:
+        page = new_page(browser, url)
+        select(page, "Category", "brick")
+        goto(page, "Lots")
+        box = page.locator('[data-testid="stMain"]').get_by_label("Lot folder", exact=True)
+        box.fill(str(lot))
+        box.press("Enter")
+        idle(page)
+        page.get_by_role("button", name="Inspect the lot (5 files)").click()
+        page.get_by_text(re.compile(r"^5 parts: 4 NG")).first.wait_for()
+        idle(page)
+        no_exception(page)
+        page.get_by_role("button", name=re.compile("NG, next part")).click()  # the crack, first in the queue
+        page.get_by_text(re.compile(r"Decided 1 of 5: 1 NG confirmed")).wait_for()
+        idle(page)
+        for n in (2, 3, 4):
+            page.get_by_role("button", name=re.compile("OK, next part")).click()
+            page.get_by_text(re.compile(rf"Decided {n} of 5")).wait_for()
+            idle(page)
+        page.get_by_text(re.compile(r"3 false alarms overruled")).wait_for()
+        page.get_by_role("button", name="Teach the detector these 3 part(s)").click()
+        page.get_by_text(re.compile(r"Version in use: taught 3 part\(s\)")).wait_for(timeout=2 * TIMEOUT_MS)
+        page.get_by_text(re.compile(r"^5 parts: 1 NG")).first.wait_for(timeout=TIMEOUT_MS)
+        idle(page)
+        no_exception(page)
+        shot(page, "lots")
+        card = json.loads((models / "demo" / "brick" / "card.json").read_text())
+        assert card["detectors"]["patchcore"]["version"] == 2
+        with page.expect_download() as dl:
+            page.get_by_role("button", name=re.compile("Lot report \\(PDF\\)")).click()
+        assert Path(dl.value.path()).read_bytes().startswith(b"%PDF-")
+        page.get_by_role("button", name="Restore version 1").click()
+        page.get_by_text(re.compile(r"^5 parts: 4 NG")).first.wait_for(timeout=TIMEOUT_MS)
+        idle(page)
+        no_exception(page)
+        card = json.loads((models / "demo" / "brick" / "card.json").read_text())
+        assert card["detectors"]["patchcore"].get("version", 1) == 1
+        assert (models / "demo" / "brick" / "patchcore.pt").read_bytes() == \
+            (ROOT / "models" / "demo" / "brick" / "patchcore.pt").read_bytes()
+    finally:
+        _stop(proc)
+    assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
 
 
 # ---------------------------------------------------------------- a real category, start to end
