@@ -167,9 +167,28 @@ def decision_summary(rows: list[dict[str, Any]], decided: dict[str, dict[str, An
     return out
 
 
-def inspect_lot(bundle, folder: str | Path, db: ResultDB, progress: ProgressFn | None = None) -> dict[str, Any]:
+def lot_task(spec, folder: str, names: list[str], split: str, run: str | None) -> int:
+    """One batch of a lot on a Dask worker: the named files of ``folder`` read, scored with the run's
+    models (:func:`cfx.cluster.worker_bundle`) and stored; how many."""
+    from cfx.cluster import worker_bundle
+    from cfx.resultdb import open_db
+
+    b = worker_bundle(spec)
+    root = Path(folder)
+    images = np.stack([image_to_array(open_image(root / n, n), b.image_size, b.channels) for n in names])
+    score_batch(b, names, names, images, [""] * len(names), open_db(spec.db_path), b.category, split, run)
+    return len(names)
+
+
+def inspect_lot(bundle, folder: str | Path, db: ResultDB, progress: ProgressFn | None = None,
+                client: Any = None) -> dict[str, Any]:
     """Score every image of a lot with the bundle's detector (stored ones are read back, not scored
     again) and store each verdict, score and map.
+
+    With a Dask ``client`` (a big lot: ``cfx inspect --lot DIR --workers N`` or ``--scheduler``),
+    this process still reads and hashes every file (to find what is stored) and each batch of new
+    files is a task: a worker reads them again, scores them with the run's models and stores the
+    rows in the same database.
 
     Returns:
         ``{"lot", "folder", "category", "model", "run", "images": [rows in queue order], "summary":
@@ -185,22 +204,36 @@ def inspect_lot(bundle, folder: str | Path, db: ResultDB, progress: ProgressFn |
     model = bundle.key()
     stored = db.image_keys(model, split)
     run = db.start_run("lot", dataset=bundle.dataset, category=bundle.category, model=model, total=len(files),
-                       engine="local", params={"lot": split, "folder": str(root.resolve())})
+                       engine="local" if client is None else "dask", params={"lot": split, "folder": str(root.resolve())})
     keys: list[tuple[str, str]] = []
     skipped: list[str] = []
     done = 0
+    futures: list[tuple[Any, int]] = []
+    spec = None if client is None else _spec(bundle, db)
     try:
         for names, images, bad in _chunks(files, root, bundle.image_size, bundle.channels):
             skipped += bad
             shas = [image_sha(im) for im in images]
             keys += list(zip(names, shas))
             todo = [i for i, k in enumerate(zip(names, shas)) if k not in stored]
-            if todo:  # scored and stored as a category's split is (no defect type: unlabeled)
+            if todo and client is not None:
+                futures.append((client.submit(lot_task, spec, str(root.resolve()), [names[i] for i in todo], split,
+                                              run, pure=False, retries=2), len(todo)))
+            elif todo:  # scored and stored as a category's split is (no defect type: unlabeled)
                 score_batch(bundle, [names[i] for i in todo], [names[i] for i in todo], images[todo], [""] * len(todo),
                             db, bundle.category, split, run)
-            done += len(names) + len(bad)
+            done += len(names) + len(bad) - (len(todo) if client is not None else 0)
             if progress is not None:
                 progress(done, len(files), names[-1] if names else "")
+        if futures:
+            from distributed import as_completed
+
+            sizes = {f.key: n for f, n in futures}
+            for fut in as_completed([f for f, _ in futures]):
+                fut.result()
+                done += sizes[fut.key]
+                if progress is not None:
+                    progress(done, len(files), f"{done} inspected")
     except (CfxError, OSError) as exc:
         db.finish_run(run, "failed", seconds=time.perf_counter() - t0, summary={"error": str(exc)})
         raise
@@ -219,6 +252,17 @@ def inspect_lot(bundle, folder: str | Path, db: ResultDB, progress: ProgressFn |
     db.finish_run(run, "done", seconds=seconds, summary=summary)
     return {"lot": split, "folder": str(root.resolve()), "category": bundle.category, "model": model, "run": run,
             "images": rows, "summary": summary, "skipped": skipped, "seconds": seconds}
+
+
+def _spec(bundle, db: ResultDB):
+    """What a Dask worker needs to load the run's models (:class:`cfx.cluster.WorkerSpec`)."""
+    from cfx import config
+    from cfx.cluster import WorkerSpec
+
+    root = bundle.loaded.data_root
+    return WorkerSpec(models_dir=str(config.models_dir(bundle.dataset)), dataset=bundle.dataset,
+                      category=bundle.category, detector=bundle.detector_name, model_key=bundle.key(),
+                      data_root=str(root) if root is not None else "", db_path=str(db.path))
 
 
 class LotJob:

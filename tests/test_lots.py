@@ -206,3 +206,20 @@ def test_cli_watch_bad_input(capsys, tmp_path):
     code = main(["inspect", "--lot", str(tmp_path), "--category", "brick", "--watch", "0"])
     err = capsys.readouterr().err
     assert code == 2 and "--watch takes the seconds" in err and err.count("\n") == 1
+
+
+def test_a_big_lot_runs_on_dask_workers_and_stores_the_same_rows(lot, brick, tmp_path, monkeypatch):
+    """``--workers N``: the lot's new files are scored by Dask workers; the rows are the ones this
+    process stores, and a second run (in this process) scores nothing."""
+    folder, _ = lot
+    db_path = tmp_path / "r.sqlite"
+    monkeypatch.setenv("CFX_RESULTS_DB", str(db_path))
+    assert main(["inspect", "--lot", str(folder), "--category", "brick", "--detector", "patchcore", "--workers", "1",
+                 "--json", "--quiet"]) == 0
+    db = ResultDB(db_path)
+    runs = db.runs("lot")
+    assert runs[-1]["engine"] == "dask" and runs[-1]["status"] == "done"
+    here = inspect_lot(brick.using("patchcore"), folder, ResultDB(tmp_path / "here.sqlite"))
+    there = inspect_lot(brick.using("patchcore"), folder, db)  # everything stored: read back
+    assert [(x["path"], x["verdict"]) for x in there["images"]] == [(x["path"], x["verdict"]) for x in here["images"]]
+    assert [x["score"] for x in there["images"]] == pytest.approx([x["score"] for x in here["images"]], rel=1e-4)

@@ -1,7 +1,8 @@
 """``python -m cfx inspect``: score every test image of a category (or of every fitted category)
 and store its verdict, score and anomaly map in the results database (:mod:`cfx.inspection`);
 with ``--lot DIR``, every image of a folder of new, unlabeled parts against one fitted category
-(:mod:`cfx.lots`), printed as the inspector's queue: NG first, then the doubtful parts.
+(:mod:`cfx.lots`), printed as the inspector's queue: NG first, then the doubtful parts (in this
+process, or on Dask with ``--workers N`` or a scheduler: a big lot).
 
 The batches run as Dask tasks (by default a LocalCluster of one process per core, two on a CUDA
 machine; ``--workers``; ``--scheduler`` or ``$CFX_DASK_SCHEDULER`` for a running cluster;
@@ -143,8 +144,16 @@ def _run_lot(args: argparse.Namespace) -> int:
     bundle = load_for_root(root, category, detector=args.detector)
     if args.watch is not None:
         return _watch(args, bundle)
-    with _Progress(f"lot {args.lot}", not args.quiet and sys.stderr.isatty()) as bar:
-        r = inspect_lot(bundle, args.lot, open_db(), bar)
+    with contextlib.ExitStack() as stack:  # a lot runs in this process unless --workers N or a scheduler is named
+        from cfx.cli import runs_locally
+
+        dask = not runs_locally(args) and (args.workers or args.scheduler or os.environ.get("CFX_DASK_SCHEDULER"))
+        if dask:
+            from cfx.cluster import dask_client
+
+            client = stack.enter_context(dask_client(args.scheduler, args.workers))
+        bar = stack.enter_context(_Progress(f"lot {args.lot}", not args.quiet and sys.stderr.isatty()))
+        r = inspect_lot(bundle, args.lot, open_db(), bar, client=client if dask else None)
     if args.out:
         from cfx.atomic import write_bytes
         from cfx.audit.export import csv_text
