@@ -124,7 +124,7 @@ def _rates_table(lesson: dict) -> pd.DataFrame:
         {"": "threshold", "before": f"{b['threshold']:.3f}", "after": f"{a['threshold']:.3f}"},
         {"": "expected false-alarm rate", "before": pct(b, "expected_fpr"), "after": pct(a, "expected_fpr")},
         {"": "expected detection (synthetic defects)", "before": pct(b, "expected_tpr"), "after": pct(a, "expected_tpr")},
-        {"": "false alarms among parts decided OK", "before": f"{b['false_alarms']} of {b['decided_ok']}",
+        {"": "false alarms among parts decided OK (a taught part scored as a new part like it)", "before": f"{b['false_alarms']} of {b['decided_ok']}",
          "after": f"{a['false_alarms']} of {a['decided_ok']}"},
         {"": "escapes among parts decided NG", "before": f"{b['escapes']} of {b['decided_ng']}",
          "after": f"{a['escapes']} of {a['decided_ng']}"}])

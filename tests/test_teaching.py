@@ -93,9 +93,9 @@ def test_a_lesson_makes_accepted_parts_normal_and_can_be_undone(lesson_env, demo
     assert main(["teach", "--category", "brick", "--lot", str(lot), "--reviewer", "ann"]) == 0
     out = capsys.readouterr().out
     assert "PatchCore version 2 (from 1) taught 3 part(s)" in out
-    assert re.search(r"false alarms among decided OK\s+3/3\s+[01]/3", out)
+    assert re.search(r"false alarms among decided OK\s+3/3\s+[0-3]/3", out)
     assert re.search(r"escapes among decided NG\s+0/1\s+0/1", out)
-    assert re.search(r"lot called NG\s+8\s+[2-5]\n", out)  # the three other labelled parts are OK now
+    assert re.search(r"lot called NG\s+8\s+[2-5]\n", out)  # the taught parts are OK now
 
     # a new version, recorded: which parts, who, when, the rates before and after
     card = json.loads((d / "card.json").read_text())
@@ -106,6 +106,7 @@ def test_a_lesson_makes_accepted_parts_normal_and_can_be_undone(lesson_env, demo
     assert lesson["reviewer"] == "ann" and lesson["at"] and all(p["reason"] == "label accepted" for p in lesson["parts"])
     assert lesson["before"]["false_alarms"] == 3 and lesson["after"]["decided_ng"] == 1
     assert lesson["after"]["escapes"] == 0 and 0 < lesson["after"]["expected_fpr"]["mean"] < 0.05
+    assert info["threshold"] <= v1_card["detectors"]["patchcore"]["threshold"]  # never less sensitive than before
     assert (d / "versions" / "patchcore" / "1" / "patchcore.pt").read_bytes() == v1_bytes
 
     # the new version, loaded as any model is: the label is normal now, on parts it was not taught
@@ -113,9 +114,10 @@ def test_a_lesson_makes_accepted_parts_normal_and_can_be_undone(lesson_env, demo
     assert b2.key() != b.key() and b2.threshold == pytest.approx(info["threshold"])
     r2 = inspect_lot(b2, lot, db)
     after = {x["path"]: x for x in r2["images"]}
-    for i in (3, 4, 5):  # never shown to it
+    for i in (0, 1, 2):  # taught: normal now
+        assert after[f"label-{i}.png"]["verdict"] == "OK"
+    for i in (3, 4, 5):  # never shown to it: the label elsewhere on the part looks far less unusual
         assert after[f"label-{i}.png"]["score"] < called[f"label-{i}.png"]["score"] - 10
-        assert after[f"label-{i}.png"]["verdict"] != "NG"
     for name in ("crack-0.png", "crack-1.png"):  # the defects are still found
         assert after[name]["verdict"] == "NG"
     assert r2["summary"]["NG"] < r["summary"]["NG"]

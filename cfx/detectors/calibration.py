@@ -68,6 +68,19 @@ def threshold_at_fpr(normal_scores: np.ndarray, target_fpr: float = DEFAULT_TARG
             "rule": threshold_rule(target_fpr, n, reached)}
 
 
+def fpr_at(normal_scores: np.ndarray, threshold: float) -> dict[str, float]:
+    """The expected false-alarm rate of a given ``threshold`` from n normal scores, as
+    :func:`threshold_at_fpr` states it for its own: with k of them at or below it, Beta(n + 1 - k, k)
+    (k at least 1): ``{"mean", "upper_95"}``."""
+    from scipy.stats import beta
+
+    s = np.asarray(normal_scores, np.float64)
+    n = len(s)
+    k = max(1, int((s <= threshold).sum()))
+    a, b = n + 1 - k, k
+    return {"mean": a / (a + b), "upper_95": float(beta.ppf(0.95, a, b))}
+
+
 def expected_tpr(threshold: float, synthetic_scores: np.ndarray) -> dict[str, Any]:
     """The share of synthetic defects (scored as new parts) above ``threshold``, with a 95% Wilson
     interval; an estimate of the TPR on real defects only as far as the synthetic ones resemble them."""

@@ -148,6 +148,12 @@ def test_threshold_at_a_stated_false_alarm_rate():
     assert small["threshold"] == pytest.approx(held.max() + held.std(ddof=1), rel=1e-4)
     with pytest.raises(ValueError):
         threshold_at_fpr(np.array([]))
+    # the rate of a threshold chosen otherwise (a lesson's kept one) is stated the same way
+    from cfx.detectors.calibration import fpr_at
+
+    s = rng.normal(0, 1, 300)
+    assert fpr_at(s, threshold_at_fpr(s, 0.01)["threshold"]) == pytest.approx(threshold_at_fpr(s, 0.01)["expected_fpr"])
+    assert fpr_at(s, np.sort(s)[-31])["mean"] == pytest.approx(31 / 301)
 
 
 def test_patchcore_scores_each_training_image_out_of_fold():
