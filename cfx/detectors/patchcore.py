@@ -247,18 +247,23 @@ class PatchCore(Detector):
                    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Out-of-fold raw scores (N,) and map values (flattened) of ``train``: each fold scored
         against a bank searched from the other folds' patches (plus ``extra``, bank rows every fold
-        shares: the patches :meth:`learn` added). ``base_folds``: those fold banks as an earlier
-        call built them (:attr:`base_folds`; the searches are most of a fit's time)."""
+        shares: the patches :meth:`learn` added). ``base_folds``: the fold of each image and the
+        rows of ``allf`` each fold bank holds, as an earlier call chose them (:attr:`base_folds`;
+        the searches are most of a fit's time)."""
         if base_folds is None:
             k = max(2, min(int(folds), len(train)))
             fold_of = torch.empty(len(train), dtype=torch.long)
             fold_of[torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))] = \
                 torch.arange(len(train)) % k
-            banks = [self._coreset(allf[fold_of[owner] != f], seed + 1 + f) for f in range(k)]
+            rows = []
+            for f in range(k):
+                others = torch.nonzero(fold_of[owner] != f)[:, 0]
+                rows.append(others[self._coreset_index(allf[others], seed + 1 + f)])
         else:
-            fold_of, banks = base_folds[0], [b.float() for b in base_folds[1]]
-            k = len(banks)
-        object.__setattr__(self, "_base_folds", (fold_of, banks))
+            fold_of, rows = base_folds
+            k = len(rows)
+        object.__setattr__(self, "_base_folds", (fold_of, rows))
+        banks = [allf[r].half().float() for r in rows]
         if extra is not None and len(extra):
             banks = [torch.cat([b, extra.cpu()]) for b in banks]
         object.__setattr__(self, "_folds", (fold_of, banks))
@@ -272,9 +277,9 @@ class PatchCore(Detector):
 
     @property
     def base_folds(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """The fold of each training image and the fold banks of the last :meth:`fit` (or
-        :meth:`learn`), before any taught rows (not saved with the model; :meth:`learn` takes them
-        back)."""
+        """The fold of each training image and, per fold bank of the last :meth:`fit` (or
+        :meth:`learn`), the indices of its rows among the training patches, before any taught rows
+        (not saved with the model; :meth:`learn` takes them back)."""
         return self._base_folds
 
     @torch.no_grad()
@@ -296,7 +301,7 @@ class PatchCore(Detector):
         Args:
             base_size: the bank's size after the fit (rows beyond it were taught earlier and
                 join every fold bank too; default: the bank's size now).
-            base_folds: the fit's fold banks (:attr:`base_folds`), to skip searching them again.
+            base_folds: the fit's fold banks (:attr:`base_folds` of ``train``), to skip searching them again.
 
         Returns:
             ``{"added": patches added, "added_per_part", "radius": the coverage radius, "raw":
@@ -319,11 +324,15 @@ class PatchCore(Detector):
         return {"added": int(len(added)), "radius": radius, "raw": raw, "taught_raw": loo,
                 "added_per_part": torch.bincount(added_owner, minlength=len(taught)).tolist()}
 
-    def _coreset(self, feats: torch.Tensor, seed: int) -> torch.Tensor:
-        """The bank of ``feats`` (N, D): :data:`coreset_fraction` of them (at most
-        :data:`max_bank`) by greedy coreset search, rounded to float16 precision."""
+    def _coreset_index(self, feats: torch.Tensor, seed: int) -> torch.Tensor:
+        """The rows of ``feats`` (N, D) a bank keeps: :data:`coreset_fraction` of them (at most
+        :data:`max_bank`) by greedy coreset search."""
         n = min(self.max_bank, max(1, int(round(self.coreset_fraction * len(feats)))))
-        return feats[greedy_coreset(feats, n, seed, device=self.memory_bank.device).cpu()].half().float()
+        return greedy_coreset(feats, n, seed, device=self.memory_bank.device).cpu()
+
+    def _coreset(self, feats: torch.Tensor, seed: int) -> torch.Tensor:
+        """The bank of ``feats``: its :meth:`_coreset_index` rows, rounded to float16 precision."""
+        return feats[self._coreset_index(feats, seed)].half().float()
 
     @property
     def fold_of(self) -> torch.Tensor:

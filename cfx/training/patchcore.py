@@ -96,8 +96,9 @@ def fit_patchcore(root: str | Path, category: str, dataset: str, seed: int = 0, 
     return card
 
 
-#: the fold banks of a fit, kept beside the model for lessons (:mod:`cfx.teaching`): searching them
-#: is most of a fit's time (66 of 76 s of a lesson on the demo brick without them)
+#: the fold banks of a fit, kept beside the model for lessons (:mod:`cfx.teaching`) as the indices
+#: of their rows among the training patches (a few kB): searching them is most of a fit's time (66
+#: of 76 s of a lesson on the demo brick without them), recomputing the patches a few seconds
 FOLDS_FILE = "patchcore-folds.pt"
 
 
@@ -113,8 +114,8 @@ def save_folds(d: Path, det: PatchCore, key: dict[str, Any]) -> None:
     """Write ``det``'s fold banks (:attr:`PatchCore.base_folds`) beside its model, atomically."""
     from cfx.detectors.base import write_checkpoint
 
-    fold_of, banks = det.base_folds
-    write_checkpoint(d / FOLDS_FILE, key, {"fold_of": fold_of, **{f"bank_{i}": b.half() for i, b in enumerate(banks)}})
+    fold_of, rows = det.base_folds
+    write_checkpoint(d / FOLDS_FILE, key, {"fold_of": fold_of, **{f"rows_{i}": r.int() for i, r in enumerate(rows)}})
 
 
 def load_folds(d: Path, key: dict[str, Any]) -> tuple[torch.Tensor, list[torch.Tensor]] | None:
@@ -129,8 +130,8 @@ def load_folds(d: Path, key: dict[str, Any]) -> tuple[torch.Tensor, list[torch.T
     if ck.get("config") != key:
         return None
     sd = ck["state_dict"]
-    n = sum(k.startswith("bank_") for k in sd)
-    return sd["fold_of"].long(), [sd[f"bank_{i}"].float() for i in range(n)]
+    n = sum(k.startswith("rows_") for k in sd)
+    return sd["fold_of"].long(), [sd[f"rows_{i}"].long() for i in range(n)]
 
 
 def _archive_version(d: Path, root: str | Path, category: str, channels: int, image_size: int) -> int:
