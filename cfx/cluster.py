@@ -152,6 +152,15 @@ class WorkerSpec:
     nice: int = WORKER_NICE
 
 
+def worker_spec(bundle, db_path: str | os.PathLike, data_root: str | os.PathLike | None) -> WorkerSpec:
+    """The :class:`WorkerSpec` of a run with ``bundle``'s models, storing into ``db_path``."""
+    from cfx import config
+
+    return WorkerSpec(models_dir=str(config.models_dir(bundle.dataset)), dataset=bundle.dataset,
+                      category=bundle.category, detector=bundle.detector_name, model_key=bundle.key(),
+                      data_root="" if data_root is None else str(data_root), db_path=str(db_path))
+
+
 _BUNDLES: dict[tuple, Any] = {}
 _ARRAYS: dict[tuple, Any] = {}
 _LOCK = threading.Lock()

@@ -14,9 +14,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cfx import config
 from cfx.audit.results import ProgressFn
-from cfx.cluster import WorkerSpec, worker_arrays, worker_bundle
+from cfx.cluster import WorkerSpec, worker_arrays, worker_bundle, worker_spec
 from cfx.resultdb import ResultDB
 
 #: images per task (one batched forward pass each)
@@ -98,9 +97,7 @@ def inspect_category(bundle, root: str | Path, category: str, db: ResultDB, spli
     elif batches:
         from distributed import as_completed
 
-        spec = WorkerSpec(models_dir=str(config.models_dir(bundle.dataset)), dataset=bundle.dataset, category=category,
-                          detector=bundle.detector_name, model_key=bundle.key(), data_root=str(Path(root).resolve()),
-                          db_path=str(db.path))
+        spec = worker_spec(bundle, db.path, Path(root).resolve())
         futures = [client.submit(inspect_task, spec, split, [names[i] for i in b], run, pure=False, retries=2)
                    for b in batches]
         for fut in as_completed(futures):

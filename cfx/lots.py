@@ -21,6 +21,7 @@ import numpy as np
 from cfx.data.imageio import check_regular_file, image_to_array, open_image
 from cfx.data.mvtec import IMAGE_EXTENSIONS
 from cfx.errors import CfxError, DataError
+from cfx.cluster import worker_spec
 from cfx.inspection import image_sha, score_batch
 from cfx.resultdb import ResultDB
 
@@ -209,7 +210,7 @@ def inspect_lot(bundle, folder: str | Path, db: ResultDB, progress: ProgressFn |
     skipped: list[str] = []
     done = 0
     futures: list[tuple[Any, int]] = []
-    spec = None if client is None else _spec(bundle, db)
+    spec = None if client is None else worker_spec(bundle, db.path, bundle.loaded.data_root)
     try:
         for names, images, bad in _chunks(files, root, bundle.image_size, bundle.channels):
             skipped += bad
@@ -252,17 +253,6 @@ def inspect_lot(bundle, folder: str | Path, db: ResultDB, progress: ProgressFn |
     db.finish_run(run, "done", seconds=seconds, summary=summary)
     return {"lot": split, "folder": str(root.resolve()), "category": bundle.category, "model": model, "run": run,
             "images": rows, "summary": summary, "skipped": skipped, "seconds": seconds}
-
-
-def _spec(bundle, db: ResultDB):
-    """What a Dask worker needs to load the run's models (:class:`cfx.cluster.WorkerSpec`)."""
-    from cfx import config
-    from cfx.cluster import WorkerSpec
-
-    root = bundle.loaded.data_root
-    return WorkerSpec(models_dir=str(config.models_dir(bundle.dataset)), dataset=bundle.dataset,
-                      category=bundle.category, detector=bundle.detector_name, model_key=bundle.key(),
-                      data_root=str(root) if root is not None else "", db_path=str(db.path))
 
 
 class LotJob:

@@ -45,6 +45,7 @@ from cfx.detectors import PatchCore
 from cfx.detectors.calibration import DEFAULT_TARGET_FPR, expected_tpr, fpr_at, threshold_at_fpr
 from cfx.errors import DataError
 from cfx.models.bundle import category_dir, load_checkpoint
+from cfx.models.card import read_card
 from cfx.models.versions import archive, next_version
 from cfx.inspection import image_sha
 
@@ -117,13 +118,15 @@ def teach(bundle, train_images: np.ndarray, lot: dict[str, Any], folder: str | P
     if not parts:
         raise DataError("nothing to teach: no part of this lot is called NG by the detector and decided OK")
     d = category_dir(bundle.dataset, bundle.category)
-    card = _read_card(d)
+    card = read_card(bundle.dataset, bundle.category)
     name = bundle.detector_name
     when = _now()
-    lesson = [{"path": r["path"], "image_sha": r["image_sha"], "score_before": float(r["score"]),
-               "reason": decided[f"{lot['lot']}/{r['path']}"].get("reason", ""),
-               "decided_by": decided[f"{lot['lot']}/{r['path']}"].get("reviewer", ""),
-               "decided_at": decided[f"{lot['lot']}/{r['path']}"].get("at", "")} for r in parts]
+    lesson = []
+    for r in parts:
+        how = decided[f"{lot['lot']}/{r['path']}"]
+        lesson.append({"path": r["path"], "image_sha": r["image_sha"], "score_before": float(r["score"]),
+                       "reason": how.get("reason", ""), "decided_by": how.get("reviewer", ""),
+                       "decided_at": how.get("at", "")})
     if name != "patchcore":
         info = card.setdefault("detectors", {}).setdefault(name, {})
         marked = {p["image_sha"]: p for p in info.get("retrain", {}).get("parts", [])}
@@ -138,12 +141,12 @@ def teach(bundle, train_images: np.ndarray, lot: dict[str, Any], folder: str | P
     old = bundle.detector
     info_old = card["detectors"][name]
     target_fpr = float(info_old.get("target_fpr", DEFAULT_TARGET_FPR))
-    ok_rows = [r for r in _decided(lot, decided, "OK") if r not in parts]
+    decided_ok = _decided(lot, decided, "OK")
     ng_rows = _decided(lot, decided, "NG")
-    _, ok_images = _read(folder, ok_rows, bundle.image_size, bundle.channels)
+    _, ok_images = _read(folder, [r for r in decided_ok if r not in parts], bundle.image_size, bundle.channels)
     ng_kept, ng_images = _read(folder, ng_rows, bundle.image_size, bundle.channels)
-    all_ok = np.array([r["score"] for r in _decided(lot, decided, "OK")], np.float64)
-    before = _rates(all_ok, np.array([r["score"] for r in ng_rows], np.float64), bundle.threshold,
+    before = _rates(np.array([r["score"] for r in decided_ok], np.float64),
+                    np.array([r["score"] for r in ng_rows], np.float64), bundle.threshold,
                     info_old.get("expected_fpr", {}), info_old.get("expected_tpr", {}))
 
     det = PatchCore.from_checkpoint(load_checkpoint(d / old.filename)).to(bundle.device).eval()
@@ -194,18 +197,6 @@ def teach(bundle, train_images: np.ndarray, lot: dict[str, Any], folder: str | P
         f"{bundle.threshold:.3f} -> {cal['threshold']:.3f}, {seconds:.0f} s")
     return {"detector": name, "version": version, "previous": previous, "parts": lesson,
             "added_patches": res["added"], "before": before, "after": after, "seconds": seconds}
-
-
-def _read_card(d: Path) -> dict[str, Any]:
-    import json
-
-    from cfx.errors import ModelMissingError
-
-    try:
-        card = json.loads((d / "card.json").read_text())
-    except (OSError, ValueError):
-        raise ModelMissingError(f"no readable model card in {d}") from None
-    return card
 
 
 def last_lesson(card: dict[str, Any], detector: str = "patchcore") -> dict[str, Any] | None:

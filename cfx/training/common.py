@@ -52,22 +52,30 @@ def _batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, bs: in
     return torch.cat([fn(x[i:i + bs]) for i in range(0, len(x), bs)])
 
 
+def card_in(d: Path) -> dict[str, Any]:
+    """The card in the models folder ``d`` as JSON ({} when absent or unreadable: a fit replaces it)."""
+    try:
+        card = json.loads((d / "card.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return card if isinstance(card, dict) else {}
+
+
+def same_models_data(old: dict[str, Any], card: dict[str, Any]) -> bool:
+    """Whether two cards describe models of the same data: root, channels and image size (models
+    of other data are removed, not kept beside new ones)."""
+    return (old.get("channels") == card.get("channels") and old.get("image_size") == card.get("image_size")
+            and fitted_root(old) == fitted_root(card))
+
+
 def merge_card(d: Path, card: dict[str, Any], detector: str, info: dict[str, Any],
                overwrite: bool = True) -> dict[str, Any]:
     """Write ``card`` to ``d/card.json`` atomically, keeping the other detectors' records of the
     card already there; ``info`` becomes ``card["detectors"][detector]``. With ``overwrite``
     False, top-level keys already in the card keep their values. Returns the card written."""
-    old: dict[str, Any] = {}
     path = d / "card.json"
-    if path.exists():
-        try:
-            old = json.loads(path.read_text())
-        except (OSError, ValueError):
-            old = {}
-        if not isinstance(old, dict):
-            old = {}
-    same_data = (old.get("channels") == card.get("channels") and old.get("image_size") == card.get("image_size")
-                 and fitted_root(old) == fitted_root(card))
+    old = card_in(d)
+    same_data = same_models_data(old, card)
     if old and not same_data:  # models of other data or another size: none of them is kept
         for f in d.glob("*.pt"):
             if f.name not in card.get("files", {}):

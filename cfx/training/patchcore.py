@@ -20,7 +20,15 @@ from cfx.errors import DataError
 from cfx.models.bundle import category_dir
 from cfx.models.identity import data_record
 from cfx.resolve import record_root
-from cfx.training.common import MIN_TRAIN_IMAGES, _versions, merge_card, seed_everything, synthetic_check
+from cfx.training.common import (
+    MIN_TRAIN_IMAGES,
+    _versions,
+    card_in,
+    merge_card,
+    same_models_data,
+    seed_everything,
+    synthetic_check,
+)
 
 
 def fit_patchcore(root: str | Path, category: str, dataset: str, seed: int = 0, out_dir: Path | None = None,
@@ -62,7 +70,10 @@ def fit_patchcore(root: str | Path, category: str, dataset: str, seed: int = 0, 
     s_a = _synthetic_out_of_fold(det, arr.images, seed)
     d = category_dir(dataset, category, out_dir)
     d.mkdir(parents=True, exist_ok=True)
-    version = _archive_version(d, root, category, ds.channels, int(x_all.shape[-1]))
+    card = {"dataset": dataset, "category": category, "data_root": record_root(root),
+            "data": data_record(root, category), "channels": ds.channels,
+            "image_size": int(x_all.shape[-1]), "seed": seed}
+    version = _archive_version(d, card)
     sha = det.save(d / det.filename)
     save_folds(d, det, folds_key(det, arr.images, seed))
     warnings = []
@@ -83,9 +94,7 @@ def fit_patchcore(root: str | Path, category: str, dataset: str, seed: int = 0, 
             "synthetic_check": synthetic_check(thr, s_n, s_a),
             "warnings": warnings, "fitted_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "device": str(config.device()), "versions": _versions()}
-    card = {"dataset": dataset, "category": category, "data_root": record_root(root),
-            "data": data_record(root, category), "channels": ds.channels,
-            "image_size": int(x_all.shape[-1]), "seed": seed, "files": {det.filename: sha}}
+    card["files"] = {det.filename: sha}
     card = merge_card(d, card, "patchcore", info, overwrite=False)
     e_fpr, e_tpr = info["expected_fpr"], info["expected_tpr"]
     log(f"{dataset}/{category}: PatchCore fitted in {info['fit_seconds']} s (bank {info['memory_bank'][0]} x "
@@ -134,26 +143,16 @@ def load_folds(d: Path, key: dict[str, Any]) -> tuple[torch.Tensor, list[torch.T
     return sd["fold_of"].long(), [sd[f"rows_{i}"].long() for i in range(n)]
 
 
-def _archive_version(d: Path, root: str | Path, category: str, channels: int, image_size: int) -> int:
+def _archive_version(d: Path, card: dict[str, Any]) -> int:
     """Archive the PatchCore in use before a refit replaces it (:mod:`cfx.models.versions`), when it
-    was fitted on the same data at the same size; the new fit's version number."""
-    import json
-
-    from cfx.models.identity import fitted_root
+    was fitted on the data of the new ``card`` at its size; the new fit's version number."""
     from cfx.models.versions import archive, next_version
 
-    try:
-        card = json.loads((d / "card.json").read_text())
-    except (OSError, ValueError):
-        return 1
-    if not isinstance(card, dict):
-        return 1
-    same = (card.get("channels") == channels and card.get("image_size") == image_size
-            and fitted_root(card) == fitted_root({"data": data_record(root, category), "data_root": record_root(root)}))
-    if not same:
+    old = card_in(d)
+    if not old or not same_models_data(old, card):
         return 1  # merge_card removes those models and their versions
-    archive(d, "patchcore", card)
-    return next_version(d, "patchcore", card)
+    archive(d, "patchcore", old)
+    return next_version(d, "patchcore", old)
 
 
 def _synthetic_out_of_fold(det: PatchCore, images: np.ndarray, seed: int) -> np.ndarray:
